@@ -1,0 +1,30 @@
+"""PiSA-SR inference core: pure torch + diffusers; no ComfyUI import.
+
+    from pisa_core import PiSAPipeline
+    pipe = PiSAPipeline.from_files("v2-1_512-ema-pruned.safetensors", "pisa_sr.pkl")
+    out = pipe(images)  # [B,H,W,C] float 0..1 -> [B,4H,4W,C]
+"""
+
+from importlib import import_module
+
+from .errors import PiSAError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PiSAPipeline": ".pipeline",
+    "load_base_model": ".base_model",
+    "load_pisa_weights": ".checkpoint",
+    "save_pisa_weights": ".checkpoint",
+    "dual_guidance": ".guidance",
+    "plan_passes": ".guidance",
+}
+
+__all__ = ["PiSAError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    """Heavy modules (diffusers) load on first use, so `pisa-sr --help` and imports stay fast."""
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,112 @@
+"""The two PiSA-SR LoRAs on one UNet weight set.
+
+The release keeps three full copies of the UNet weights to switch between ε_pix and ε_PiSA. Here
+the UNet holds one set, W_PiSA = W0 + Δ_pix + Δ_sem (merged once at load), and each LoRA-targeted
+module gets a small low-rank side branch that can subtract Δ_sem per batch sample:
+
+    y_b = W_PiSA x_b + c_b · s · B(A(x_b)),   c_b = 0 → ε_PiSA,   c_b = −1 → ε_pix.
+
+So the default mode runs plain merged weights (no branch at all), and the adjustable mode runs the
+pix and pix+sem passes as one batch of two with c = (−1, 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import LoRAFamily, PiSAWeights, check_compatible, lora_delta
+
+
+class LowRankBranch(nn.Module):
+    """s · B(A(x)) for one Linear or Conv2d module, with the scale folded into B."""
+
+    def __init__(self, base: nn.Module, down: torch.Tensor, up: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("down", down.detach().clone().float(), persistent=False)
+        self.register_buffer("up", (up.detach().float() * scale), persistent=False)
+        self.is_conv = isinstance(base, nn.Conv2d)
+        if self.is_conv:
+            self.stride, self.padding, self.dilation = base.stride, base.padding, base.dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_conv:
+            h = F.conv2d(x, self.down, stride=self.stride, padding=self.padding, dilation=self.dilation)
+            return F.conv2d(h, self.up)
+        return F.linear(F.linear(x, self.down), self.up)
+
+
+def merge_family(unet: nn.Module, family: LoRAFamily) -> None:
+    """W ← W + s·ΣB@A for every module of one adapter family (release facts, "Merged weights").
+    The sum is formed in float32 and cast once to the weight's dtype."""
+    modules = dict(unet.named_modules())
+    with torch.no_grad():
+        for name, (down, up) in family.factors.items():
+            weight = modules[name].weight
+            merged = weight.float() + lora_delta(down, up, family.scale).to(weight.device)
+            weight.copy_(merged.to(weight.dtype))
+
+
+class DualLoRAUNet(nn.Module):
+    """A diffusers UNet with W_PiSA merged and a per-sample switch back to W_pix."""
+
+    def __init__(self, unet: nn.Module, weights: PiSAWeights, source_name: str = "PiSA-SR weights"):
+        super().__init__()
+        check_compatible(weights, unet, source_name)
+        merge_family(unet, weights.pix)
+        merge_family(unet, weights.sem)
+        self.unet = unet
+        modules = dict(unet.named_modules())
+        self.sem_branches = nn.ModuleDict()
+        self._coef: torch.Tensor | None = None
+        for name, (down, up) in weights.sem.factors.items():
+            branch = LowRankBranch(modules[name], down, up, weights.sem.scale)
+            self.sem_branches[name.replace(".", "__")] = branch
+            modules[name].register_forward_hook(self._make_hook(branch))
+
+    def _make_hook(self, branch: LowRankBranch):
+        def hook(module, args, output):
+            coef = self._coef
+            if coef is None:
+                return output
+            shape = (-1,) + (1,) * (output.dim() - 1)
+            return output + coef.view(shape) * branch(args[0])
+
+        return hook
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def forward(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, sem_off: Sequence[bool] | None = None,
+                timestep: int = 1) -> torch.Tensor:
+        """UNet ε at `timestep` for a batch of scaled latents.
+
+        `sem_off` gives, per chunk of the batch (the batch is split into len(sem_off) equal
+        chunks), whether the semantic LoRA is removed (ε_pix) or kept (ε_PiSA). None: all ε_PiSA.
+        """
+        batch = latents.shape[0]
+        embeds = prompt_embeds.to(latents.device, latents.dtype).expand(batch, -1, -1)
+        t = torch.full((1,), timestep, device=latents.device, dtype=torch.long)
+        self._coef = self._coefficients(sem_off, batch, latents)
+        try:
+            return self.unet(latents, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        finally:
+            self._coef = None
+
+    @staticmethod
+    def _coefficients(sem_off, batch, like) -> torch.Tensor | None:
+        if sem_off is None or not any(sem_off):
+            return None
+        if batch % len(sem_off):
+            raise ValueError(f"batch {batch} does not split into {len(sem_off)} equal chunks")
+        chunk = batch // len(sem_off)
+        parts = [torch.full((chunk,), -1.0 if off else 0.0, device=like.device, dtype=like.dtype) for off in sem_off]
+        return torch.cat(parts)

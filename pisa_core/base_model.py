@@ -1,0 +1,406 @@
+"""Offline loading of the Stable Diffusion 2.1-base model that PiSA-SR runs on.
+
+Accepted sources:
+
+- a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), fp32 or fp16-variant
+  weight files, loaded with ``local_files_only=True``;
+- a single-file LDM checkpoint: ``.safetensors``, or ``.ckpt`` / ``.pt`` / ``.pth`` read with
+  ``torch.load(weights_only=True)`` (files that need code to unpickle are refused).
+
+PiSA-SR only ever conditions the UNet on the empty prompt, so the text encoder runs once at load
+time to produce ``prompt_embeds`` and is then released unless ``keep_text_encoder=True``.
+A model of the wrong family (SD1.x, SDXL, 768-v, inpainting, parts only, ...) is rejected by its
+STRUCTURE, never by exact SD2.1 sizes, so tiny SD2-structured test models load the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from . import ldm_convert as ldm
+from .errors import PiSAError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
+EXPECTED = "PiSA-SR needs Stable Diffusion 2.1-base (epsilon prediction)"
+
+
+@dataclass
+class BaseModel:
+    """The loaded base model; ``unet``/``vae`` are in eval mode with gradients off."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    prompt_embeds: torch.Tensor  # [1, 77, D] float32 CPU: embedding of the empty prompt ""
+    scaling_factor: float
+    source: str
+    kind: str  # "diffusers" | "single-file"
+    text_encoder: CLIPTextModel | None = None
+    tokenizer: CLIPTokenizer | None = None
+    scheduler_config: dict = field(default_factory=lambda: ldm.load_template("scheduler"))
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def load_base_model(path, *, device="cpu", dtype=torch.float32, keep_text_encoder=False) -> BaseModel:
+    """Load SD2.1-base (diffusers folder or single-file checkpoint) for PiSA-SR inference/training.
+    The UNet and VAE end on ``device`` in ``dtype``; ``prompt_embeds`` is float32 on CPU."""
+    _check_dtype(dtype)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return _load_diffusers_folder(path, device, dtype, keep_text_encoder)
+    if not path.exists():
+        raise PiSAError(f"Base model '{path}' does not exist; expected a diffusers folder or a .safetensors/.ckpt file.")
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise PiSAError(
+            f"Base model '{path}' is not a checkpoint; expected a diffusers folder or a "
+            f"{'/'.join(SINGLE_FILE_SUFFIXES)} file, found a '{path.suffix or 'no'}' extension."
+        )
+    return _load_single_file(path, device, dtype, keep_text_encoder)
+
+
+def empty_prompt_ids(vocab_size: int, positions: int = 77) -> torch.Tensor:
+    """Token ids of "" for SD2's CLIP tokenizer: [BOS, EOS, PAD x (positions-2)] with BOS and EOS
+    the last two vocabulary ids (49406, 49407 for the real model) and PAD "!" = 0. Shape [1, P]."""
+    ids = torch.zeros(1, positions, dtype=torch.long)
+    ids[0, 0], ids[0, 1] = vocab_size - 2, vocab_size - 1
+    return ids
+
+
+def encode_prompts(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer | None, prompts: list[str]) -> torch.Tensor:
+    """``last_hidden_state`` of the prompts, [N, 77, D], in the text encoder's dtype and device.
+    Prompts are padded/truncated to the encoder's positions (77). Without a tokenizer (single-file
+    sources carry none) only empty prompts can be encoded."""
+    positions = text_encoder.config.max_position_embeddings
+    if tokenizer is not None:
+        ids = tokenizer(list(prompts), padding="max_length", max_length=positions, truncation=True,
+                        return_tensors="pt").input_ids
+    elif all(p == "" for p in prompts):
+        ids = empty_prompt_ids(text_encoder.config.vocab_size, positions).repeat(len(prompts), 1)
+    else:
+        raise PiSAError("Encoding non-empty prompts needs a tokenizer; load the base model from a diffusers folder.")
+    device = next(text_encoder.parameters()).device
+    with torch.no_grad():
+        return text_encoder(input_ids=ids.to(device))[0]
+
+
+def check_diffusers_folder(folder) -> None:
+    """Raise PiSAError unless ``folder`` holds an SD2.x-base-structured diffusers model (checked
+    from the component configs only; no weights are read)."""
+    folder = Path(folder)
+    configs = {name: _read_folder_config(folder, name, file) for name, file in (
+        ("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
+        ("scheduler", "scheduler_config.json"))}
+    unet, vae, text, scheduler = configs["unet"], configs["vae"], configs["text_encoder"], configs["scheduler"]
+    if (folder / "text_encoder_2").is_dir() or unet.get("addition_embed_type") or unet.get("class_embed_type"):
+        _reject(folder, "it has SDXL-style extra conditioning (text_encoder_2 / addition or class embeddings)")
+    _check_structure(
+        folder,
+        in_channels=unet.get("in_channels", 4),
+        linear_projection=bool(unet.get("use_linear_projection", False)),
+        cross_attention_dim=unet.get("cross_attention_dim"),
+        text_width=text.get("hidden_size"),
+        latent_channels=vae.get("latent_channels", 4),
+        prediction=scheduler.get("prediction_type", "epsilon"),
+        prediction_evidence="the scheduler config",
+    )
+
+
+def check_single_file(state_dict: dict, source) -> None:
+    """Raise PiSAError unless the LDM state dict is an SD2.x-base-structured checkpoint with all
+    three components (UNet, VAE, OpenCLIP text encoder)."""
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in state_dict)
+
+    if has("conditioner.embedders."):
+        _reject(source, "it has SDXL text encoders (conditioner.embedders.*)")
+    if not has(ldm.UNET_PREFIX):
+        if has(ldm.VAE_PREFIX):
+            _reject(source, "it holds only VAE weights (first_stage_model.*) and no UNet")
+        if has("cond_stage_model."):
+            _reject(source, "it holds only text-encoder weights (cond_stage_model.*) and no UNet")
+        _reject(source, "it has no Stable Diffusion UNet weights (model.diffusion_model.*)")
+    if has(ldm.UNET_PREFIX + "label_emb."):
+        _reject(source, "its UNet has a label/size embedding (label_emb) as in SDXL")
+    if has("cond_stage_model.transformer."):
+        _reject(source, "it has a CLIP-L text encoder (cond_stage_model.transformer.*) as in SD1.x")
+    if not has(ldm.TEXT_PREFIX):
+        _reject(source, "it has no OpenCLIP text encoder (cond_stage_model.model.*)")
+    if not has(ldm.VAE_PREFIX):
+        _reject(source, "it has no VAE (first_stage_model.*)")
+    unet, vae, text = ldm.split_components(state_dict)
+    prediction, evidence = _single_file_prediction(state_dict, unet)
+    attn = next((k for k in unet if k.endswith("attn2.to_k.weight")), None)
+    proj_in = next((k for k in unet if k.endswith(".proj_in.weight")), None)
+    _check_structure(
+        source,
+        in_channels=_shape(unet, "input_blocks.0.0.weight", 1),
+        linear_projection=proj_in is not None and unet[proj_in].ndim == 2,
+        cross_attention_dim=_shape(unet, attn, 1),
+        text_width=_shape(text, "token_embedding.weight", 1),
+        latent_channels=_shape(vae, "post_quant_conv.weight", 0),
+        prediction=prediction,
+        prediction_evidence=evidence,
+    )
+
+
+# ------------------------------------------------------------------------- structure checks
+
+
+def _reject(source, finding: str):
+    raise PiSAError(f"'{source}' is not a usable base model: {finding}; {EXPECTED}.")
+
+
+def _shape(state: dict, key: str | None, dim: int) -> int | None:
+    return int(state[key].shape[dim]) if key is not None and key in state else None
+
+
+def _check_structure(source, *, in_channels, linear_projection, cross_attention_dim, text_width,
+                     latent_channels, prediction, prediction_evidence) -> None:
+    """The SD2.x-base structural rules shared by folders and single files: UNet in_channels 4
+    (9 = inpainting), linear attention projections (SD1.x uses 1x1 convs), cross-attention width
+    equal to the text-encoder width, 4 latent channels, epsilon prediction."""
+    if in_channels == 9:
+        _reject(source, "its UNet takes 9 input channels, an inpainting model")
+    if in_channels != 4:
+        _reject(source, f"its UNet takes {in_channels} input channels instead of 4")
+    if not linear_projection:
+        _reject(source, "its UNet attention blocks use convolutional projections (proj_in) as in SD1.x")
+    if latent_channels != 4:
+        _reject(source, f"its VAE has {latent_channels} latent channels instead of 4")
+    if cross_attention_dim != text_width:
+        _reject(source, f"its UNet cross-attention width {cross_attention_dim} differs from "
+                        f"the text-encoder width {text_width}")
+    if prediction != "epsilon":
+        _reject(source, f"{prediction_evidence} says it is a {prediction} model (e.g. SD2.x 768-v)")
+
+
+# Known heuristic (also used by ComfyUI): in SD2.x v-prediction models the bias of the first
+# transformer norm in the last output block has a std above 0.09; in epsilon models it is lower.
+V_PRED_STD_THRESHOLD = 0.09
+
+
+def _single_file_prediction(state_dict: dict, unet: dict) -> tuple[str, str]:
+    """(prediction type, evidence) of a single file: a ``v_pred`` marker key, else the norm-bias
+    heuristic above on the last output block that has a transformer."""
+    if "v_pred" in state_dict:
+        return "v_prediction", "its 'v_pred' marker key"
+    last = max(ldm._indices(unet, r"output_blocks\.(\d+)\."), default=None)
+    bias = unet.get(f"output_blocks.{last}.1.transformer_blocks.0.norm1.bias")
+    if bias is not None and torch.std(bias.float(), unbiased=False).item() > V_PRED_STD_THRESHOLD:
+        return "v_prediction", f"the spread of output_blocks.{last}.1.transformer_blocks.0.norm1.bias"
+    return "epsilon", "the weights"
+
+
+# --------------------------------------------------------------------------- diffusers folder
+
+
+def _read_folder_config(folder: Path, name: str, file: str) -> dict:
+    path = folder / name / file
+    if not path.is_file():
+        raise PiSAError(f"'{folder}' is not a Stable Diffusion diffusers folder: {name}/{file} is missing.")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PiSAError(f"'{path}' is not a readable JSON config ({err}).") from err
+
+
+STANDARD_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json",
+    "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+)
+
+
+def _weights_variant(sub: Path) -> str | None:
+    """``"fp16"`` when a component folder has only fp16-variant weights (``*.fp16.*``), else None."""
+    names = {p.name for p in sub.iterdir()} if sub.is_dir() else set()
+    if names & set(STANDARD_WEIGHT_FILES):
+        return None
+    return "fp16" if any(".fp16." in n for n in names) else None
+
+
+def _from_pretrained(cls, folder: Path, name: str, **kwargs):
+    sub = folder / name
+    try:
+        return cls.from_pretrained(sub, local_files_only=True, variant=_weights_variant(sub), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise PiSAError(f"'{sub}' could not be loaded as a {cls.__name__} ({type(err).__name__}).") from err
+
+
+def _load_diffusers_folder(folder: Path, device, dtype, keep_text_encoder) -> BaseModel:
+    check_diffusers_folder(folder)
+    unet = _from_pretrained(UNet2DConditionModel, folder, "unet", torch_dtype=dtype)
+    vae = _from_pretrained(AutoencoderKL, folder, "vae", torch_dtype=dtype)
+    text_encoder = _from_pretrained(CLIPTextModel, folder, "text_encoder").to(torch.float32).eval()
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise PiSAError(f"'{folder / 'tokenizer'}' is not a readable CLIP tokenizer ({type(err).__name__}).") from err
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return _assemble(unet, vae, text_encoder, tokenizer, folder, "diffusers", device, dtype, keep_text_encoder,
+                     scaling_factor=float(vae.config.scaling_factor), scheduler_config=scheduler)
+
+
+# -------------------------------------------------------------------------------- single file
+
+
+def read_state_dict(path: Path) -> dict:
+    """Tensors of a single-file checkpoint. ``.safetensors`` via safetensors; pickles with
+    ``torch.load(weights_only=True, map_location="cpu")`` (never executing code). A top-level
+    ``state_dict`` wrapper is unwrapped; non-tensor entries (e.g. ``global_step``) are dropped."""
+    if path.suffix.lower() == ".safetensors":
+        data = _read_safetensors(path)
+    else:
+        data = _read_pickle(path)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
+    if not tensors:
+        raise PiSAError(f"'{path}' holds no tensors; expected a Stable Diffusion checkpoint.")
+    return tensors
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type for corrupt headers
+        raise PiSAError(f"'{path}' is not a readable .safetensors file ({type(err).__name__}).") from err
+
+
+def _read_pickle(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types for foreign or unsafe files
+        if zipfile.is_zipfile(path) and "weights only" in str(err).lower():
+            raise PiSAError(
+                f"'{path}' contains pickled objects that need code to load, which PiSA-SR refuses for safety; "
+                "convert it to .safetensors with a tool you trust and load that file instead."
+            ) from err
+        raise PiSAError(
+            f"'{path}' is not a readable PyTorch checkpoint of tensors ({type(err).__name__}); "
+            "if it is one that needs code to load, convert it to .safetensors."
+        ) from err
+
+
+def _load_single_file(path: Path, device, dtype, keep_text_encoder) -> BaseModel:
+    state_dict = read_state_dict(path)
+    check_single_file(state_dict, path)
+    unet_sd, vae_sd, text_sd = ldm.split_components(state_dict)
+    state_dict.clear()  # from here on each tensor has one owner, so it is freed once copied
+    unet_cfg = ldm.infer_unet_config(unet_sd, path)
+    unet = _build(lambda: UNet2DConditionModel.from_config(unet_cfg), _take(ldm.convert_unet, unet_sd, unet_cfg, path),
+                  dtype, "UNet", path)
+    vae_cfg = ldm.infer_vae_config(vae_sd, path)
+    vae = _build(lambda: AutoencoderKL.from_config(vae_cfg), _take(ldm.convert_vae, vae_sd, vae_cfg, path),
+                 dtype, "VAE", path)
+    text_cfg = CLIPTextConfig(**ldm.infer_text_config(text_sd, path))
+    text_encoder = _build(lambda: CLIPTextModel(text_cfg), _take(ldm.convert_text, text_sd, text_cfg.to_dict(), path),
+                          torch.float32, "text encoder", path, match_prefix=True)
+    return _assemble(unet, vae, text_encoder, None, path, "single-file", device, dtype,
+                     keep_text_encoder, scaling_factor=float(vae_cfg["scaling_factor"]),
+                     scheduler_config=ldm.load_template("scheduler"))
+
+
+def _take(convert, part: dict, config: dict, source) -> dict:
+    """Convert one component and empty its LDM dict, leaving the converted dict sole owner."""
+    converted = convert(part, config, source)
+    part.clear()
+    return converted
+
+
+def _build(make, state_dict: dict, dtype, component: str, source, match_prefix: bool = False):
+    """Instantiate a model without allocating random weights, then assign ``state_dict`` (strict:
+    every parameter must be present with the right shape)."""
+    model = _empty_model(make)
+    state_dict = _own_tensors(state_dict, dtype)
+    if match_prefix:
+        state_dict = ldm.match_text_prefix(state_dict, model)
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[1:2] or [str(err)]
+        raise PiSAError(f"'{source}': the {component} weights do not match the inferred structure ({first[0].strip()}).") from err
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise PiSAError(f"'{source}': the {component} weights are incomplete.")
+    return model.eval()
+
+
+ALIGNMENT = 64  # bytes; torch's CPU allocator alignment
+
+
+def _own_tensors(state_dict: dict, dtype) -> dict:
+    """Tensors in ``dtype`` with freshly allocated, aligned memory. Tensors read from a file can
+    sit at unaligned addresses, which makes CPU kernels take other code paths and round
+    differently from a model loaded the usual way. Entries are popped one at a time so the
+    originals are freed as they are copied."""
+    out = {}
+    for key in list(state_dict):
+        tensor = state_dict.pop(key)
+        if tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        elif tensor.data_ptr() % ALIGNMENT:
+            tensor = tensor.clone()
+        out[key] = tensor
+    return out
+
+
+def _empty_model(make):
+    """Build with parameters on the meta device when accelerate is available (no random init of
+    ~1 B parameters); buffers stay real so non-persistent ones (position ids) keep their values."""
+    try:
+        from accelerate import init_empty_weights
+    except ImportError:
+        return make()
+    with init_empty_weights():
+        return make()
+
+
+# ------------------------------------------------------------------------------- assembling
+
+
+def _assemble(unet, vae, text_encoder, tokenizer, source, kind, device, dtype, keep_text_encoder,
+              *, scaling_factor, scheduler_config) -> BaseModel:
+    """Compute the empty-prompt embedding once (float32, CPU), place UNet/VAE on device/dtype,
+    and keep the text encoder only if asked."""
+    prompt_embeds = encode_prompts(text_encoder.cpu(), tokenizer, [""]).float().cpu()
+    if keep_text_encoder:
+        text_encoder = _freeze(text_encoder, device, dtype)
+    else:
+        text_encoder = tokenizer = None
+    return BaseModel(
+        unet=_freeze(unet, device, dtype),
+        vae=_freeze(vae, device, dtype),
+        prompt_embeds=prompt_embeds,
+        scaling_factor=scaling_factor,
+        source=str(source),
+        kind=kind,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=dict(scheduler_config),
+    )
+
+
+def _freeze(model, device, dtype):
+    """Move to device/dtype, eval mode, no gradients. Plain ``nn.Module.to`` is used when the
+    model keeps no modules in float32: diffusers' override would only log a spurious warning."""
+    if getattr(model, "_keep_in_fp32_modules", None):
+        model = model.to(device=device, dtype=dtype)
+    else:
+        torch.nn.Module.to(model, device=device, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def _check_dtype(dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype == torch.float64:
+        raise PiSAError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}.")

@@ -1,0 +1,584 @@
+"""PiSA-SR LoRA weights: the authors' `pisa_sr.pkl` (read safely) and this project's `.safetensors`.
+
+Facts about the official file: shared/reference/release-facts.md, section "Weights the users have".
+Two adapter families, "pix" and "sem", each a set of LoRA factor pairs (A, B) keyed by diffusers
+UNet module name. The official pickle is only ever read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import PiSAError
+
+FAMILIES = ("pix", "sem")
+GROUPS = ("encoder", "decoder", "others")
+
+# peft's default lora_alpha; the release does not store alpha (facts: "Not stored: lora_alpha").
+PEFT_DEFAULT_ALPHA = 8.0
+
+# The release's LoRA target rule (facts: "LoRA targets").
+RELEASE_TARGET_SUBSTRINGS = (
+    "to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
+    "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj",
+)
+RELEASE_EXCLUDED_SUBSTRINGS = ("bias", "norm")
+
+# Our safetensors format: tensors "<family>.<module>.lora_A|lora_B", string metadata below.
+FORMAT_MARKER = "pisa-sr-lora"
+FORMAT_VERSION = 1
+META_FORMAT = "format"
+META_VERSION = "format_version"
+
+OFFICIAL_STATE_KEY = "state_dict_unet"
+OFFICIAL_RANK_KEYS = {family: f"lora_rank_unet_{family}" for family in FAMILIES}
+OFFICIAL_LIST_KEYS = {
+    (family, group): f"unet_lora_{group}_modules_{family}" for family in FAMILIES for group in GROUPS
+}
+OFFICIAL_KEYS = (*OFFICIAL_LIST_KEYS.values(), *OFFICIAL_RANK_KEYS.values(), OFFICIAL_STATE_KEY)
+
+_OFFICIAL_TENSOR = re.compile(
+    r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.default_(?P<group>encoder|decoder|others)_(?P<family>pix|sem)\.weight$"
+)
+_OUR_TENSOR = re.compile(r"^(?P<family>pix|sem)\.(?P<module>.+)\.lora_(?P<factor>[AB])$")
+
+_SD_CHECKPOINT_PREFIXES = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+_DIFFUSERS_PREFIXES = ("conv_in.", "down_blocks.", "mid_block.", "up_blocks.", "time_embedding.", "encoder.", "decoder.")
+
+
+@dataclass
+class LoRAFamily:
+    """One adapter family ("pix" or "sem"): rank, alpha and the factors of every targeted module.
+
+    Linear: A (r, in), B (out, r). Conv: A (r, in, kh, kw), B (out, r, 1, 1). float32 on CPU.
+    """
+
+    rank: int
+    alpha: float
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def scale(self) -> float:
+        return lora_scale(self.alpha, self.rank)
+
+
+@dataclass
+class PiSAWeights:
+    """Both families of PiSA-SR weights and where they came from.
+
+    format: "official-pkl" (pisa_sr.pkl), "official-safetensors" (the official tensor names stored
+    in a safetensors file) or "pisa-safetensors" (this project's file).
+    """
+
+    pix: LoRAFamily
+    sem: LoRAFamily
+    format: str
+    source: str | None = None
+
+    def family(self, name: str) -> LoRAFamily:
+        return {"pix": self.pix, "sem": self.sem}[name]
+
+
+# ---------------------------------------------------------------- formulas
+
+
+def lora_scale(alpha: float, rank: int) -> float:
+    """peft's LoRA scaling, alpha / rank (facts: alpha 8, rank 4 -> scale 2)."""
+    return float(alpha) / int(rank)
+
+
+def linear_lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
+    """Linear weight delta ΔW = scale · B @ A (facts, "Merged weights": W0 + 2·ΣB@A)."""
+    return scale * (B.float() @ A.float())
+
+
+def conv_lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
+    """Conv weight delta ΔW[o,i,:,:] = scale · Σ_r B[o,r] A[r,i,:,:].
+
+    The LoRA runs the rank-r kh×kw conv A (the layer's stride/padding) then the 1×1 conv B; both are
+    linear without bias, so their composition is one kh×kw conv with this kernel (facts, "Merged
+    weights": "the composition of the rank-r conv and the 1×1 conv").
+    """
+    rank, in_channels, kh, kw = A.shape
+    mixed = B.float()[:, :, 0, 0] @ A.float().reshape(rank, in_channels * kh * kw)
+    return scale * mixed.reshape(B.shape[0], in_channels, kh, kw)
+
+
+def lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
+    """Full-shape float32 weight delta of one LoRA pair (Linear or Conv2d)."""
+    if A.ndim == 2 and B.ndim == 2 and B.shape[1] == A.shape[0]:
+        return linear_lora_delta(A, B, scale)
+    if A.ndim == 4 and B.ndim == 4 and B.shape[1] == A.shape[0] and tuple(B.shape[2:]) == (1, 1):
+        return conv_lora_delta(A, B, scale)
+    raise PiSAError(
+        f"LoRA factors of shapes A {tuple(A.shape)} and B {tuple(B.shape)} do not fit together; expected "
+        "A (r, in) with B (out, r), or A (r, in, kh, kw) with B (out, r, 1, 1)."
+    )
+
+
+def lora_weight_shape(A: torch.Tensor, B: torch.Tensor) -> tuple[int, ...]:
+    """Shape of the base weight a LoRA pair adapts: (out, in) or (out, in, kh, kw)."""
+    return (int(B.shape[0]), *(int(s) for s in A.shape[1:]))
+
+
+# ---------------------------------------------------------------- release rule
+
+
+def module_group(name: str) -> str:
+    """Release grouping by name: encoder if it holds down_blocks or conv_in, else decoder if it
+    holds up_blocks or conv_out, else others (the mid block). The order of the tests matters."""
+    if "down_blocks" in name or "conv_in" in name:
+        return "encoder"
+    if "up_blocks" in name or "conv_out" in name:
+        return "decoder"
+    return "others"
+
+
+def is_release_target(parameter_name: str) -> bool:
+    """The release's target rule on a UNet parameter name (facts, "LoRA targets")."""
+    return (
+        parameter_name.endswith(".weight")
+        and any(s in parameter_name for s in RELEASE_TARGET_SUBSTRINGS)
+        and not any(s in parameter_name for s in RELEASE_EXCLUDED_SUBSTRINGS)
+    )
+
+
+def release_target_modules(unet: torch.nn.Module) -> list[str]:
+    """Module names the release puts a LoRA on (the same list for pix and sem), in parameter order."""
+    return [name[: -len(".weight")] for name, _ in unet.named_parameters() if is_release_target(name)]
+
+
+# ---------------------------------------------------------------- validation shared by all formats
+
+
+def _factor(tensor, source: str, label: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise PiSAError(f"'{source}': {label} should be a tensor, found {type(tensor).__name__}.")
+    if not tensor.is_floating_point():
+        raise PiSAError(f"'{source}': {label} should be a floating-point tensor, found {tensor.dtype}.")
+    return tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def _check_pair(A: torch.Tensor, B: torch.Tensor, rank: int, rank_origin: str, source: str, where: str) -> None:
+    if A.ndim not in (2, 4):
+        raise PiSAError(
+            f"'{source}': lora_A of {where} has shape {tuple(A.shape)}; expected (r, in) or (r, in, kh, kw)."
+        )
+    if A.shape[0] != rank:
+        raise PiSAError(f"'{source}': lora_A of {where} has rank {A.shape[0]}, but {rank_origin} is {rank}.")
+    expected_b = "(out, r)" if A.ndim == 2 else "(out, r, 1, 1)"
+    if B.ndim != A.ndim or (A.ndim == 4 and tuple(B.shape[2:]) != (1, 1)):
+        raise PiSAError(
+            f"'{source}': lora_B of {where} has shape {tuple(B.shape)}; with lora_A of shape "
+            f"{tuple(A.shape)} it should be {expected_b}."
+        )
+    if B.shape[1] != rank:
+        raise PiSAError(f"'{source}': lora_B of {where} has rank {B.shape[1]}, but {rank_origin} is {rank}.")
+
+
+def _make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin: str) -> LoRAFamily:
+    """Validate one family's (A, B) pairs against its rank and return it as float32 CPU tensors."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise PiSAError(f"'{source}': the {family} rank should be a positive int, found {rank!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise PiSAError(f"'{source}': the {family} alpha should be a positive number, found {alpha!r}.")
+    if not pairs:
+        raise PiSAError(f"'{source}' holds no {family} LoRA tensors; expected both a pix and a sem family.")
+    factors = {}
+    for module, (a, b) in pairs.items():
+        where = f"{family} module '{module}'"
+        A = _factor(a, source, f"lora_A of {where}")
+        B = _factor(b, source, f"lora_B of {where}")
+        _check_pair(A, B, rank, rank_origin, source, where)
+        factors[module] = (A, B)
+    return LoRAFamily(rank=rank, alpha=float(alpha), factors=factors)
+
+
+def _pairs_from_parts(parts: dict, source: str, family: str) -> dict:
+    """{module: {"A": t, "B": t}} -> {module: (A, B)}; each module needs both factors."""
+    pairs = {}
+    for module, factors in parts.items():
+        for factor in ("A", "B"):
+            if factor not in factors:
+                raise PiSAError(f"'{source}' has lora_{'B' if factor == 'A' else 'A'} but no lora_{factor} "
+                                f"for {family} module '{module}'.")
+        pairs[module] = (factors["A"], factors["B"])
+    return pairs
+
+
+def _inferred_rank(pairs: dict, family: str, source: str) -> int:
+    if not pairs:
+        raise PiSAError(f"'{source}' holds no {family} LoRA tensors; expected both a pix and a sem family.")
+    first_a = next(iter(pairs.values()))[0]
+    if getattr(first_a, "ndim", 0) not in (2, 4):
+        raise PiSAError(f"'{source}': a {family} lora_A has shape {tuple(first_a.shape)}; expected 2 or 4 dims.")
+    return int(first_a.shape[0])
+
+
+# ---------------------------------------------------------------- official pisa_sr.pkl
+
+
+def _weights_from_official_dict(data, source: str) -> PiSAWeights:
+    """Check the 9-key schema of pisa_sr.pkl (facts) and build both families from it."""
+    if not isinstance(data, dict):
+        raise PiSAError(f"'{source}' holds a {type(data).__name__}; expected the dict of the official pisa_sr.pkl.")
+    missing = [key for key in OFFICIAL_KEYS if key not in data]
+    if missing:
+        found = ", ".join(repr(k) for k in list(data)[:5]) or "none"
+        raise PiSAError(
+            f"'{source}' lacks key(s) {', '.join(repr(k) for k in missing)} of the official pisa_sr.pkl "
+            f"(found keys: {found})."
+        )
+    for key in OFFICIAL_LIST_KEYS.values():
+        value = data[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PiSAError(f"'{source}': key '{key}' should be a list of module names (str), found {_kind_of(value)}.")
+    for key in OFFICIAL_RANK_KEYS.values():
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PiSAError(f"'{source}': key '{key}' should be a positive int rank, found {value!r}.")
+    state = data[OFFICIAL_STATE_KEY]
+    if not isinstance(state, dict):
+        raise PiSAError(f"'{source}': key '{OFFICIAL_STATE_KEY}' should be a dict of tensors, found {_kind_of(state)}.")
+    parts = _parse_official_tensors(state, source)
+    families = {}
+    for family in FAMILIES:
+        lists = {group: data[OFFICIAL_LIST_KEYS[(family, group)]] for group in GROUPS}
+        ordered = _match_lists(family, lists, parts, source)
+        rank = data[OFFICIAL_RANK_KEYS[family]]
+        families[family] = _make_family(
+            family, rank, PEFT_DEFAULT_ALPHA, ordered, source, f"'{OFFICIAL_RANK_KEYS[family]}'"
+        )
+    return PiSAWeights(pix=families["pix"], sem=families["sem"], format="official-pkl", source=source)
+
+
+def _kind_of(value) -> str:
+    if isinstance(value, list):
+        inner = sorted({type(v).__name__ for v in value})
+        return f"a list of {'/'.join(inner)}" if inner else "an empty list"
+    return f"a {type(value).__name__}"
+
+
+def _parse_official_tensors(state: dict, source: str) -> dict:
+    """`<module>.lora_A|B.default_<group>_<family>.weight` -> {(family, group): {module: {A, B}}}."""
+    parts: dict = {(family, group): {} for family in FAMILIES for group in GROUPS}
+    for name, tensor in state.items():
+        match = _OFFICIAL_TENSOR.match(name) if isinstance(name, str) else None
+        if match is None:
+            raise PiSAError(
+                f"'{source}': tensor name {name!r} is not of the form "
+                "'<module>.lora_A|lora_B.default_<encoder|decoder|others>_<pix|sem>.weight'."
+            )
+        if not isinstance(tensor, torch.Tensor):
+            raise PiSAError(f"'{source}': entry '{name}' should be a tensor, found {type(tensor).__name__}.")
+        bucket = parts[(match["family"], match["group"])]
+        bucket.setdefault(match["module"], {})[match["factor"]] = tensor
+    return parts
+
+
+def _match_lists(family: str, lists: dict, parts: dict, source: str) -> dict:
+    """Cross-check the module lists against the tensors of each adapter; return {module: (A, B)}
+    in list order (encoder, decoder, others)."""
+    ordered = {}
+    for group in GROUPS:
+        key = OFFICIAL_LIST_KEYS[(family, group)]
+        listed = lists[group]
+        tensors = _pairs_from_parts(parts[(family, group)], source, family)
+        adapter = f"default_{group}_{family}"
+        for module in listed:
+            if module in ordered:
+                raise PiSAError(f"'{source}': module '{module}' is listed twice in the {family} module lists.")
+            if module not in tensors:
+                raise PiSAError(f"'{source}': module '{module}' is listed in '{key}' but has no '{adapter}' tensors.")
+            ordered[module] = tensors[module]
+        for module in tensors:
+            if module not in listed:
+                raise PiSAError(f"'{source}': module '{module}' has '{adapter}' tensors but is not listed in '{key}'.")
+    return ordered
+
+
+def _torch_load_safely(path: Path) -> object:
+    """torch.load with weights_only=True; every failure becomes one PiSAError. Never retried unsafely."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read untrusted bytes is the user's file's fault
+        message = str(exc)
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        if code:
+            raise PiSAError(
+                f"'{path}' was refused for safety: it is a pickle that would run code ('{code[1]}'), "
+                "while PiSA-SR weights hold only tensors, lists, ints and strings."
+            ) from None
+        raise PiSAError(
+            f"'{path}' could not be read as PiSA-SR weights: it is corrupted, not a torch.save file, or a "
+            f"pickle holding Python objects that are refused for safety ({type(exc).__name__})."
+        ) from None
+
+
+# ---------------------------------------------------------------- safetensors (ours or official names)
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PiSAError(f"'{path}' is not a readable safetensors file (truncated or corrupted: {exc}).") from None
+    return tensors, metadata
+
+
+def _weights_from_safetensors(path: Path) -> PiSAWeights:
+    tensors, metadata = _read_safetensors(path)
+    source = str(path)
+    keys = list(tensors)
+    ours = [k for k in keys if _OUR_TENSOR.match(k)]
+    official = [k for k in keys if _OFFICIAL_TENSOR.match(k)]
+    if keys and len(ours) == len(keys):
+        return _weights_from_our_tensors(tensors, metadata, source)
+    if keys and len(official) == len(keys):
+        return _weights_from_official_tensors(tensors, source)
+    if ours or official:
+        other = next(k for k in keys if k not in set(ours) | set(official))
+        raise PiSAError(
+            f"'{source}' mixes PiSA-SR LoRA tensors with {len(keys) - len(ours) - len(official)} other "
+            f"tensor(s) such as '{other}'; expected PiSA-SR LoRA tensors only."
+        )
+    raise PiSAError(
+        f"'{source}' is not PiSA-SR weights: it looks like {_guess_contents(keys)}; expected the pix/sem "
+        "LoRA of pisa_sr.pkl or a file written by `pisa-sr convert`."
+    )
+
+
+def _guess_contents(keys: list[str]) -> str:
+    if not keys:
+        return "an empty file (no tensors)"
+    sample = f"{len(keys)} tensors, e.g. '{keys[0]}'"
+    if any(k.startswith(_SD_CHECKPOINT_PREFIXES) for k in keys):
+        return f"a Stable Diffusion checkpoint ({sample})"
+    lora = [k for k in keys if "lora" in k.lower()]
+    if lora:
+        return f"a LoRA in another format ({len(keys)} tensors, e.g. '{lora[0]}')"
+    if any(k.startswith(_DIFFUSERS_PREFIXES) for k in keys):
+        return f"a diffusers model state dict ({sample})"
+    return f"an unrecognised set of tensors ({sample})"
+
+
+def _weights_from_official_tensors(tensors: dict, source: str) -> PiSAWeights:
+    """The release's tensor names stored in safetensors: groups from adapter names, rank from shapes."""
+    parts = _parse_official_tensors(tensors, source)
+    families = {}
+    for family in FAMILIES:
+        pairs = {}
+        for group in GROUPS:
+            for module, pair in _pairs_from_parts(parts[(family, group)], source, family).items():
+                if module in pairs:
+                    raise PiSAError(f"'{source}': {family} module '{module}' appears in two adapters.")
+                pairs[module] = pair
+        rank = _inferred_rank(pairs, family, source)
+        families[family] = _make_family(family, rank, PEFT_DEFAULT_ALPHA, pairs, source, "its other modules' rank")
+    return PiSAWeights(pix=families["pix"], sem=families["sem"], format="official-safetensors", source=source)
+
+
+def _weights_from_our_tensors(tensors: dict, metadata: dict, source: str) -> PiSAWeights:
+    """Our keys; ranks and targets inferred from the tensors and cross-checked with the metadata."""
+    marker = metadata.get(META_FORMAT)
+    if marker is not None and marker != FORMAT_MARKER:
+        raise PiSAError(f"'{source}': metadata format is {marker!r}; expected {FORMAT_MARKER!r}.")
+    version = _meta_int(metadata, META_VERSION, source)
+    if version is not None and version > FORMAT_VERSION:
+        raise PiSAError(
+            f"'{source}' uses format version {version}, newer than the supported {FORMAT_VERSION}; update PiSA-SR."
+        )
+    parts: dict = {family: {} for family in FAMILIES}
+    for key, tensor in tensors.items():
+        match = _OUR_TENSOR.match(key)
+        parts[match["family"]].setdefault(match["module"], {})[match["factor"]] = tensor
+    families = {}
+    for family in FAMILIES:
+        pairs = _pairs_from_parts(parts[family], source, family)
+        rank = _inferred_rank(pairs, family, source)
+        declared = _meta_int(metadata, f"{family}.rank", source)
+        if declared is not None and declared != rank:
+            raise PiSAError(f"'{source}': metadata says {family} rank {declared}, but the tensors have rank {rank}.")
+        pairs = _order_by_metadata_targets(pairs, metadata, family, source)
+        alpha = _meta_float(metadata, f"{family}.alpha", source)
+        alpha = PEFT_DEFAULT_ALPHA if alpha is None else alpha
+        families[family] = _make_family(family, rank, alpha, pairs, source, "its other modules' rank")
+    return PiSAWeights(pix=families["pix"], sem=families["sem"], format="pisa-safetensors", source=source)
+
+
+def _order_by_metadata_targets(pairs: dict, metadata: dict, family: str, source: str) -> dict:
+    key = f"{family}.target_modules"
+    if key not in metadata:
+        return pairs
+    try:
+        targets = json.loads(metadata[key])
+    except json.JSONDecodeError:
+        targets = None
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise PiSAError(f"'{source}': metadata '{key}' should be a JSON list of module names.")
+    if len(set(targets)) != len(targets) or set(targets) != set(pairs):
+        extra = sorted(set(targets) - set(pairs))
+        absent = sorted(set(pairs) - set(targets))
+        detail = f"listed without tensors: {extra[:3]}" if extra else f"tensors not listed: {absent[:3]}"
+        if not extra and not absent:
+            detail = "a module is listed twice"
+        raise PiSAError(f"'{source}': metadata '{key}' does not match the {family} tensors ({detail}).")
+    return {module: pairs[module] for module in targets}
+
+
+def _meta_int(metadata: dict, key: str, source: str) -> int | None:
+    if key not in metadata:
+        return None
+    try:
+        return int(metadata[key])
+    except ValueError:
+        raise PiSAError(f"'{source}': metadata '{key}' should be an integer, found {metadata[key]!r}.") from None
+
+
+def _meta_float(metadata: dict, key: str, source: str) -> float | None:
+    if key not in metadata:
+        return None
+    try:
+        value = float(metadata[key])
+    except ValueError:
+        raise PiSAError(f"'{source}': metadata '{key}' should be a number, found {metadata[key]!r}.") from None
+    return value
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """Sniff the content: torch.save zips start with 'PK', legacy pickles with 0x80; safetensors with
+    an 8-byte header length then '{'. Fall back to the extension for files too damaged to tell."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return False
+    if len(head) == 9 and head[8:9] == b"{":
+        return True
+    return path.suffix.lower() == ".safetensors"
+
+
+def load_pisa_weights(path) -> PiSAWeights:
+    """Read PiSA-SR weights: the official pisa_sr.pkl (safely) or a safetensors file (ours or with
+    the official tensor names). The format is judged from the content, not the extension."""
+    path = Path(path)
+    if not path.is_file():
+        raise PiSAError(f"PiSA-SR weights file '{path}' does not exist or is not a file.")
+    if _looks_like_safetensors(path):
+        return _weights_from_safetensors(path)
+    return _weights_from_official_dict(_torch_load_safely(path), str(path))
+
+
+def save_pisa_weights(weights: PiSAWeights, path) -> None:
+    """Write our .safetensors: tensors '<family>.<module>.lora_A|lora_B' plus string metadata
+    (format marker and version, rank, alpha and target module list per family)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise PiSAError(f"PiSA-SR weights can only be saved as .safetensors; got '{path}'.")
+    target = str(path)
+    tensors = {}
+    metadata = {META_FORMAT: FORMAT_MARKER, META_VERSION: str(FORMAT_VERSION)}
+    for name in FAMILIES:
+        family = weights.family(name)
+        checked = _make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
+        for module, (A, B) in checked.factors.items():
+            tensors[f"{name}.{module}.lora_A"] = A.clone()
+            tensors[f"{name}.{module}.lora_B"] = B.clone()
+        metadata[f"{name}.rank"] = str(checked.rank)
+        metadata[f"{name}.alpha"] = repr(float(checked.alpha))
+        metadata[f"{name}.target_modules"] = json.dumps(list(checked.factors))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target and rename, so a failed write never leaves a half file under its name.
+    temporary = path.with_name(f".{path.name}.part")
+    try:
+        # safetensors writes 0600 files; give ours the permissions any new file gets here (umask).
+        with open(temporary, "wb"):
+            pass
+        mode = os.stat(temporary).st_mode & 0o777
+        save_file(tensors, temporary, metadata=metadata)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def convert_pisa_weights(src, dst) -> PiSAWeights:
+    """Convert PiSA-SR weights (normally the official pisa_sr.pkl) to our .safetensors; returns them."""
+    src, dst = Path(src), Path(dst)
+    if dst.suffix.lower() != ".safetensors":
+        raise PiSAError(f"The converted file must end with .safetensors; got '{dst}'.")
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise PiSAError(f"Refusing to convert '{src}' onto itself; choose another output path.")
+    weights = load_pisa_weights(src)
+    save_pisa_weights(weights, dst)
+    return weights
+
+
+def check_compatible(weights: PiSAWeights, unet: torch.nn.Module, source_name) -> None:
+    """Every LoRA module must exist in the UNet with the weight shape its factors imply."""
+    modules = dict(unet.named_modules())
+    for name in FAMILIES:
+        for module, (A, B) in weights.family(name).factors.items():
+            target = modules.get(module)
+            weight = getattr(target, "weight", None) if target is not None else None
+            if not isinstance(weight, torch.Tensor):
+                raise PiSAError(
+                    f"'{source_name}' has {name} LoRA weights for module '{module}', which the base UNet does "
+                    "not have (weights made for another base model?)."
+                )
+            needed = lora_weight_shape(A, B)
+            if tuple(weight.shape) != needed:
+                raise PiSAError(
+                    f"'{source_name}': {name} LoRA for module '{module}' needs a base weight of shape {needed}, "
+                    f"but the UNet's is {tuple(weight.shape)} (weights made for another base model?)."
+                )
+
+
+def module_kind(A: torch.Tensor) -> str:
+    """'linear' for a Linear LoRA, 'conv{kh}x{kw}' for a conv LoRA."""
+    return "linear" if A.ndim == 2 else f"conv{A.shape[2]}x{A.shape[3]}"
+
+
+def describe(weights: PiSAWeights) -> dict:
+    """Summary for `pisa-sr info`: format, and per family rank/alpha/scale, module counts per group
+    and per kind, parameter count; plus the total parameter count."""
+    families = {}
+    for name in FAMILIES:
+        family = weights.family(name)
+        groups = dict.fromkeys(GROUPS, 0)
+        kinds: dict[str, int] = {}
+        parameters = 0
+        for module, (A, B) in family.factors.items():
+            groups[module_group(module)] += 1
+            kind = module_kind(A)
+            kinds[kind] = kinds.get(kind, 0) + 1
+            parameters += A.numel() + B.numel()
+        families[name] = {
+            "rank": family.rank,
+            "alpha": family.alpha,
+            "scale": family.scale,
+            "modules": len(family.factors),
+            "groups": groups,
+            "kinds": dict(sorted(kinds.items())),
+            "parameters": parameters,
+        }
+    return {
+        "format": weights.format,
+        "source": weights.source,
+        "families": families,
+        "parameters": sum(f["parameters"] for f in families.values()),
+    }

@@ -1,0 +1,428 @@
+"""pisa_core.image_io: reading/writing 8/16-bit, gray, alpha, EXIF orientation, input lists."""
+
+import struct
+import zlib
+
+import numpy as np
+import png
+import pytest
+import torch
+from PIL import Image, features
+
+from pisa_core.errors import PiSAError
+from pisa_core.image_io import (
+    ImageInfo,
+    list_inputs,
+    png_header,
+    quantize,
+    read_image,
+    to_pil_8bit,
+    write_image,
+)
+
+RNG = np.random.default_rng(1234)
+
+
+def levels_of(image, bit_depth):
+    """Float 0..1 read back -> integer levels (exact for values written as levels / max)."""
+    max_value = 65535 if bit_depth == 16 else 255
+    return torch.round(image * max_value).to(torch.int64).numpy()
+
+
+def random_levels(shape, bit_depth):
+    high = 65536 if bit_depth == 16 else 256
+    levels = RNG.integers(0, high, size=shape)
+    levels.flat[0], levels.flat[1] = 0, high - 1  # both ends of the range
+    return levels
+
+
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png16_bytes(levels, exif=None):
+    """A 16-bit PNG encoded here (Sub filter on every row), independent of pypng's writer."""
+    h, w, c = levels.shape
+    raw = levels.astype(">u2").reshape(h, w * c).view(np.uint8).astype(np.int16)
+    bpp = 2 * c
+    filtered = raw.copy()
+    filtered[:, bpp:] = (raw[:, bpp:] - raw[:, :-bpp]) % 256
+    rows = np.concatenate([np.ones((h, 1), np.int16), filtered], axis=1).astype(np.uint8)
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    out = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
+    if exif is not None:
+        out += _chunk(b"eXIf", exif)
+    return out + _chunk(b"IDAT", zlib.compress(rows.tobytes())) + _chunk(b"IEND", b"")
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("channels, pil_mode", [(1, "L"), (2, "LA"), (3, "RGB"), (4, "RGBA")])
+def test_png_8bit_round_trip_is_exact(tmp_path, channels, pil_mode):
+    levels = random_levels((7, 9, channels), 8)
+    path = tmp_path / "out.png"
+    write_image(path, torch.from_numpy(levels / 255.0).float(), bit_depth=8)
+    with Image.open(path) as im:
+        assert im.mode == pil_mode
+    image, info = read_image(path)
+    assert image.dtype == torch.float32 and image.shape == (7, 9, channels)
+    assert info == ImageInfo(mode=pil_mode, bit_depth=8, channels=channels,
+                             has_alpha=channels in (2, 4), gray=channels in (1, 2))
+    np.testing.assert_array_equal(levels_of(image, 8), levels)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_16bit_round_trip_keeps_all_16_bits(tmp_path, channels):
+    levels = random_levels((6, 5, channels), 16)
+    assert (levels % 257 != 0).any()  # values an 8-bit round trip could not keep
+    path = tmp_path / "out16.png"
+    write_image(path, torch.from_numpy(levels / 65535.0).float(), bit_depth=16)
+    assert png_header(path)[0] == 16
+    image, info = read_image(path)
+    assert info.bit_depth == 16 and info.channels == channels
+    assert info.has_alpha == (channels in (2, 4)) and info.gray == (channels in (1, 2))
+    read_levels = levels_of(image, 16)
+    assert (read_levels % 257 != 0).any()
+    np.testing.assert_array_equal(read_levels, levels)
+
+
+def test_16bit_gray_written_is_what_pillow_reads(tmp_path):
+    levels = random_levels((4, 6, 1), 16)
+    path = tmp_path / "g16.png"
+    write_image(path, torch.from_numpy(levels / 65535.0).float(), bit_depth=16)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(im), levels[..., 0])
+
+
+def test_reads_16bit_gray_png_written_by_pillow(tmp_path):
+    levels = random_levels((5, 4), 16).astype(np.uint16)
+    path = tmp_path / "pil16.png"
+    Image.fromarray(levels).save(path)
+    image, info = read_image(path)
+    assert (info.bit_depth, info.channels, info.gray) == (16, 1, True)
+    np.testing.assert_array_equal(levels_of(image, 16)[..., 0], levels)
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_reads_filtered_16bit_color_png_encoded_independently(tmp_path, channels):
+    levels = random_levels((9, 11, channels), 16)
+    path = tmp_path / "sub16.png"
+    path.write_bytes(png16_bytes(levels))
+    with Image.open(path) as im:  # the reason for pypng: Pillow would give 8-bit samples here
+        assert np.asarray(im).dtype == np.uint8
+    image, info = read_image(path)
+    assert info.bit_depth == 16 and info.channels == channels
+    np.testing.assert_array_equal(levels_of(image, 16), levels)
+
+
+def test_16bit_colour_key_transparency_becomes_alpha(tmp_path):
+    levels = random_levels((3, 4, 3), 16)
+    levels[1, 2] = (1000, 2000, 3000)
+    path = tmp_path / "trns16.png"
+    with open(path, "wb") as f:
+        png.Writer(4, 3, greyscale=False, bitdepth=16, transparent=(1000, 2000, 3000)).write_array(f, levels.reshape(-1))
+    image, info = read_image(path)
+    assert info.channels == 4 and info.has_alpha
+    alpha = levels_of(image, 16)[..., 3]
+    expected = np.full((3, 4), 65535)
+    expected[(levels == (1000, 2000, 3000)).all(axis=2)] = 0
+    np.testing.assert_array_equal(alpha, expected)
+
+
+def test_write_rounds_and_clamps(tmp_path):
+    values = torch.tensor([0.4, 0.6, 254.4, 254.6, -3.0, 300.0]) / 255.0
+    path = tmp_path / "round.png"
+    write_image(path, values.view(1, 6, 1))
+    image, _ = read_image(path)
+    np.testing.assert_array_equal(levels_of(image, 8).ravel(), [0, 1, 254, 255, 0, 255])
+    assert quantize(np.array([0.6 / 65535], np.float32), 16)[0] == 1
+
+
+def test_write_creates_parent_folders(tmp_path):
+    path = tmp_path / "a" / "b" / "c.png"
+    write_image(path, torch.rand(3, 3, 3))
+    assert path.is_file()
+
+
+def test_jpeg_write_read(tmp_path):
+    y, x = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 48), indexing="ij")
+    image = torch.stack([x, y, (x + y) / 2], dim=2)
+    path = tmp_path / "out.jpg"
+    write_image(path, image, quality=95)
+    with Image.open(path) as im:
+        assert im.format == "JPEG"
+    back, info = read_image(path)
+    assert info == ImageInfo("RGB", 8, 3, False, False)
+    assert back.shape == image.shape
+    assert (back - image).abs().mean() < 0.01
+    gray_path = tmp_path / "gray.jpeg"
+    write_image(gray_path, image[..., :1])
+    gray, info = read_image(gray_path)
+    assert info.channels == 1 and (gray - image[..., :1]).abs().mean() < 0.01
+
+
+@pytest.mark.skipif(not features.check("webp"), reason="Pillow built without WebP")
+def test_webp_keeps_alpha(tmp_path):
+    image = torch.rand(16, 16, 4)
+    image[..., 3] = torch.where(torch.arange(16)[:, None] < 8, 0.0, 1.0).expand(16, 16)
+    path = tmp_path / "out.webp"
+    write_image(path, image)
+    back, info = read_image(path)
+    assert info.channels == 4 and info.has_alpha
+    assert (back[..., 3] - image[..., 3]).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".bmp"])
+def test_reads_tiff_and_bmp(tmp_path, suffix):
+    levels = random_levels((5, 7, 3), 8).astype(np.uint8)
+    path = tmp_path / f"in{suffix}"
+    Image.fromarray(levels, mode="RGB").save(path)
+    image, info = read_image(path)
+    assert info.bit_depth == 8 and info.channels == 3
+    np.testing.assert_array_equal(levels_of(image, 8), levels)
+
+
+def test_reads_16bit_gray_tiff(tmp_path):
+    levels = random_levels((4, 5), 16).astype(np.uint16)
+    path = tmp_path / "g16.tif"
+    Image.fromarray(levels).save(path)
+    image, info = read_image(path)
+    assert (info.bit_depth, info.channels) == (16, 1)
+    np.testing.assert_array_equal(levels_of(image, 16)[..., 0], levels)
+
+
+def test_bilevel_image_reads_as_gray(tmp_path):
+    bits = RNG.integers(0, 2, size=(6, 8)).astype(bool)
+    path = tmp_path / "bits.png"
+    Image.fromarray(bits).save(path)
+    image, info = read_image(path)
+    assert info.mode == "1" and info.channels == 1
+    np.testing.assert_array_equal(levels_of(image, 8)[..., 0], bits * 255)
+
+
+# ---------------------------------------------------------------- palette
+
+
+def _palette_image(transparent_index=None):
+    colours = RNG.integers(0, 256, size=(4, 3))
+    index = RNG.integers(0, 4, size=(5, 6)).astype(np.uint8)
+    im = Image.fromarray(index, mode="P")
+    im.putpalette(colours.astype(np.uint8).ravel().tolist())
+    if transparent_index is not None:
+        im.info["transparency"] = transparent_index
+    return im, colours, index
+
+
+def test_palette_becomes_rgb(tmp_path):
+    im, colours, index = _palette_image()
+    path = tmp_path / "pal.png"
+    im.save(path)
+    image, info = read_image(path)
+    assert info.mode == "P" and info.channels == 3 and not info.has_alpha
+    np.testing.assert_array_equal(levels_of(image, 8), colours[index])
+
+
+def test_palette_with_transparency_becomes_rgba(tmp_path):
+    im, colours, index = _palette_image(transparent_index=2)
+    path = tmp_path / "palt.png"
+    im.save(path, transparency=2)
+    image, info = read_image(path)
+    assert info.channels == 4 and info.has_alpha
+    levels = levels_of(image, 8)
+    np.testing.assert_array_equal(levels[..., :3], colours[index])
+    np.testing.assert_array_equal(levels[..., 3], np.where(index == 2, 0, 255))
+    assert to_pil_8bit(path).mode == "RGBA"
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+
+def stored_for(upright, orientation):
+    """What a camera stores so that applying EXIF `orientation` gives `upright` back."""
+    return {
+        1: upright,
+        2: upright[:, ::-1],
+        3: upright[::-1, ::-1],
+        4: upright[::-1],
+        5: upright.transpose(1, 0, 2),
+        6: np.rot90(upright, 1),  # shown rotated 90 degrees clockwise
+        7: upright.transpose(1, 0, 2)[::-1, ::-1],
+        8: np.rot90(upright, -1),
+    }[orientation].copy()
+
+
+def exif_bytes(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_8bit(tmp_path, orientation):
+    upright = random_levels((3, 5, 3), 8).astype(np.uint8)
+    path = tmp_path / "exif.png"
+    Image.fromarray(stored_for(upright, orientation)).save(path, exif=exif_bytes(orientation))
+    image, _ = read_image(path)
+    np.testing.assert_array_equal(levels_of(image, 8), upright)
+    np.testing.assert_array_equal(np.asarray(to_pil_8bit(path)), upright)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_16bit(tmp_path, orientation):
+    upright = random_levels((3, 5, 3), 16)
+    path = tmp_path / "exif16.png"
+    exif = exif_bytes(orientation)
+    exif = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif  # the eXIf chunk has no header
+    path.write_bytes(png16_bytes(stored_for(upright, orientation), exif=exif))
+    image, info = read_image(path)
+    assert info.bit_depth == 16
+    np.testing.assert_array_equal(levels_of(image, 16), upright)
+
+
+def test_exif_orientation_jpeg(tmp_path):
+    upright = np.zeros((16, 32, 3), np.uint8)
+    upright[:, :16] = 255  # left half white
+    path = tmp_path / "exif.jpg"
+    Image.fromarray(stored_for(upright, 6)).save(path, exif=exif_bytes(6), quality=95)
+    image, _ = read_image(path)
+    assert image.shape == (16, 32, 3)
+    assert image[:, :14].mean() > 0.9 and image[:, 18:].mean() < 0.1
+
+
+# ---------------------------------------------------------------- to_pil_8bit
+
+
+def test_to_pil_8bit_matches_pillow_convert(tmp_path):
+    levels = random_levels((6, 7, 3), 8).astype(np.uint8)
+    path = tmp_path / "rgb.png"
+    Image.fromarray(levels).save(path)
+    with Image.open(path) as im:
+        expected = np.asarray(im.convert("RGB"))
+    pil = to_pil_8bit(path)
+    assert pil.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(pil), expected)
+    gray_path = tmp_path / "gray.png"
+    Image.fromarray(levels[..., 0]).save(gray_path)
+    assert to_pil_8bit(gray_path).mode == "RGB"
+    rgba_path = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([levels, levels[..., :1]])).save(rgba_path)
+    assert to_pil_8bit(rgba_path).mode == "RGBA"
+
+
+def test_to_pil_8bit_scales_16bit_gray_instead_of_clipping(tmp_path):
+    levels = np.array([[0, 257 * 100, 65535, 300]], np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(levels).save(path)
+    pil = to_pil_8bit(path)
+    np.testing.assert_array_equal(np.asarray(pil)[..., 0], [[0, 100, 255, 1]])
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_read_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.png"
+    with pytest.raises(PiSAError, match="missing.png"):
+        read_image(missing)
+    with pytest.raises(PiSAError, match="not a file"):
+        read_image(tmp_path)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(PiSAError, match="notes.png"):
+        read_image(text)
+    with pytest.raises(PiSAError, match="notes.png"):
+        to_pil_8bit(text)
+
+
+def test_truncated_files_raise(tmp_path):
+    good = tmp_path / "good.png"
+    write_image(good, torch.rand(64, 64, 3))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(PiSAError, match="cut.png"):
+        read_image(cut)
+    good16 = tmp_path / "good16.png"
+    write_image(good16, torch.rand(64, 64, 3), bit_depth=16)
+    cut16 = tmp_path / "cut16.png"
+    cut16.write_bytes(good16.read_bytes()[:300])
+    with pytest.raises(PiSAError, match="cut16.png"):
+        read_image(cut16)
+
+
+def test_unsupported_formats_raise(tmp_path):
+    gif = tmp_path / "anim.gif"
+    Image.new("P", (4, 4)).save(gif)
+    with pytest.raises(PiSAError, match="GIF"):
+        read_image(gif)
+    floats = tmp_path / "float.tif"
+    Image.fromarray(np.ones((3, 3), np.float32), mode="F").save(floats)
+    with pytest.raises(PiSAError, match="floating-point"):
+        read_image(floats)
+
+
+def test_write_errors(tmp_path):
+    rgb, rgba = torch.rand(4, 4, 3), torch.rand(4, 4, 4)
+    with pytest.raises(PiSAError, match="alpha"):
+        write_image(tmp_path / "a.jpg", rgba)
+    with pytest.raises(PiSAError, match="alpha"):
+        write_image(tmp_path / "a.jpg", torch.rand(4, 4, 2))
+    with pytest.raises(PiSAError, match="16 bits"):
+        write_image(tmp_path / "a.jpg", rgb, bit_depth=16)
+    with pytest.raises(PiSAError, match="8 or 16"):
+        write_image(tmp_path / "a.png", rgb, bit_depth=12)
+    with pytest.raises(PiSAError, match="extension"):
+        write_image(tmp_path / "a.gif", rgb)
+    with pytest.raises(PiSAError, match=r"\[H, W, C\]"):
+        write_image(tmp_path / "a.png", torch.rand(1, 4, 4, 3))
+    with pytest.raises(PiSAError, match=r"\[H, W, C\]"):
+        write_image(tmp_path / "a.png", torch.rand(4, 4, 5))
+    with pytest.raises(PiSAError, match="NaN"):
+        write_image(tmp_path / "a.png", torch.full((2, 2, 3), float("nan")))
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- list_inputs
+
+
+def _touch_images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (2, 2)).save(folder / name)
+
+
+def test_list_inputs_folder_is_sorted_and_not_recursive(tmp_path):
+    _touch_images(tmp_path, ["b.png", "a.JPG", "c.webp" if features.check("webp") else "c.bmp"])
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden.png").write_bytes((tmp_path / "b.png").read_bytes())
+    _touch_images(tmp_path / "sub", ["d.png"])
+    found = list_inputs([tmp_path])
+    assert [p.name for p in found] == sorted(["b.png", "a.JPG", found[-1].name])
+    assert all(p.parent == tmp_path for p in found)
+
+
+def test_list_inputs_files_globs_and_dedup(tmp_path):
+    _touch_images(tmp_path, ["x2.png", "x1.png", "y.png"])
+    _touch_images(tmp_path / "sub", ["x3.png"])
+    (tmp_path / "x9.txt").write_text("x")
+    found = list_inputs([str(tmp_path / "y.png"), str(tmp_path / "x*"), tmp_path / "x1.png"])
+    assert [p.name for p in found] == ["y.png", "x1.png", "x2.png"]
+    recursive = list_inputs(str(tmp_path / "**" / "x*.png"))
+    assert sorted(p.name for p in recursive) == ["x1.png", "x2.png", "x3.png"]
+    explicit = tmp_path / "odd.dat"
+    explicit.write_text("x")
+    assert list_inputs([explicit]) == [explicit]  # a named file is taken as given
+
+
+def test_list_inputs_errors(tmp_path):
+    with pytest.raises(PiSAError, match="nothing-here"):
+        list_inputs([tmp_path / "nothing-here.png"])
+    with pytest.raises(PiSAError, match=r"\*.tif"):
+        list_inputs([str(tmp_path / "*.tif")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PiSAError, match="no image files"):
+        list_inputs([empty])
+    with pytest.raises(PiSAError, match="No input"):
+        list_inputs([])
