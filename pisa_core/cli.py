@@ -98,6 +98,8 @@ def _run_upscale(args) -> int:
     bar = tqdm(mine, unit="img", disable=None, position=state.process_index if state else 0)
     for path in bar:
         bar.set_postfix_str(path.name)
+        if state is not None:
+            print(f"process {state.process_index}: {path.name}", flush=True)
         image, info = read_image(path)
         if args.geometry == "release" and info.bit_depth == 8 and info.channels == 3:
             batch = [to_pil_8bit(path)]  # byte-exact with the release's Pillow steps
@@ -112,9 +114,11 @@ def _distributed_state():
     """accelerate's process state when started with `accelerate launch` on several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # without cpu=True accelerate ignores the launcher's processes on a machine without CUDA
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _my_share(files, state):

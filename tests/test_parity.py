@@ -11,9 +11,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from release_reference import ReleaseStyleSR, release_tile_offsets
+pytest.importorskip("peft")  # the reference attaches the release's adapters with peft
 
-pytest.importorskip("peft")
+from release_reference import ReleaseStyleSR, release_tile_offsets  # noqa: E402
 
 
 def _reference(model_dir, **kwargs) -> ReleaseStyleSR:
