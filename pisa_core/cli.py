@@ -29,8 +29,8 @@ def _add_upscale_parser(sub) -> None:
     p.add_argument("--color-fix", choices=("adain", "wavelet", "none"), default="adain")
     p.add_argument("--latent-tile", type=int, default=96, help="latent tile size in latent pixels (default 96)")
     p.add_argument("--latent-overlap", type=int, default=32, help="latent tile overlap in latent pixels (default 32)")
-    p.add_argument("--vae-tile", type=int, default=1024,
-                   help="VAE tile size in image pixels; larger than the image means untiled (default 1024)")
+    p.add_argument("--vae-tile", type=int, default=512,
+                   help="VAE tile size in image pixels, a multiple of 8; larger than the image means untiled (default 512)")
     p.add_argument("--tile-batch", type=int, default=1, help="latent tiles per UNet call (default 1)")
     p.add_argument("--geometry", choices=("exact", "release"), default="exact",
                    help="exact: output is exactly upscale x input; release: the authors' resizing")

@@ -31,13 +31,16 @@ class Prepared:
     """What the model needs, and how to get back to the final image."""
 
     pixels: torch.Tensor          # [B,3,Hp,Wp] in [-1, 1]; Hp, Wp multiples of 8
-    reference: torch.Tensor       # [B,3,Hw,Ww] in [0, 1]: the upscaled LQ, the colour reference
+    work_size: tuple[int, int]    # (Hw, Ww): the upscaled LQ inside `pixels`, before padding
     out_size: tuple[int, int]     # final (H, W)
     geometry: str
 
     @property
-    def work_size(self) -> tuple[int, int]:
-        return tuple(self.reference.shape[-2:])
+    def reference(self) -> torch.Tensor:
+        """[B,3,Hw,Ww] in [0,1]: the upscaled LQ, the colour reference. Derived from `pixels`
+        rather than stored, so a 4096² upscale holds one full-size input buffer, not two."""
+        work_h, work_w = self.work_size
+        return (self.pixels[..., :work_h, :work_w] + 1) / 2
 
 
 def _working_size(out_h: int, out_w: int, process_size: int) -> tuple[int, int]:
@@ -64,8 +67,9 @@ def prepare_exact(rgb: torch.Tensor, upscale: float, process_size: int) -> Prepa
     up = F.interpolate(rgb.float(), size=(work_h, work_w), mode="bicubic", align_corners=False).clamp(0, 1)
     pad_h = max(MIN_WORK_SIDE, work_h + (-work_h) % LATENT_FACTOR) - work_h
     pad_w = max(MIN_WORK_SIDE, work_w + (-work_w) % LATENT_FACTOR) - work_w
-    pixels = F.pad(up * 2 - 1, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else up * 2 - 1
-    return Prepared(pixels, up, (out_h, out_w), "exact")
+    up.mul_(2).sub_(1)
+    pixels = F.pad(up, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else up
+    return Prepared(pixels, (work_h, work_w), (out_h, out_w), "exact")
 
 
 def finish(out01: torch.Tensor, prepared: Prepared) -> torch.Tensor:
@@ -152,5 +156,5 @@ def prepare_release_one(image, upscale: int, process_size: int) -> tuple[torch.T
 def prepare_release(images, upscale: int, process_size: int) -> Prepared:
     """images: a list of Pillow images or a float tensor [B,3,H,W] in [0,1]."""
     refs, sizes = zip(*(prepare_release_one(im, upscale, process_size) for im in images))
-    reference = torch.stack(refs)
-    return Prepared(reference * 2 - 1, reference, sizes[0], "release")
+    pixels = torch.stack(refs).mul_(2).sub_(1)
+    return Prepared(pixels, tuple(pixels.shape[-2:]), sizes[0], "release")

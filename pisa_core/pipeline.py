@@ -33,6 +33,17 @@ Progress = Callable[[int, int], None]
 COLOR_FIXES = ("adain", "wavelet", "none")
 GEOMETRIES = ("exact", "release")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+VAE_TILE_PX = 512     # keeps a 4096² fp32 upscale under 6 GiB on a CPU; bigger tiles: faster on GPUs
+VAE_OVERLAP_PX = 64   # feathered overlap between VAE tiles, image pixels
+
+
+def _inplace_activations(model: nn.Module) -> None:
+    """In-place SiLU in the VAE (inference only): one full-resolution buffer less per resnet.
+    Safe there because each SiLU consumes a fresh GroupNorm output; not done in the UNet, whose
+    time embedding is shared between blocks."""
+    for module in model.modules():
+        if isinstance(module, nn.SiLU):
+            module.inplace = True
 
 
 def default_device() -> torch.device:
@@ -74,6 +85,7 @@ class PiSAPipeline:
         self.unet.to(self.device, self.dtype)
         # nn.Module.to: diffusers' own .to() warns about fp32-pinned modules SD2's VAE does not have
         self.vae = nn.Module.to(base.vae, self.device, self.dtype)
+        _inplace_activations(self.vae)
         self.vae_dtype = self.dtype
         self.prompt_embeds = base.prompt_embeds.to(self.device, self.dtype)
         self.base_source, self.weights_source = base.source, weights.source
@@ -87,7 +99,7 @@ class PiSAPipeline:
     # --- stages -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, *, vae_tile: int = 1024, sample: bool = False,
+    def encode(self, pixels: torch.Tensor, *, vae_tile: int = VAE_TILE_PX, sample: bool = False,
                seed: int | None = None, progress: Progress | None = None) -> torch.Tensor:
         """pixels [B,3,H,W] in [-1,1] (H, W multiples of 8) → unscaled latent [B,4,H/8,W/8], float32.
         The posterior mean by default; a seeded posterior sample with sample=True."""
@@ -97,7 +109,7 @@ class PiSAPipeline:
             dist = self.vae.encode(tile.to(self.device, self.vae_dtype)).latent_dist
             return torch.cat([dist.mean, dist.logvar], dim=1).float()
 
-        stats = vae_encode_tiled(moments, pixels, tile=vae_tile, progress=progress)
+        stats = vae_encode_tiled(moments, pixels, tile=vae_tile, overlap=VAE_OVERLAP_PX, progress=progress)
         mean, logvar = stats.chunk(2, dim=1)
         if not sample:
             return mean
@@ -142,26 +154,30 @@ class PiSAPipeline:
         return residual_latent(z_lq, plan.combine(eps, like=z_lq)) / self.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, *, vae_tile: int = 1024, progress: Progress | None = None) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, *, vae_tile: int = VAE_TILE_PX, progress: Progress | None = None) -> torch.Tensor:
         """Unscaled latent → image [B,3,8h,8w] in [-1, 1], float32. A VAE that overflows in half
         precision (NaN/inf) is switched to float32 and the decode redone."""
         def run(tile: torch.Tensor) -> torch.Tensor:
             return self.vae.decode(tile.to(self.device, self.vae_dtype)).sample.float()
 
-        image = vae_decode_tiled(run, latent.float(), tile=max(1, vae_tile // 8), progress=progress)
+        def tiled() -> torch.Tensor:
+            return vae_decode_tiled(run, latent.float(), tile=vae_tile // 8, overlap=VAE_OVERLAP_PX // 8,
+                                    progress=progress)
+
+        image = tiled()
         if self.vae_dtype != torch.float32 and not torch.isfinite(image).all():
             log.warning("PiSA-SR: the VAE overflowed in %s; decoding in float32 from now on", self.vae_dtype)
             nn.Module.float(self.vae)
             self.vae_dtype = torch.float32
-            image = vae_decode_tiled(run, latent.float(), tile=max(1, vae_tile // 8), progress=progress)
-        return image.clamp(-1, 1)
+            image = tiled()
+        return image.clamp_(-1, 1)
 
     # --- the whole path ---------------------------------------------------------------------
 
     @torch.no_grad()
     def __call__(self, images, *, upscale: float = 4, lambda_pix: float = 1.0, lambda_sem: float = 1.0,
                  color_fix: str = "adain", latent_tile: int = 96, latent_overlap: int = 32,
-                 vae_tile: int = 1024, geometry: str = "exact", process_size: int = 512,
+                 vae_tile: int = VAE_TILE_PX, geometry: str = "exact", process_size: int = 512,
                  sample: bool = False, seed: int | None = None, tile_batch: int = 1,
                  progress: Progress | None = None) -> torch.Tensor:
         """images: float tensor [B,H,W,C] in [0,1] with C = 1 (gray), 2 (gray+alpha), 3 or 4
@@ -177,10 +193,11 @@ class PiSAPipeline:
         latent = self.encode(prepared.pixels, vae_tile=vae_tile, sample=sample, seed=seed, progress=progress)
         z_high = self.guided_latent(latent, lambda_pix, lambda_sem, latent_tile=latent_tile,
                                     latent_overlap=latent_overlap, tile_batch=tile_batch, progress=progress)
+        del latent
         out = self.decode(z_high, vae_tile=vae_tile, progress=progress).cpu()
         work_h, work_w = prepared.work_size
-        out01 = (out[..., :work_h, :work_w] * 0.5 + 0.5).clamp(0, 1)
-        out01 = apply_color_fix(out01, prepared.reference, color_fix)
+        out01 = out[..., :work_h, :work_w].mul_(0.5).add_(0.5).clamp_(0, 1)
+        out01 = apply_color_fix(out01, prepared.reference.cpu(), color_fix)
         out01 = finish(out01, prepared)
         return _merge_channels(out01, alpha, gray, prepared.out_size)
 
@@ -201,8 +218,9 @@ def _check_options(color_fix, geometry, upscale, latent_tile, latent_overlap, va
         raise PiSAError(f"upscale must be positive, got {upscale}")
     if latent_tile < 1 or not 0 <= latent_overlap < latent_tile:
         raise PiSAError(f"latent tile {latent_tile} / overlap {latent_overlap}: need tile >= 1 and 0 <= overlap < tile")
-    if vae_tile < 64:
-        raise PiSAError(f"vae_tile must be at least 64 image pixels, got {vae_tile}")
+    if vae_tile < 2 * VAE_OVERLAP_PX or vae_tile % 8:
+        raise PiSAError(f"vae_tile must be a multiple of 8 and at least {2 * VAE_OVERLAP_PX} image pixels, "
+                        f"got {vae_tile}")
 
 
 def _split_channels(images):

@@ -46,6 +46,14 @@ def _merge_and_unload(unet, adapters: list[str]) -> None:
             setattr(unet.get_submodule(parent_name), child, module.get_base_layer())
 
 
+def attach_unmerged(unet, pkl_path) -> None:
+    """All six adapters attached with peft and active, nothing merged: the naive way to run PiSA."""
+    state = torch.load(pkl_path, map_location="cpu", weights_only=True)
+    _attach(unet, state, "pix")
+    _attach(unet, state, "sem")
+    unet.set_adapters([f"default_{f}_{k}" for k in ("pix", "sem") for f in FAMILIES])
+
+
 def gaussian_weights_release(tile_width: int, tile_height: int) -> torch.Tensor:
     """The release's tile weights (float64 numpy, as it computes them)."""
     var = 0.01
@@ -90,8 +98,12 @@ class ReleaseStyleSR:
                 param.copy_(weights[name])
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        ids = self.tokenizer(prompt, max_length=self.tokenizer.model_max_length, padding="max_length",
-                             truncation=True, return_tensors="pt").input_ids
+        if self.tokenizer is None:  # benchmarks on random weights have no tokenizer files: SD2's ids of ""
+            vocab = self.text_encoder.config.vocab_size
+            ids = torch.tensor([[vocab - 2, vocab - 1] + [0] * 75])
+        else:
+            ids = self.tokenizer(prompt, max_length=self.tokenizer.model_max_length, padding="max_length",
+                                 truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids)[0]
 
     def _unet(self, latents, embeds):

@@ -6,10 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from launcher import accelerate_two_processes
 from PIL import Image
 
 from pisa_core.cli import main
@@ -87,9 +87,7 @@ def test_convert_and_info(model_dir, tmp_path, capsys):
 def test_accelerate_launch_splits_files_between_processes(model_dir, photos, tmp_path):
     out = tmp_path / "dist"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",  # torchrun; gloo on CPU
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "pisa_core.cli", "upscale", str(photos), "-o", str(out), *_args(model_dir, device=None)]
+    cmd = [*accelerate_two_processes(), "-m", "pisa_core.cli", "upscale", str(photos), "-o", str(out), *_args(model_dir, device=None)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["photo0.png", "photo1.png"]

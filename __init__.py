@@ -1,0 +1,12 @@
+"""ComfyUI entry point of the PiSA-SR node pack (this folder goes into ComfyUI/custom_nodes/).
+
+Without ComfyUI, use the `pisa_core` package (CLI, Python API) instead.
+"""
+
+import logging
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+logging.getLogger("PiSA-SR").info("PiSA-SR: %d nodes loaded (category image/upscaling/PiSA-SR)", len(NODE_CLASS_MAPPINGS))

@@ -1,0 +1,13 @@
+"""`python -m pisa_core.train [options]` = `pisa-sr train [options]` (for `accelerate launch -m`)."""
+
+import sys
+
+from ..errors import PiSAError
+from .cli import train_main
+
+if __name__ == "__main__":
+    try:
+        sys.exit(train_main())
+    except PiSAError as error:
+        print(f"pisa-sr train: error: {error}", file=sys.stderr)
+        sys.exit(2)

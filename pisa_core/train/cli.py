@@ -1,0 +1,92 @@
+"""`pisa-sr train` and `pisa-sr degrade` (registered by pisa_core.cli through add_train_subparsers)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import PiSAError
+from .config import add_config_arguments, config_from_args
+
+DEGRADE_HELP = ("make LQ test images from HQ ones with the training degradation (Real-ESRGAN second order, "
+                "release parameters), reproducible per seed and file")
+
+
+def add_train_subparsers(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="train the pixel (--stage pix) or semantic (--stage sem) LoRA",
+        description="Train PiSA-SR's LoRAs on SD2.1-base. Stage pix first, then stage sem --init <pix weights>. "
+                    "Multi-GPU: accelerate launch -m pisa_core.train ... (same options).")
+    add_config_arguments(train)
+    train.set_defaults(func=_run_train)
+
+    degrade = subparsers.add_parser("degrade", help=DEGRADE_HELP, description=DEGRADE_HELP)
+    add_degrade_arguments(degrade)
+    degrade.set_defaults(func=_run_degrade)
+
+
+def _run_train(args) -> int:
+    from .trainer import train
+
+    train(config_from_args(args))
+    return 0
+
+
+# ----------------------------------------------------------------------------- degrade
+
+
+def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="HQ images, folders (recursive) or .txt lists")
+    parser.add_argument("-o", "--output", required=True, help="folder for the LQ images (PNG, same relative names)")
+    parser.add_argument("--seed", type=int, default=0, help="seed; image i of the sorted list uses (seed, i)")
+    parser.add_argument("--keep-size", action="store_true",
+                        help="resize the LQ back to the HQ size (the training input) instead of 1/4 size")
+    parser.add_argument("--hq-output", default=None,
+                        help="also write the HQ images cropped to a multiple of 4 here (ground truth of the pairs)")
+
+
+def _run_degrade(args) -> int:
+    return degrade_files(args.inputs, args.output, seed=args.seed, keep_size=args.keep_size,
+                         hq_output=args.hq_output)
+
+
+def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_output=None) -> int:
+    """Degrade every listed image; image i (in listing order) uses the random stream (seed, i)."""
+    from ..image_io import write_image
+    from .data import list_images, load_rgb
+    from .degradation import DegradationConfig, degrade
+
+    scale = DegradationConfig().scale
+    output = Path(output)
+    count = 0
+    for source in inputs:
+        root = Path(source) if Path(source).is_dir() else None
+        for path in list_images(source):
+            hq = load_rgb(path)
+            h, w = (hq.shape[1] // scale) * scale, (hq.shape[2] // scale) * scale
+            if h < scale or w < scale:
+                raise PiSAError(f"Image '{path}' is smaller than {scale}x{scale} pixels.")
+            hq = hq[:, :h, :w]
+            lq = degrade(hq, seed=seed, index=count, resize_back=keep_size)
+            rel = path.relative_to(root) if root is not None else Path(path.name)
+            write_image((output / rel).with_suffix(".png"), lq.permute(1, 2, 0))
+            if hq_output is not None:
+                write_image((Path(hq_output) / rel).with_suffix(".png"), hq.permute(1, 2, 0))
+            count += 1
+    print(f"pisa-sr degrade: wrote {count} LQ image(s) to {output}")
+    return 0
+
+
+def degrade_main(argv=None) -> int:
+    """Stand-alone entry of `pisa-sr degrade` (argv without the subcommand name)."""
+    parser = argparse.ArgumentParser(prog="pisa-sr degrade", description=DEGRADE_HELP)
+    add_degrade_arguments(parser)
+    return _run_degrade(parser.parse_args(argv))
+
+
+def train_main(argv=None) -> int:
+    """Stand-alone entry of `pisa-sr train` (argv without the subcommand name); used by
+    `accelerate launch -m pisa_core.train`."""
+    parser = argparse.ArgumentParser(prog="pisa-sr train", description="Train PiSA-SR's LoRAs.")
+    add_config_arguments(parser)
+    return _run_train(parser.parse_args(argv))

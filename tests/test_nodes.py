@@ -1,0 +1,440 @@
+"""The ComfyUI node pack, run directly (no ComfyUI) on tiny SD2-structured models written to disk.
+
+The pack is loaded the way ComfyUI loads a custom-node folder: the repository root as a package
+under its folder name, so its relative imports and node registry are what ComfyUI sees.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT = Path(__file__).with_name("test_nodes_schema.json")
+NODE_IDS = ["PiSALoader", "PiSAEncode", "PiSADualGuidance", "PiSADecode", "PiSAUpscale", "PiSAGuidanceGrid"]
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def load_pack(name: str):
+    """Import the repository root as ComfyUI does (spec from <folder>/__init__.py under `name`)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PACK = load_pack("pisa_sr_pack_under_test")
+NODES = PACK.NODE_CLASS_MAPPINGS
+host = sys.modules["pisa_sr_pack_under_test.nodes.host"]
+PiSAError = sys.modules["pisa_sr_pack_under_test.pisa_core.errors"].PiSAError
+
+
+def node_schema(cls) -> dict:
+    """Node id's frozen part: inputs in order with type and default (file lists excluded)."""
+    spec = cls.INPUT_TYPES()
+    out = {}
+    for section in ("required", "optional"):
+        items = []
+        for name, (kind, *opts) in spec.get(section, {}).items():
+            options = opts[0] if opts else {}
+            entry = {"name": name, "type": "COMBO" if isinstance(kind, list) else kind}
+            if isinstance(kind, list) and name not in ("base_model", "pisa_weights"):
+                entry["choices"] = list(kind)
+            if "default" in options:
+                entry["default"] = options["default"]
+            items.append(entry)
+        out[section] = items
+    out["outputs"] = list(cls.RETURN_TYPES)
+    return out
+
+
+def current_schema() -> dict:
+    return {node_id: node_schema(NODES[node_id]) for node_id in NODES}
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def models_root(model_dir, tmp_path_factory):
+    """The ComfyUI model-folder layout, by user-facing names, over the session's tiny files."""
+    root = tmp_path_factory.mktemp("comfy_models")
+    (root / "checkpoints").mkdir()
+    (root / "diffusers").mkdir()
+    (root / "pisa_sr").mkdir()
+    (root / "checkpoints" / "v2-1_512-ema-pruned.safetensors").symlink_to(model_dir / "sd21-tiny.safetensors")
+    (root / "diffusers" / "sd21-tiny").symlink_to(model_dir / "sd21-tiny", target_is_directory=True)
+    (root / "pisa_sr" / "pisa_sr.pkl").symlink_to(model_dir / "pisa_sr.pkl")
+    (root / "pisa_sr" / "pisa_sr.safetensors").symlink_to(model_dir / "pisa_sr.safetensors")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def model_folders(models_root, monkeypatch):
+    monkeypatch.setenv("PISA_SR_MODELS_DIR", str(models_root))
+    host.request_interrupt(False)
+
+
+@pytest.fixture(scope="module")
+def pisa_model(models_root):
+    os.environ["PISA_SR_MODELS_DIR"] = str(models_root)
+    try:
+        return NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
+    finally:
+        del os.environ["PISA_SR_MODELS_DIR"]
+
+
+def image(h=24, w=20, batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, max(2, h // 4), max(2, w // 4), generator=g)
+    img = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return img.permute(0, 2, 3, 1).contiguous()
+
+
+def encode(model, img, upscale=4.0, resampling="bicubic", vae_tile=1024, process_size=0):
+    """process_size 0 keeps the tiny test images tiny (the 512 rule has its own test)."""
+    return NODES["PiSAEncode"]().encode(model, img, upscale, resampling, vae_tile, process_size)[0]
+
+
+def guide(model, latent, lp=1.0, ls=1.0, tile=96, overlap=32):
+    return NODES["PiSADualGuidance"]().guide(model, latent, lp, ls, tile, overlap)[0]
+
+
+def decode(model, latent, color_fix="adain", vae_tile=1024, reference=None):
+    return NODES["PiSADecode"]().decode(model, latent, color_fix, vae_tile, reference)[0]
+
+
+# ------------------------------------------------------------------ registry and schema
+
+
+@pytest.mark.parametrize("folder", ["pisa-sr", "comfyui-pisa-sr", "ComfyUI-PiSA-SR"])
+def test_pack_imports_under_any_folder_name(folder):
+    pack = load_pack(folder)
+    assert list(pack.NODE_CLASS_MAPPINGS) == NODE_IDS
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
+
+
+def test_every_node_has_category_description_and_tooltips():
+    for node_id, cls in NODES.items():
+        assert cls.CATEGORY == "image/upscaling/PiSA-SR", node_id
+        assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 20, node_id
+        assert callable(getattr(cls(), cls.FUNCTION)), node_id
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES), node_id
+        for section in cls.INPUT_TYPES().values():
+            for name, (kind, *opts) in section.items():
+                assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_schema_snapshot_is_frozen():
+    """Node ids, input names, order, types and defaults never change (saved workflows store
+    widget values by position); new inputs may only be appended."""
+    frozen = json.loads(SNAPSHOT.read_text())
+    now = current_schema()
+    for node_id, old in frozen.items():
+        assert node_id in now, f"node id {node_id} was removed or renamed"
+        for section in ("required", "optional"):
+            old_inputs, new_inputs = old[section], now[node_id][section]
+            assert new_inputs[:len(old_inputs)] == old_inputs, f"{node_id} {section} inputs changed"
+        assert now[node_id]["outputs"][:len(old["outputs"])] == old["outputs"], f"{node_id} outputs changed"
+
+
+def test_node_functions_accept_inputs_by_name():
+    """ComfyUI calls FUNCTION with keyword arguments named like the inputs."""
+    import inspect
+
+    for node_id, cls in NODES.items():
+        params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+        for section in cls.INPUT_TYPES().values():
+            for name in section:
+                assert name in params, f"{node_id}.{cls.FUNCTION} lacks parameter {name}"
+
+
+# ------------------------------------------------------------------ example workflows (templates)
+
+EXAMPLES = ROOT / "example_workflows"
+CORE_NODES = {"LoadImage", "SaveImage", "PreviewImage", "ImageScaleBy", "ImageStitch", "MarkdownNote", "Note"}
+
+
+def _widgets(cls) -> list[tuple[str, object, dict]]:
+    out = []
+    for section in ("required", "optional"):
+        for name, (kind, *opts) in cls.INPUT_TYPES().get(section, {}).items():
+            if isinstance(kind, list) or kind in WIDGET_TYPES:
+                out.append((name, kind, opts[0] if opts else {}))
+    return out
+
+
+def _sockets(cls) -> dict[str, str]:
+    out = {}
+    for section in ("required", "optional"):
+        for name, (kind, *_) in cls.INPUT_TYPES().get(section, {}).items():
+            if not (isinstance(kind, list) or kind in WIDGET_TYPES):
+                out[name] = kind
+    return out
+
+
+@pytest.mark.parametrize("name", ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid"])
+def test_example_workflow_matches_the_node_schemas(name):
+    from PIL import Image
+
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    with Image.open(EXAMPLES / f"{name}.jpg") as thumb:
+        assert thumb.format == "JPEG" and max(thumb.size) <= 512
+    assert (EXAMPLES / f"{name}.jpg").stat().st_size < 100_000
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    used = {n["type"] for n in nodes.values()}
+    assert used - CORE_NODES <= set(NODES), f"unknown node ids {used - CORE_NODES - set(NODES)}"
+    assert {"PiSALoader", "PiSAEncode", "LoadImage"} <= used
+    for node in nodes.values():
+        cls = NODES.get(node["type"])
+        if cls is None:
+            continue
+        widgets = _widgets(cls)
+        assert len(node["widgets_values"]) == len(widgets), (name, node["type"])
+        for (wname, kind, opts), value in zip(widgets, node["widgets_values"]):
+            if isinstance(kind, list) and wname not in ("base_model", "pisa_weights"):
+                assert value in kind, (name, node["type"], wname, value)
+            if kind in ("INT", "FLOAT"):
+                assert opts["min"] <= value <= opts["max"], (name, node["type"], wname, value)
+        sockets = _sockets(cls)
+        assert [i["name"] for i in node["inputs"]] == list(sockets)[:len(node["inputs"])], (name, node["type"])
+        assert [o["type"] for o in node["outputs"]] == list(cls.RETURN_TYPES), (name, node["type"])
+    loader = next(n for n in nodes.values() if n["type"] == "PiSALoader")
+    assert loader["widgets_values"][:2] == ["v2-1_512-ema-pruned.safetensors", "pisa_sr.pkl"]
+    for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
+        assert nodes[src]["outputs"][src_slot]["type"] == kind and link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["type"] == kind and nodes[dst]["inputs"][dst_slot]["link"] == link_id
+    for node in nodes.values():  # every required socket of our nodes is connected
+        cls = NODES.get(node["type"])
+        if cls is not None:
+            required = [k for k, (kind, *_) in cls.INPUT_TYPES()["required"].items() if k in _sockets(cls)]
+            linked = {i["name"] for i in node["inputs"] if i["link"] is not None}
+            assert set(required) <= linked, (name, node["type"])
+
+
+# ------------------------------------------------------------------ loader
+
+
+def test_loader_lists_checkpoints_diffusers_folders_and_pisa_weights():
+    spec = NODES["PiSALoader"].INPUT_TYPES()["required"]
+    assert spec["base_model"][0] == ["v2-1_512-ema-pruned.safetensors", "[diffusers] sd21-tiny"]
+    assert spec["pisa_weights"][0] == ["pisa_sr.pkl", "pisa_sr.safetensors"]
+
+
+def test_loader_returns_the_cached_model_for_the_same_files(pisa_model):
+    again = NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
+    assert again is pisa_model
+    other = NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.safetensors", "fp32")[0]
+    assert other is not pisa_model
+
+
+def test_single_file_checkpoint_and_diffusers_folder_give_the_same_result(pisa_model):
+    single = NODES["PiSALoader"]().load("v2-1_512-ema-pruned.safetensors", "pisa_sr.safetensors", "auto")[0]
+    assert single.pipe.dtype == torch.float32  # auto on the CPU
+    img = image()
+    a = decode(pisa_model, guide(pisa_model, encode(pisa_model, img)))
+    b = decode(single, guide(single, encode(single, img)))
+    assert a.shape == b.shape
+    assert (a - b).abs().max() < 2e-3, (a - b).abs().max()
+
+
+def test_missing_model_file_is_one_clear_sentence():
+    with pytest.raises(PiSAError) as info:
+        NODES["PiSALoader"]().load("nope.safetensors", "pisa_sr.pkl", "fp32")
+    message = str(info.value)
+    assert "nope.safetensors" in message and "checkpoints" in message
+    assert "\n" not in message and message.endswith(".")
+
+
+def test_wrong_dtype_is_rejected():
+    with pytest.raises(PiSAError, match="dtype"):
+        NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp64")
+
+
+# ------------------------------------------------------------------ encode / guidance / decode
+
+
+def test_encode_latent_is_the_plain_unscaled_vae_latent(pisa_model, model_dir):
+    """LATENT interoperability: ComfyUI's VAE Decode does vae.decode(samples); a plain diffusers
+    decode of our samples gives the same image as PiSA Decode without colour fix."""
+    from diffusers import AutoencoderKL
+
+    img = image(16, 16)
+    latent = encode(pisa_model, img, 4.0)
+    z = latent["samples"]
+    assert z.shape == (1, 4, 8, 8) and z.dtype == torch.float32
+    vae = AutoencoderKL.from_pretrained(model_dir / "sd21-tiny" / "vae").eval()
+    with torch.no_grad():
+        plain = vae.decode(z).sample.clamp(-1, 1) * 0.5 + 0.5
+        posterior = vae.encode(torch.nn.functional.interpolate(
+            img.permute(0, 3, 1, 2), size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1) * 2 - 1)
+    ours = decode(pisa_model, latent, "none").permute(0, 3, 1, 2)
+    assert torch.allclose(plain, ours, atol=1e-4)
+    assert torch.allclose(posterior.latent_dist.mean, z, atol=1e-4)
+
+
+def test_batches_match_single_images(pisa_model):
+    imgs = image(16, 20, batch=2, seed=3)
+    batch_out = decode(pisa_model, guide(pisa_model, encode(pisa_model, imgs), 0.8, 1.2))
+    singles = [decode(pisa_model, guide(pisa_model, encode(pisa_model, imgs[i:i + 1]), 0.8, 1.2)) for i in range(2)]
+    assert batch_out.shape == (2, 64, 80, 3)
+    assert torch.allclose(batch_out, torch.cat(singles), atol=1e-5)
+
+
+def test_lambda_change_runs_no_unet_pass_and_matches_the_pipeline(pisa_model):
+    latent = encode(pisa_model, image(16, 16, seed=5))
+    guide(pisa_model, latent, 1.0, 1.0)
+    calls = pisa_model.unet_calls
+    for lp, ls in [(0.7, 1.3), (1.0, 0.0), (0.0, 0.0), (1.5, 0.5)]:
+        out = guide(pisa_model, latent, lp, ls)["samples"]
+        assert pisa_model.unet_calls == calls, f"λ=({lp}, {ls}) ran the UNet"
+        expected = pisa_model.pipe.guided_latent(latent["samples"], lp, ls)  # the core, computed afresh
+        assert torch.allclose(out, expected.cpu(), atol=1e-4, rtol=1e-4)  # batch of 2 vs 1: rounding only
+        calls = pisa_model.unet_calls
+    # a different tile setting is a different computation: it runs again
+    guide(pisa_model, latent, 0.7, 1.3, tile=48, overlap=16)
+    assert pisa_model.unet_calls > calls
+
+
+def test_guidance_cache_is_bounded(pisa_model):
+    cache = pisa_model.eps_cache
+    for seed in range(cache.max_entries + 3):
+        guide(pisa_model, {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))})
+    assert len(cache) == cache.max_entries
+
+
+def test_decode_gives_the_exact_output_size_and_colour_fix(pisa_model):
+    img = image(13, 19, seed=7)  # 3× → 39×57: not multiples of 8 (padded, then cropped)
+    latent = guide(pisa_model, encode(pisa_model, img, 3.0))
+    assert latent["samples"].shape[-2:] == (5, 8)
+    for mode in ("adain", "wavelet", "none"):
+        out = decode(pisa_model, latent, mode)
+        assert out.shape == (1, 39, 57, 3)
+        assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    for resampling in ("lanczos", "bilinear", "area", "nearest-exact"):
+        out = decode(pisa_model, guide(pisa_model, encode(pisa_model, img, 2.5, resampling)), "adain")
+        assert out.shape == (1, 32, 48, 3)
+
+
+def test_small_outputs_work_at_process_size_and_come_back_to_size(pisa_model):
+    img = image(10, 14, seed=8)  # 4× → 40×56, below process_size 64: worked at 64×90
+    latent = encode(pisa_model, img, 4.0, process_size=64)
+    assert latent["samples"].shape[-2:] == (8, 12)  # 64×90 padded to 64×96
+    out = decode(pisa_model, guide(pisa_model, latent), "adain")
+    assert out.shape == (1, 40, 56, 3)
+
+
+def test_explicit_colour_reference_equals_the_encoded_one(pisa_model):
+    img = image(20, 24, seed=9)
+    latent = guide(pisa_model, encode(pisa_model, img))
+    assert torch.allclose(decode(pisa_model, latent, "adain"), decode(pisa_model, latent, "adain", reference=img), atol=1e-6)
+    plain = {"samples": latent["samples"]}  # e.g. from ComfyUI's VAE Encode: no PiSA sizes
+    untouched = decode(pisa_model, plain, "none")
+    assert untouched.shape[1:3] == tuple(s * 8 for s in latent["samples"].shape[-2:])
+    assert torch.equal(decode(pisa_model, plain, "adain"), untouched)  # no reference: fix skipped
+    fixed = decode(pisa_model, plain, "adain", reference=img)
+    assert fixed.shape == untouched.shape and not torch.allclose(fixed, untouched)
+
+
+def test_upscale_node_equals_the_four_node_chain(pisa_model):
+    img = image(20, 28, seed=11)
+    for lp, ls in [(1.0, 1.0), (0.6, 1.4)]:
+        one = NODES["PiSAUpscale"]().upscale(pisa_model, img, 4.0, lp, ls, "wavelet", "bicubic", 96, 32, 1024, 0)[0]
+        chain = decode(pisa_model, guide(pisa_model, encode(pisa_model, img), lp, ls), "wavelet")
+        assert one.shape == (1, 80, 112, 3)
+        assert torch.allclose(one, chain, atol=1e-5)
+
+
+def test_grid_costs_two_branch_passes_and_matches_single_settings(pisa_model):
+    img = image(16, 16, seed=13)
+    latent = encode(pisa_model, img)
+    pisa_model.eps_cache.clear()
+    before = pisa_model.unet_calls
+    sheet, results = NODES["PiSAGuidanceGrid"]().grid(pisa_model, latent, "0.5, 1.0, 1.5", "0, 1", "adain", 128,
+                                                      96, 32, 1024)
+    assert pisa_model.unet_calls - before == 1  # one batch of two (ε_pix, ε_PiSA) for the untiled latent
+    assert results.shape == (6, 64, 64, 3)
+    assert sheet.shape[0] == 1 and sheet.shape[-1] == 3 and sheet.shape[2] == 3 * 64
+    assert sheet.shape[1] > 2 * 64  # two rows of cells plus their label bands
+    single = decode(pisa_model, guide(pisa_model, latent, 1.5, 0.0), "adain")
+    assert torch.allclose(results[2], single[0], atol=1e-5)  # row λ_sem=0, column λ_pix=1.5
+
+
+def test_grid_rejects_bad_lists(pisa_model):
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    with pytest.raises(PiSAError, match="lambda_pix_values"):
+        NODES["PiSAGuidanceGrid"]().grid(pisa_model, latent, "a, b", "1", "none", 0, 96, 32, 1024)
+
+
+def test_errors_are_one_sentence(pisa_model):
+    cases = [
+        lambda: guide(pisa_model, {"samples": torch.zeros(1, 4, 8, 8)}, 1.0, 1.0, 32, 32),
+        lambda: guide(pisa_model, {"samples": torch.zeros(1, 16, 8, 8)}),
+        lambda: guide(pisa_model, torch.zeros(1, 4, 8, 8)),
+        lambda: encode(pisa_model, image(8, 8), 2000.0),
+        lambda: encode("not a model", image(8, 8)),
+        lambda: NODES["PiSAEncode"]().encode(pisa_model, torch.zeros(8, 8, 3), 4.0, "bicubic", 1024),
+    ]
+    for case in cases:
+        with pytest.raises(PiSAError) as info:
+            case()
+        assert "\n" not in str(info.value) and str(info.value).endswith(".")
+
+
+# ------------------------------------------------------------------ good citizen: OOM, cancel, progress
+
+
+def _oom_above(module, limit):
+    def hook(mod, args):
+        if args[0].shape[-1] > limit:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+    return module.register_forward_pre_hook(hook)
+
+
+def test_out_of_memory_halves_the_tile_then_fails_clearly(pisa_model):
+    latent = encode(pisa_model, image(64, 64, seed=21))  # latent 32×32: one 32-tile, or 16-tiles
+    handle = _oom_above(pisa_model.pipe.unet.unet, 16)
+    try:
+        out = guide(pisa_model, latent, 0.9, 1.1, tile=32, overlap=8)["samples"]
+        assert torch.isfinite(out).all() and out.shape == latent["samples"].shape
+    finally:
+        handle.remove()
+    handle = _oom_above(pisa_model.pipe.unet.unet, 0)
+    try:
+        with pytest.raises(PiSAError, match="Out of memory in the UNet"):
+            guide(pisa_model, encode(pisa_model, image(16, 16, seed=22)), 0.9, 1.1, tile=16, overlap=8)
+    finally:
+        handle.remove()
+
+
+def test_cancel_stops_and_the_next_run_works(pisa_model):
+    latent = encode(pisa_model, image(16, 16, seed=31))
+    host.request_interrupt(True)
+    with pytest.raises(host.Interrupted):
+        guide(pisa_model, latent, 0.5, 1.5)
+    out = guide(pisa_model, latent, 0.5, 1.5)["samples"]
+    assert torch.allclose(out, pisa_model.pipe.guided_latent(latent["samples"], 0.5, 1.5).cpu(), atol=1e-5)
+
+
+def test_progress_stages_add_up_to_the_total():
+    progress = host.Progress(300)
+    first = progress.stage(100)
+    for done in range(1, 5):
+        first(done, 4)
+    assert progress.done == 100
+    second = progress.stage(200)
+    second(1, 2)
+    assert progress.done == 200
+    second(2, 2)
+    assert progress.done == 300
+
+
+if __name__ == "__main__":  # regenerate the snapshot ONLY when adding new inputs at the end
+    SNAPSHOT.write_text(json.dumps(current_schema(), indent=1) + "\n")

@@ -1,0 +1,248 @@
+"""Training end to end on a tiny SD2-structured model: both stages, checkpoints the inference
+pipeline loads, overfitting, bit-for-bit resume, data and captions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from launcher import accelerate_two_processes
+from PIL import Image
+from safetensors.torch import load_file
+
+from pisa_core.checkpoint import LoRAFamily, PiSAWeights, load_pisa_weights, save_pisa_weights
+from pisa_core.cli import main as cli_main
+from pisa_core.errors import PiSAError
+from pisa_core.pipeline import PiSAPipeline
+from pisa_core.train.config import TrainConfig
+from pisa_core.train.data import PairDataset, build_items
+from pisa_core.train.lpips import LPIPS
+from pisa_core.train.trainer import train
+
+CROP = 32
+FAST = ["--crop-size", str(CROP), "--batch-size", "1", "--num-workers", "0", "--report-to", "none",
+        "--validate-every", "2", "--val-count", "1", "--log-every", "1"]
+
+
+def write_photo(path: Path, w: int, h: int, seed: int) -> None:
+    g = np.random.default_rng(seed)
+    coarse = (g.random((max(2, h // 6), max(2, w // 6), 3)) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(coarse).resize((w, h), Image.BICUBIC).save(path)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    for i in range(3):
+        write_photo(root / "hq" / f"img{i}.png", 40 + 8 * i, 36, seed=i)
+    (root / "hq" / "img0.txt").write_text("a red brick wall, sharp\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def lpips_file(tmp_path_factory):
+    """Random VGG16 + LPIPS heads (the real file's layout; values don't matter here)."""
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.rand(v.shape, generator=g) * 0.05 for k, v in LPIPS().state_dict().items()}
+    path = tmp_path_factory.mktemp("lpips") / "lpips_vgg.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_stages(model_dir, data_dir, lpips_file, tmp_path_factory):
+    """Stage pix (2 steps) then stage sem (2 steps, ℓ2 + LPIPS + CSD, gradient checkpointing and
+    accumulation) through the CLI."""
+    out = tmp_path_factory.mktemp("runs")
+    base = str(model_dir / "sd21-tiny")
+    assert cli_main(["train", "--stage", "pix", "--base", base, "--data", str(data_dir / "hq"),
+                     "--output-dir", str(out / "pix"), "--max-steps", "2", "--checkpoint-every", "1", *FAST]) == 0
+    assert cli_main(["train", "--stage", "sem", "--base", base, "--data", str(data_dir / "hq"),
+                     "--output-dir", str(out / "sem"), "--max-steps", "2", "--init", str(out / "pix/pisa_sr_pix.safetensors"),
+                     "--lpips-weights", str(lpips_file), "--gradient-checkpointing",
+                     "--gradient-accumulation-steps", "2", *FAST]) == 0
+    return out
+
+
+def zero_weights(like: PiSAWeights) -> PiSAWeights:
+    def zeros(f: LoRAFamily) -> LoRAFamily:
+        return LoRAFamily(f.rank, f.alpha, {n: (torch.zeros_like(A), torch.zeros_like(B)) for n, (A, B) in f.factors.items()})
+
+    return PiSAWeights(zeros(like.pix), zeros(like.sem), "pisa-safetensors")
+
+
+@functools.lru_cache(maxsize=8)
+def _upscale(base: str, weights_path: str) -> torch.Tensor:
+    pipe = PiSAPipeline.from_files(base, weights_path, device="cpu", dtype="fp32")
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(12, 12), mode="bilinear")
+    return pipe(image.permute(0, 2, 3, 1))
+
+
+def upscale(model_dir, weights_path) -> torch.Tensor:
+    return _upscale(str(model_dir / "sd21-tiny"), str(weights_path))
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def test_pix_stage_writes_loadable_weights_that_change_the_output(two_stages, model_dir, tmp_path):
+    final = two_stages / "pix" / "pisa_sr_pix.safetensors"
+    weights = load_pisa_weights(final)
+    assert weights.pix.rank == 4 and weights.pix.scale == 2.0
+    assert any(B.abs().max() > 0 for _, B in weights.pix.factors.values())  # trained
+    assert all(A.abs().max() == 0 and B.abs().max() == 0 for A, B in weights.sem.factors.values())
+    for step in (1, 2):
+        stem = two_stages / "pix" / "checkpoints" / f"pisa_sr_pix_step{step:06d}"
+        assert stem.with_suffix(".safetensors").is_file()
+        record = json.loads(stem.with_suffix(".json").read_text())
+        assert record["step"] == step and record["config"]["stage"] == "pix"
+        assert record["config"]["lambda_csd"] == 0.0 and record["config"]["lr"] == 5e-5
+    assert (two_stages / "pix" / "validation" / "step000002.png").is_file()
+    untrained = tmp_path / "untrained.safetensors"
+    save_pisa_weights(zero_weights(weights), untrained)
+    trained_out, untrained_out = upscale(model_dir, final), upscale(model_dir, untrained)
+    assert trained_out.shape == (1, 48, 48, 3)
+    assert not torch.allclose(trained_out, untrained_out)
+
+
+def test_sem_stage_keeps_pix_and_trains_sem(two_stages, model_dir):
+    pix = load_pisa_weights(two_stages / "pix" / "pisa_sr_pix.safetensors")
+    sem = load_pisa_weights(two_stages / "sem" / "pisa_sr_sem.safetensors")
+    assert pix.pix.factors.keys() == sem.pix.factors.keys()
+    for name, (A, B) in pix.pix.factors.items():
+        assert torch.equal(A, sem.pix.factors[name][0]) and torch.equal(B, sem.pix.factors[name][1])
+    assert any(B.abs().max() > 0 for _, B in sem.sem.factors.values())
+    record = json.loads((two_stages / "sem" / "pisa_sr_sem.json").read_text())
+    assert (record["config"]["lambda_lpips"], record["config"]["lambda_csd"]) == (2.0, 1.0)
+    log = [json.loads(line) for line in (two_stages / "sem" / "train_log.jsonl").read_text().splitlines()]
+    assert {"l2", "lpips", "csd", "loss"} <= set(log[-1])
+    pix_out = upscale(model_dir, two_stages / "pix" / "pisa_sr_pix.safetensors")
+    sem_out = upscale(model_dir, two_stages / "sem" / "pisa_sr_sem.safetensors")
+    assert not torch.allclose(pix_out, sem_out)
+
+
+def test_pix_stage_overfits_one_image(model_dir, tmp_path):
+    """Paired LQ/HQ, one image, no flips: the ℓ2 loss falls steadily (lr raised for a short test)."""
+    write_photo(tmp_path / "hq" / "a.png", CROP, CROP, seed=4)
+    Image.open(tmp_path / "hq" / "a.png").resize((CROP // 4, CROP // 4), Image.BICUBIC).save(tmp_path / "a.png")
+    (tmp_path / "lq").mkdir()
+    shutil.move(tmp_path / "a.png", tmp_path / "lq" / "a.png")
+    train(TrainConfig(stage="pix", base=str(model_dir / "sd21-tiny"), data=[str(tmp_path / "hq")],
+                      lq_data=str(tmp_path / "lq"), output_dir=str(tmp_path / "out"), max_steps=12, batch_size=1,
+                      crop_size=CROP, hflip=False, num_workers=0, checkpoint_every=0, validate_every=0, log_every=1,
+                      lr=3e-3, report_to="none"))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.8 * losses[0]
+    assert losses[-1] < losses[0]
+
+
+def test_resume_continues_bit_for_bit(model_dir, data_dir, tmp_path):
+    """4 straight steps == 2 steps, stop, resume to 4: same weights, same losses. CSD and posterior
+    sampling are on so that the random generator state must be restored too."""
+    common = {"stage": "pix", "base": str(model_dir / "sd21-tiny"), "data": [str(data_dir / "hq")], "batch_size": 1,
+              "crop_size": CROP, "num_workers": 0, "checkpoint_every": 2, "validate_every": 0, "log_every": 1,
+              "lambda_csd": 1.0, "encode_sample": True, "lr": 1e-3, "report_to": "none"}
+    train(TrainConfig(output_dir=str(tmp_path / "a"), max_steps=4, **common))
+    train(TrainConfig(output_dir=str(tmp_path / "b"), max_steps=2, **common))
+    train(TrainConfig(output_dir=str(tmp_path / "b"), max_steps=4, resume="latest", **common))
+    a = load_file(str(tmp_path / "a" / "pisa_sr_pix.safetensors"))
+    b = load_file(str(tmp_path / "b" / "pisa_sr_pix.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = [json.loads(x) for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    mid = load_file(str(tmp_path / "a" / "checkpoints" / "pisa_sr_pix_step000002.safetensors"))
+    assert not all(torch.equal(a[k], mid[k]) for k in a)  # steps 3-4 did change the weights
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_sem_stage_needs_init(model_dir, data_dir, tmp_path):
+    with pytest.raises(PiSAError, match="--init"):
+        train(TrainConfig(stage="sem", base=str(model_dir / "sd21-tiny"), data=[str(data_dir / "hq")],
+                          output_dir=str(tmp_path)))
+
+
+def test_lpips_without_weights_names_the_option(model_dir, data_dir, tmp_path):
+    with pytest.raises(PiSAError, match="--lpips-weights"):
+        train(TrainConfig(stage="pix", base=str(model_dir / "sd21-tiny"), data=[str(data_dir / "hq")],
+                          output_dir=str(tmp_path), lambda_lpips=1.0, crop_size=CROP, num_workers=0))
+
+
+def test_cli_reports_config_errors(model_dir, data_dir, tmp_path, capsys):
+    code = cli_main(["train", "--stage", "pix", "--base", str(model_dir / "sd21-tiny"), "--data", str(data_dir / "hq"),
+                     "--output-dir", str(tmp_path), "--crop-size", "30"])
+    assert code == 2 and "--crop-size" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_captions_from_txt_and_jsonl_and_null_text(tmp_path):
+    for name in ("a", "b", "c"):
+        write_photo(tmp_path / "hq" / "sub" / f"{name}.png", 40, 40, seed=ord(name))
+    (tmp_path / "hq" / "sub" / "a.txt").write_text("cat, fur\n")
+    (tmp_path / "caps.jsonl").write_text(json.dumps({"file": "sub/b.png", "tags": ["dog", "grass"]}) + "\n")
+    items = build_items([tmp_path / "hq"], captions=tmp_path / "caps.jsonl")
+    assert [i.caption for i in items] == ["cat, fur", "dog, grass", ""]
+    always = PairDataset(items, crop_size=CROP, null_text_ratio=0.0)
+    never = PairDataset(items, crop_size=CROP, null_text_ratio=1.0)
+    assert all(never[p]["caption"] == "" for p in range(6))
+    assert {always[p]["caption"] for p in range(3)} == {"cat, fur", "dog, grass", ""}
+
+
+def test_dataset_positions_are_reproducible_and_cover_each_epoch(data_dir):
+    items = build_items([data_dir / "hq"])
+    ds = PairDataset(items, crop_size=CROP, seed=1)
+    a, b = ds[5], ds[5]
+    assert torch.equal(a["hq"], b["hq"]) and torch.equal(a["lq"], b["lq"]) and a["caption"] == b["caption"]
+    assert a["hq"].shape == a["lq"].shape == (3, CROP, CROP)
+    assert 0 <= a["lq"].min() and a["lq"].max() <= 1
+    assert sorted(ds.item_index(p) for p in range(3)) == [0, 1, 2]
+    assert sorted(ds.item_index(p) for p in range(3, 6)) == [0, 1, 2]
+    assert not torch.equal(ds[0]["lq"], ds[3]["lq"])  # a new epoch draws new crops/degradations
+
+
+def test_paired_folders_and_list_files(tmp_path):
+    write_photo(tmp_path / "hq" / "x.png", 48, 40, seed=1)
+    write_photo(tmp_path / "lq" / "x.jpg", 12, 10, seed=2)
+    (tmp_path / "list.txt").write_text("# training set\nhq/x.png\n")
+    items = build_items([tmp_path / "list.txt"])
+    assert [i.hq.name for i in items] == ["x.png"]
+    paired = build_items([tmp_path / "hq"], lq_source=tmp_path / "lq")
+    assert paired[0].lq.name == "x.jpg"
+    sample = PairDataset(paired, crop_size=CROP)[0]
+    assert sample["lq"].shape == (3, CROP, CROP)
+    with pytest.raises(PiSAError, match="No LQ image"):
+        (tmp_path / "hq2").mkdir()
+        write_photo(tmp_path / "hq2" / "y.png", 40, 40, seed=3)
+        build_items([tmp_path / "hq2"], lq_source=tmp_path / "lq")
+
+
+# ----------------------------------------------------------------------------- multi-process
+
+
+@pytest.mark.skipif(os.environ.get("PISA_SKIP_ACCELERATE") == "1", reason="PISA_SKIP_ACCELERATE=1")
+def test_accelerate_launch_two_cpu_processes(model_dir, data_dir, tmp_path):
+    cmd = [*accelerate_two_processes(), "-m", "pisa_core.train", "--stage", "pix",
+           "--base", str(model_dir / "sd21-tiny"), "--data", str(data_dir / "hq"), "--output-dir", str(tmp_path),
+           "--max-steps", "2", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout + done.stderr
+    assert "2 processes in sync" in done.stdout + done.stderr
+    assert load_pisa_weights(tmp_path / "pisa_sr_pix.safetensors").pix.rank == 4
+    assert (tmp_path / "checkpoints" / "state_step000002" / "rng_rank1.pt").is_file()
