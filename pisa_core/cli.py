@@ -40,6 +40,8 @@ def _add_upscale_parser(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
                    help="PNG bit depth of the output (default: that of the input)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet and VAE (slow first image; faster later ones on GPUs)")
     p.add_argument("--sample", action="store_true", help="sample the VAE posterior (the release does) instead of its mean")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
     p.set_defaults(func=_run_upscale)
@@ -89,7 +91,7 @@ def _run_upscale(args) -> int:
     single = len(files) == 1
     state = _distributed_state()
     device = args.device if args.device is not None else (state.device if state else None)
-    pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype)
+    pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype, compile=args.compile)
     mine = _my_share(files, state)
     options = dict(upscale=args.upscale, lambda_pix=args.lambda_pix, lambda_sem=args.lambda_sem,
                    color_fix=args.color_fix, latent_tile=args.latent_tile, latent_overlap=args.latent_overlap,

@@ -76,7 +76,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
 class PiSAPipeline:
     """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding)."""
 
-    def __init__(self, base: BaseModel, weights: PiSAWeights, *, device=None, dtype=None):
+    def __init__(self, base: BaseModel, weights: PiSAWeights, *, device=None, dtype=None,
+                 channels_last: bool | None = None, compile: bool = False):
+        """channels_last: NHWC convolutions, same maths in another summation order (default: on
+        GPUs; off on the CPU, where it gains ~7 % but moves fp32 results by ~1e-4 of the release's).
+        compile: torch.compile the UNet and the VAE (first image slow, later ones faster on GPUs)."""
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = resolve_dtype(dtype, self.device)
         self.scaling_factor = base.scaling_factor
@@ -86,15 +90,22 @@ class PiSAPipeline:
         # nn.Module.to: diffusers' own .to() warns about fp32-pinned modules SD2's VAE does not have
         self.vae = nn.Module.to(base.vae, self.device, self.dtype)
         _inplace_activations(self.vae)
+        if channels_last if channels_last is not None else self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+            nn.Module.to(self.vae, memory_format=torch.channels_last)
+        if compile:
+            self.unet.unet = torch.compile(self.unet.unet)
+            self.vae.encoder = torch.compile(self.vae.encoder)
+            self.vae.decoder = torch.compile(self.vae.decoder)
         self.vae_dtype = self.dtype
         self.prompt_embeds = base.prompt_embeds.to(self.device, self.dtype)
         self.base_source, self.weights_source = base.source, weights.source
 
     @classmethod
-    def from_files(cls, base, weights, *, device=None, dtype=None) -> "PiSAPipeline":
+    def from_files(cls, base, weights, *, device=None, dtype=None, **options) -> "PiSAPipeline":
         """Load the SD2.1-base model (diffusers folder or single file) and the PiSA-SR weights
-        (official .pkl or our .safetensors)."""
-        return cls(load_base_model(base), load_pisa_weights(weights), device=device, dtype=dtype)
+        (official .pkl or our .safetensors); options as in __init__."""
+        return cls(load_base_model(base), load_pisa_weights(weights), device=device, dtype=dtype, **options)
 
     # --- stages -----------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ def test_merged_default_equals_the_two_pass_formula(pipe, lq_image):
     merged = pipe.guided_latent(latent, 1.0, 1.0)
     eps = pipe.predict_eps(latent, need=(PIX, PISA))
     formula = latent - dual_guidance(eps[PIX], eps[PISA], 1.0, 1.0) / pipe.scaling_factor
-    torch.testing.assert_close(merged, formula, rtol=0, atol=2e-5)
+    torch.testing.assert_close(merged, formula, rtol=1e-5, atol=1e-4)
 
 
 def test_batched_adjustable_equals_sequential_passes(pipe):
@@ -83,7 +83,7 @@ def test_batched_adjustable_equals_sequential_passes(pipe):
     both = pipe.predict_eps(latent, need=(PIX, PISA))
     alone = {b: pipe.predict_eps(latent, need=(b,))[b] for b in (PIX, PISA)}
     for branch in (PIX, PISA):
-        torch.testing.assert_close(both[branch], alone[branch], rtol=0, atol=2e-5)
+        torch.testing.assert_close(both[branch], alone[branch], rtol=1e-5, atol=1e-4)
     assert not torch.allclose(both[PIX], both[PISA], atol=1e-3)  # the semantic LoRA does something
 
 
@@ -127,7 +127,7 @@ def test_tile_batching_equals_one_tile_per_call(pipe):
     one = pipe.predict_eps(latent, latent_tile=8, latent_overlap=4, tile_batch=1)
     many = pipe.predict_eps(latent, latent_tile=8, latent_overlap=4, tile_batch=6)
     for branch in one:
-        torch.testing.assert_close(one[branch], many[branch], rtol=0, atol=2e-5)
+        torch.testing.assert_close(one[branch], many[branch], rtol=1e-5, atol=1e-4)
 
 
 def test_two_runs_are_identical(pipe, lq_image):

@@ -1,0 +1,44 @@
+"""Speed options keep the results: fp32 optimisations within 1e-4 of the plain path, half
+precision within a documented tolerance of fp32 (README, "Precision")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pisa_core.pipeline import PiSAPipeline
+
+
+@pytest.fixture(scope="module")
+def plain(model_dir):
+    return PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32",
+                                   channels_last=False)
+
+
+def _run(pipe, image, **options):
+    return pipe(image, process_size=0, lambda_pix=0.8, lambda_sem=1.2, **options)
+
+
+def test_channels_last_stays_within_1e4(model_dir, plain, lq_image):
+    fast = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32",
+                                   channels_last=True)
+    image = lq_image(16, 24)
+    assert (_run(fast, image) - _run(plain, image)).abs().max() <= 1e-4
+
+
+def test_batched_tiles_and_passes_stay_within_1e4(plain, lq_image):
+    image = lq_image(24, 32)
+    one = _run(plain, image, latent_tile=8, latent_overlap=4, tile_batch=1)
+    many = _run(plain, image, latent_tile=8, latent_overlap=4, tile_batch=8)
+    assert (one - many).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype, mean_tol, max_tol", [("bf16", 0.03, 0.4), ("fp16", 0.005, 0.08)])
+def test_half_precision_stays_close_to_fp32(model_dir, plain, lq_image, dtype, mean_tol, max_tol):
+    half = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype=dtype)
+    image = lq_image(16, 24)
+    try:
+        diff = (_run(half, image) - _run(plain, image)).abs()
+    except RuntimeError as error:  # some CPU builds lack half-precision kernels
+        pytest.skip(f"{dtype} on this CPU: {error}")
+    assert diff.mean() <= mean_tol and diff.max() <= max_tol, (diff.mean().item(), diff.max().item())
