@@ -144,9 +144,14 @@ def _run_info(args) -> int:
     info = describe(load_pisa_weights(args.file))
     if args.json:
         print(json.dumps(info, indent=2))
-    else:
-        for key, value in info.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+        return 0
+    print(f"format: {info['format']}\nsource: {info['source']}")
+    for name, fam in info["families"].items():
+        groups = ", ".join(f"{k} {v}" for k, v in fam["groups"].items())
+        kinds = ", ".join(f"{k} {v}" for k, v in fam["kinds"].items())
+        print(f"{name}: rank {fam['rank']}, alpha {fam['alpha']:g} (scale {fam['scale']:g}); "
+              f"{fam['modules']} modules ({groups}; {kinds}); {fam['parameters']:,} parameters")
+    print(f"parameters: {info['parameters']:,}")
     return 0
 
 
