@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--vae-tile", type=int, default=512)
     parser.add_argument("--latent-tile", type=int, default=96)
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/memory-<device>.json)")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)  # one size, in a child process
     args = parser.parse_args()
     if args.size:
@@ -90,7 +92,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"device": args.device, "dtype": args.dtype, "vae_tile": args.vae_tile, "latent_tile": args.latent_tile,
             "torch": torch.__version__}
-    (out / f"memory-{args.device}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    target = Path(args.out) if args.out else out / f"memory-{args.device}.json"
+    target.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -27,10 +27,14 @@ VARIANTS = {
     "ours-adjustable-sequential": "ours, λ=(0.8,1.2): the two passes one after the other",
     "ours-readjust": "ours: new λ from cached ε (combination + decode + colour fix)",
     "ours-decode": "ours: VAE decode + colour fix alone (the floor of a re-adjust)",
+    "ours-default-compiled": "ours, λ=(1,1), torch.compile (compile time excluded)",
+    "ours-batch8": "ours, λ=(1,1), a batch of 8 images; seconds per image",
     "peft-unmerged-default": "naive: six peft adapters active, unmerged, one pass",
     "release-default": "release structure, default: merged PiSA, prompt encoded per image",
     "release-adjustable": "release structure, λ=(0.8,1.2): 3 weight sets swapped, sequential passes",
 }
+
+OPTIONAL = ("ours-default-compiled", "ours-batch8")  # GPU script; slow and uninformative on a CPU
 
 
 def _lq(device) -> torch.Tensor:
@@ -70,8 +74,12 @@ def _ours(variant, device, dtype, repeats):
 
     base = sd21_base()
     cls = SequentialPasses if variant == "ours-adjustable-sequential" else PiSAPipeline
-    pipe = cls(base, random_weights(base.unet), device=device, dtype=dtype)
+    pipe = cls(base, random_weights(base.unet), device=device, dtype=dtype,
+               compile=variant == "ours-default-compiled")
     image = _lq(device)
+    if variant == "ours-batch8":
+        batch = image.repeat(8, 1, 1, 1).to(device)
+        return lambda: pipe(batch), 8
     if variant in ("ours-readjust", "ours-decode"):
         from pisa_core.colorfix import apply_color_fix
         from pisa_core.geometry import prepare_exact
@@ -84,12 +92,13 @@ def _ours(variant, device, dtype, repeats):
             z = pipe.guided_latent(latent, 0.7, 1.3, eps=eps) if variant == "ours-readjust" else latent
             out = (pipe.decode(z) * 0.5 + 0.5).clamp(0, 1)
             return apply_color_fix(out, prepared.reference, "adain")
+        return run, 1
     else:
         lambdas = (1.0, 1.0) if variant == "ours-default" else (0.8, 1.2)
 
         def run():
             return pipe(image.to(device), lambda_pix=lambdas[0], lambda_sem=lambdas[1])
-    return run
+    return run, 1
 
 
 def _baseline(variant, device, dtype, repeats, tmp: Path):
@@ -116,12 +125,18 @@ def _baseline(variant, device, dtype, repeats, tmp: Path):
             eps = unet(z, torch.tensor([1], device=device), encoder_hidden_states=embeds).sample
             out = (vae.decode((z - eps) / 0.18215).sample.clamp(-1, 1) * 0.5 + 0.5).float()
             return adain_reference(out, ref.float())
-        return run
+        return run, 1
     if device.type != "cpu" or dtype != torch.float32:
         raise SystemExit("the release-structure baseline runs on CPU in fp32 only")
     model = ReleaseStyleSR(base.unet, base.vae, text_encoder, None, pkl, default=(variant == "release-default"),
                            lambda_pix=0.8, lambda_sem=1.2)
-    return lambda: model.upscale(lq, upscale=4, process_size=512)
+    return (lambda: model.upscale(lq, upscale=4, process_size=512)), 1
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
 
 
 def run_variant(variant: str, device: str, dtype: str, repeats: int) -> dict:
@@ -131,15 +146,15 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int) -> dict:
     dtype_t = resolve_dtype(dtype, device)
     with tempfile.TemporaryDirectory() as tmp:
         if variant.startswith("ours"):
-            run = _ours(variant, device, dtype_t, repeats)
+            run, images = _ours(variant, device, dtype_t, repeats)
         else:
-            run = _baseline(variant, device, dtype_t, repeats, Path(tmp))
+            run, images = _baseline(variant, device, dtype_t, repeats, Path(tmp))
         load_peak = current_peak_rss_gib()
         reset_peak_rss()
         with torch.inference_mode():
-            seconds = median_time(run, repeats, device)
+            seconds = median_time(run, repeats, device) / images
     result = {"variant": variant, "seconds": seconds, "peak_rss_gib": current_peak_rss_gib(),
-              "load_peak_rss_gib": load_peak}
+              "load_peak_rss_gib": load_peak, "device_name": _device_name(device), "dtype": str(dtype_t)}
     if device.type == "cuda":
         result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
@@ -150,7 +165,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed-<device>.json)")
+    parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in OPTIONAL])
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in a child process
     args = parser.parse_args()
     if args.variant:
@@ -182,6 +198,9 @@ def report(results: list[dict], args) -> None:
         "adjustable / release-adjustable": ratio("ours-adjustable", "release-adjustable"),
         "adjustable batched / sequential": ratio("ours-adjustable", "ours-adjustable-sequential"),
         "readjust / default": ratio("ours-readjust", "ours-default"),
+        "readjust - decode (s)": (by["ours-readjust"]["seconds"] - by["ours-decode"]["seconds"]
+                                  if "ours-readjust" in by and "ours-decode" in by else None),
+        "compiled / eager default": ratio("ours-default-compiled", "ours-default"),
     }
     print("\n| variant | what | median s | peak RSS GiB (run) |\n|---|---|---|---|")
     for r in results:
@@ -194,7 +213,8 @@ def report(results: list[dict], args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
-    (out / f"speed-{args.device}.json").write_text(json.dumps({"meta": meta, "results": results,
+    target = Path(args.out) if args.out else out / f"speed-{args.device}.json"
+    target.write_text(json.dumps({"meta": meta, "results": results,
                                                                 "ratios": ratios}, indent=2))
 
 

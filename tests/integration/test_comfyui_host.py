@@ -280,8 +280,8 @@ def test_templates_are_served_and_run(server):
 def test_memory_stays_flat_over_repeated_runs(server):
     server.wait(server.queue(api_prompt(lp=0.5, ls=0.5, prefix="warm")))
     start = server.rss_mb()
-    for i in range(8):
-        entry = server.wait(server.queue(api_prompt(lp=0.1 * i, ls=1.0, prefix="mem")))
+    for i in range(20):  # as many runs as the memory watch
+        entry = server.wait(server.queue(api_prompt(lp=0.1 * (i % 10), ls=1.0 + 0.1 * (i // 10), prefix="mem")))
         assert entry["status"]["status_str"] == "success"
     assert server.rss_mb() - start < 300, f"server RSS grew from {start:.0f} MB to {server.rss_mb():.0f} MB"
 
