@@ -106,7 +106,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def load_model(base_name: str, weights_name: str, dtype_name: str = "auto") -> PiSAModel:
+def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False) -> PiSAModel:
     """Resolve the model files, load them once (cached while in use) and hand them to the host."""
     from ..pisa_core.base_model import load_base_model
     from ..pisa_core.checkpoint import load_pisa_weights
@@ -116,7 +116,7 @@ def load_model(base_name: str, weights_name: str, dtype_name: str = "auto") -> P
     weights_path = host.resolve_pisa_weights(weights_name)
     load, offload = host.compute_device(), host.offload_device()
     dtype = resolve_dtype(dtype_name, load)
-    key = (_file_stamp(base_path), _file_stamp(weights_path), str(dtype), str(load))
+    key = (_file_stamp(base_path), _file_stamp(weights_path), str(dtype), str(load), bool(compile))
     with _load_lock:
         cached = _loaded.get(key)
         if cached is not None:
@@ -124,7 +124,8 @@ def load_model(base_name: str, weights_name: str, dtype_name: str = "auto") -> P
         base = load_base_model(base_path)
         weights = load_pisa_weights(weights_path)
         # Built on the offload device; the host moves the weights to `load` before each use.
-        pipe = PiSAPipeline(base, weights, device=offload, dtype=dtype)
+        pipe = PiSAPipeline(base, weights, device=offload, dtype=dtype, compile=compile,
+                            channels_last=load.type == "cuda")
         pipe.device = load
         pipe.prompt_embeds = pipe.prompt_embeds.to(load)
         container = torch.nn.ModuleDict({"unet": pipe.unet, "vae": pipe.vae})

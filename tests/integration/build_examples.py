@@ -83,7 +83,7 @@ class Graph:
 
 def _front(g: Graph):
     note = g.node("MarkdownNote", (0, -260), (400, 220), [NOTE])
-    loader = g.node("PiSALoader", (0, 0), (400, 110), [BASE, WEIGHTS, "auto"])
+    loader = g.node("PiSALoader", (0, 0), (400, 110), [BASE, WEIGHTS, "auto", False])
     load = g.node("LoadImage", (0, 170), (400, 330), ["example.png", "image"])
     enc = g.node("PiSAEncode", (450, 100), (320, 150), [4.0, "bicubic", 1024, 512])
     g.link(loader, 0, enc, "pisa_model")
