@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import sys
 
 
@@ -19,3 +22,22 @@ def accelerate_two_processes() -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+
+
+def run_launched(cmd: list[str], env: dict, timeout: float = 150, tries: int = 2) -> subprocess.CompletedProcess:
+    """Run an `accelerate launch` command in its own process group. On a loaded two-core machine
+    gloo's rendezvous or teardown occasionally stalls; such a run is killed whole (launcher and
+    workers) and started once more on a fresh port, so a stall never outlives the test."""
+    for attempt in range(tries):
+        if attempt:
+            port = cmd.index("--main_process_port") + 1
+            cmd = [*cmd[:port], str(free_port()), *cmd[port + 1:]]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    raise AssertionError(f"accelerate launch stalled {tries} times (over {timeout} s each): {' '.join(cmd)}")

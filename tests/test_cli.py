@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
-from launcher import accelerate_two_processes
+from launcher import accelerate_two_processes, run_launched
 from PIL import Image
 
 from pisa_core.cli import main
@@ -88,7 +87,7 @@ def test_accelerate_launch_splits_files_between_processes(model_dir, photos, tmp
     out = tmp_path / "dist"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [*accelerate_two_processes(), "-m", "pisa_core.cli", "upscale", str(photos), "-o", str(out), *_args(model_dir, device=None)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    result = run_launched(cmd, env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["photo0.png", "photo1.png"]
     handled = [line for line in result.stdout.splitlines() if line.startswith("process ")]

@@ -4,7 +4,6 @@ precision within a documented tolerance of fp32 (README, "Precision")."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from pisa_core.pipeline import PiSAPipeline
 

@@ -7,13 +7,12 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from launcher import accelerate_two_processes
+from launcher import accelerate_two_processes, run_launched
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -240,7 +239,7 @@ def test_accelerate_launch_two_cpu_processes(model_dir, data_dir, tmp_path):
            "--base", str(model_dir / "sd21-tiny"), "--data", str(data_dir / "hq"), "--output-dir", str(tmp_path),
            "--max-steps", "2", *FAST]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = run_launched(cmd, env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stdout + done.stderr
     assert "2 processes in sync" in done.stdout + done.stderr

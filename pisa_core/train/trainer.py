@@ -367,6 +367,7 @@ class Trainer:
                                            self.config_json, self.start_step)
         if acc.is_main_process:
             acc.print(f"pisa-sr train: weights written to {final_path}")
+        _close_process_group(acc)
         return final_path
 
 
@@ -381,6 +382,14 @@ class Trainer:
             raise PiSAError(f"The {acc.num_processes} training processes ended with different LoRA weights "
                             f"(checksums {sums.tolist()}); check the accelerate/torch.distributed setup.")
         acc.print(f"pisa-sr train: {acc.num_processes} processes in sync.")
+
+
+def _close_process_group(acc) -> None:
+    """Leave the process group together: a rank that exits while another still tears gloo down
+    can leave that one waiting forever."""
+    if acc.num_processes > 1 and torch.distributed.is_initialized():
+        acc.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 def train(config: TrainConfig) -> Path:
