@@ -75,6 +75,7 @@ class PiSALoader:
             "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip":
                       "Weight precision. auto follows ComfyUI (fp16 on most GPUs, fp32 on CPU). "
                       "A VAE that overflows in fp16 is switched to fp32 automatically."}),
+        }, "optional": {  # inputs added after the first release are optional: older API prompts stay valid
             "compile": ("BOOLEAN", {"default": False, "tooltip":
                         "torch.compile the UNet and VAE: the first image takes minutes to compile, "
                         "later ones of the same size run faster on GPUs."}),
