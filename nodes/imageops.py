@@ -1,5 +1,5 @@
-"""Image helpers of the node pack: ComfyUI IMAGE <-> channels-first, resampling, padding to the
-VAE's multiple of 8, and the labelled comparison sheet."""
+"""Image helpers of the node pack: ComfyUI IMAGE <-> channels-first, resampling, and the labelled
+comparison sheet (sizes and padding come from pisa_core.geometry)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from ..pisa_core.errors import PiSAError
+from ..pisa_core.geometry import exact_output_size
 
 RESAMPLING = ("bicubic", "lanczos", "bilinear", "area", "nearest-exact")
-LATENT_FACTOR = 8
 PROCESS_SIZE = 512  # the resolution the model was trained at (release facts)
 MAX_PIXELS = 64 * 1024 * 1024  # a guard against typos like upscale_by 80: 64 MP per image
 
@@ -33,22 +33,12 @@ def to_image(chw: torch.Tensor) -> torch.Tensor:
 
 
 def output_size(h: int, w: int, factor: float) -> tuple[int, int]:
-    out = (round(h * factor), round(w * factor))
-    if min(out) < 1:
-        raise PiSAError(f"upscale_by {factor} turns a {w}x{h} image into nothing; use a larger factor.")
+    """The core's exact output size, with a guard against typos like upscale_by 80."""
+    out = exact_output_size(h, w, factor)
     if out[0] * out[1] > MAX_PIXELS:
         raise PiSAError(f"A {w}x{h} image upscaled by {factor} would be {out[1]}x{out[0]}, larger than the "
                         f"{MAX_PIXELS // (1024 * 1024)} MP this node accepts; use a smaller upscale_by.")
     return out
-
-
-def working_size(out_h: int, out_w: int, process_size: int = PROCESS_SIZE) -> tuple[int, int]:
-    """The release's small-input rule: work with the short side at least process_size, then shrink back."""
-    short = min(out_h, out_w)
-    if not process_size or short >= process_size:
-        return out_h, out_w
-    factor = process_size / short
-    return max(1, round(out_h * factor)), max(1, round(out_w * factor))
 
 
 def _lanczos(chw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -71,14 +61,6 @@ def resize(chw: torch.Tensor, size: tuple[int, int], method: str = "bicubic") ->
     if method in ("bicubic", "bilinear") and (size[0] < chw.shape[-2] or size[1] < chw.shape[-1]):
         kwargs["antialias"] = True
     return F.interpolate(chw.float(), size=size, mode=method, **kwargs).clamp(0, 1)
-
-
-def pad_to_multiple(chw: torch.Tensor, multiple: int = LATENT_FACTOR) -> torch.Tensor:
-    """Replicate-pad bottom/right to a multiple of 8 (the padding is cropped away after decoding)."""
-    pad_h, pad_w = (-chw.shape[-2]) % multiple, (-chw.shape[-1]) % multiple
-    if not (pad_h or pad_w):
-        return chw
-    return F.pad(chw, (0, pad_w, 0, pad_h), mode="replicate")
 
 
 def match_batch(reference: torch.Tensor, batch: int, what: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 
 from ..pisa_core.colorfix import apply_color_fix
 from ..pisa_core.errors import PiSAError
+from ..pisa_core.geometry import pad_for_vae, working_size
 from ..pisa_core.guidance import PISA, PIX, plan_passes, residual_latent
 from . import host, imageops
 from .model import DTYPE_CHOICES, PiSAModel, load_model, with_backoff
@@ -192,11 +193,12 @@ def encode_images(model: PiSAModel, rgb: torch.Tensor, upscale_by: float, resamp
                   progress: host.Progress, process_size: int = imageops.PROCESS_SIZE) -> dict:
     """rgb [B,3,h,w] in [0,1] → LATENT with the unscaled z_L and the sizes for an exact decode."""
     out_size = imageops.output_size(rgb.shape[-2], rgb.shape[-1], upscale_by)
-    work = imageops.working_size(*out_size, process_size)
+    work = working_size(*out_size, process_size)
     model.ready()
     latents = []
     for one in rgb.split(1):  # one image at a time: bounded memory for long batches
-        pixels = imageops.pad_to_multiple(imageops.resize(one, work, resampling)) * 2 - 1
+        # multiple of 8 only: the LATENT keeps ceil(work / 8), which Decode checks against its metadata
+        pixels = pad_for_vae(imageops.resize(one, work, resampling) * 2 - 1, min_side=0)
         stage = progress.stage(STAGE_STEPS)
         latents.append(with_backoff(
             lambda t, px=pixels, st=stage: model.pipe.encode(px, vae_tile=t, progress=st),

@@ -43,7 +43,7 @@ class Prepared:
         return (self.pixels[..., :work_h, :work_w] + 1) / 2
 
 
-def _working_size(out_h: int, out_w: int, process_size: int) -> tuple[int, int]:
+def working_size(out_h: int, out_w: int, process_size: int) -> tuple[int, int]:
     """Enlarge so that the short side reaches process_size (the release's small-input rule)."""
     short = min(out_h, out_w)
     if process_size and short < process_size:
@@ -63,13 +63,20 @@ def prepare_exact(rgb: torch.Tensor, upscale: float, process_size: int) -> Prepa
     """rgb [B,3,H,W] in [0,1] → bicubic to the working size, padded (replicate) to a multiple of 8
     and at least 64 pixels a side; the padding is cropped away in `finish`."""
     out_h, out_w = exact_output_size(rgb.shape[-2], rgb.shape[-1], upscale)
-    work_h, work_w = _working_size(out_h, out_w, process_size)
+    work_h, work_w = working_size(out_h, out_w, process_size)
     up = F.interpolate(rgb.float(), size=(work_h, work_w), mode="bicubic", align_corners=False).clamp(0, 1)
-    pad_h = max(MIN_WORK_SIDE, work_h + (-work_h) % LATENT_FACTOR) - work_h
-    pad_w = max(MIN_WORK_SIDE, work_w + (-work_w) % LATENT_FACTOR) - work_w
-    up.mul_(2).sub_(1)
-    pixels = F.pad(up, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else up
+    pixels = pad_for_vae(up.mul_(2).sub_(1))
     return Prepared(pixels, (work_h, work_w), (out_h, out_w), "exact")
+
+
+def pad_for_vae(image: torch.Tensor, min_side: int = MIN_WORK_SIDE) -> torch.Tensor:
+    """Replicate-pad bottom/right to a multiple of 8 and at least `min_side` pixels a side (64:
+    the UNet's three 2x downsamplings need 8 latent pixels); the padding is cropped away after
+    decoding."""
+    h, w = image.shape[-2:]
+    pad_h = max(min_side, h + (-h) % LATENT_FACTOR) - h
+    pad_w = max(min_side, w + (-w) % LATENT_FACTOR) - w
+    return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else image
 
 
 def finish(out01: torch.Tensor, prepared: Prepared) -> torch.Tensor:
