@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -82,7 +81,6 @@ def test_convert_and_info(model_dir, tmp_path, capsys):
     assert main(["info", str(model_dir / "sd21-tiny.safetensors")]) == 2
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not installed")
 def test_accelerate_launch_splits_files_between_processes(model_dir, photos, tmp_path):
     out = tmp_path / "dist"
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -359,7 +359,7 @@ class Trainer:
                     final_path = path
         bar.close()
         self._check_replicas_in_sync()
-        acc.end_training()
+        self._finish()
         if self.start_step >= cfg.max_steps:
             acc.print(f"pisa-sr train: already at step {self.start_step} >= --max-steps {cfg.max_steps}.")
             if acc.is_main_process:
@@ -367,9 +367,19 @@ class Trainer:
                                            self.config_json, self.start_step)
         if acc.is_main_process:
             acc.print(f"pisa-sr train: weights written to {final_path}")
-        _close_process_group(acc)
         return final_path
 
+    def _finish(self) -> None:
+        """Release the DDP wrapper, then end training (accelerate destroys the process group there).
+        DDP's reducer frees the group with the GIL held; holding the last reference, it would make
+        gloo's teardown wait for a worker thread that is itself waiting for the GIL (a hang at exit
+        on a loaded machine). Released first, the group's last reference is dropped by
+        destroy_process_group, which releases the GIL."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        self.model = None
+        acc.free_memory()
+        acc.end_training()
 
     def _check_replicas_in_sync(self) -> None:
         """DDP keeps every process's LoRA identical; a mismatch means the processes did not train together."""
@@ -382,14 +392,6 @@ class Trainer:
             raise PiSAError(f"The {acc.num_processes} training processes ended with different LoRA weights "
                             f"(checksums {sums.tolist()}); check the accelerate/torch.distributed setup.")
         acc.print(f"pisa-sr train: {acc.num_processes} processes in sync.")
-
-
-def _close_process_group(acc) -> None:
-    """Leave the process group together: a rank that exits while another still tears gloo down
-    can leave that one waiting forever."""
-    if acc.num_processes > 1 and torch.distributed.is_initialized():
-        acc.wait_for_everyone()
-        torch.distributed.destroy_process_group()
 
 
 def train(config: TrainConfig) -> Path:
