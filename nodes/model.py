@@ -85,12 +85,28 @@ class PiSAModel:
 
         pipe.unet.register_forward_pre_hook(count)
 
-    def ready(self) -> None:
-        """Put the weights on the compute device (ComfyUI may have offloaded them)."""
-        host.load_to_device(self.handle)
+    def ready(self, memory_required: int = 0) -> None:
+        """Put the weights on the compute device (ComfyUI may have offloaded them), asking the host
+        to keep `memory_required` bytes free for the activations of the stage about to run."""
+        host.load_to_device(self.handle, memory_required)
 
     def __repr__(self) -> str:
         return f"PiSAModel({self.base_name!r}, {self.weights_name!r}, {self.pipe.dtype})"
+
+
+def working_memory(stage: str, tile_hw: tuple[int, int], dtype: torch.dtype, batch: int = 1) -> int:
+    """Rough peak activation bytes of one tile of a stage, for the host's model management.
+
+    tile_hw is in image pixels for "encode", in latent pixels for "unet" and "decode". The factors
+    are ComfyUI's own estimates for this VAE (encode 1767 B, decode 2178·64 B per element of
+    dtype size) and for an SD UNet with SDPA (0.01 MiB per latent pixel and dtype byte).
+    """
+    area = batch * int(tile_hw[0]) * int(tile_hw[1])
+    size = torch.empty((), dtype=dtype).element_size()
+    per_element = {"encode": 1767, "decode": 2178 * 64, "unet": 0.01 * 2 ** 20}
+    if stage not in per_element:
+        raise ValueError(f"unknown stage {stage!r}")
+    return int(area * size * per_element[stage])
 
 
 def _file_stamp(path: Path) -> tuple:

@@ -35,6 +35,16 @@ sys.modules["comfyui-pisa-sr"] = pack
 spec.loader.exec_module(pack)
 host = sys.modules["comfyui-pisa-sr.nodes.host"]
 nodes = pack.NODE_CLASS_MAPPINGS
+asked = []  # memory_required of each load request the pack makes
+_load_models_gpu = mm.load_models_gpu
+
+
+def load_models_gpu_spy(models, memory_required=0, **options):
+    asked.append(memory_required)
+    return _load_models_gpu(models, memory_required=memory_required, **options)
+
+
+mm.load_models_gpu = load_models_gpu_spy
 found = {"in_comfy": host.IN_COMFY, "device": str(mm.get_torch_device()), "pisa_exts": sorted(folder_paths.folder_names_and_paths["pisa_sr"][1])}
 
 with torch.inference_mode():  # as ComfyUI executes nodes
@@ -52,6 +62,7 @@ with torch.inference_mode():  # as ComfyUI executes nodes
     out = nodes["PiSADecode"]().decode(model, z_high, "adain", 1024, image)[0]
     found["reloaded"] = any(m is model.handle for m in mm.loaded_models())
     found["out_shape"] = list(out.shape)
+    found["memory_asked_each_stage"] = len(asked) == 3 and all(a > 0 for a in asked)  # encode, guide, decode
     mm.interrupt_current_processing(True)
     try:
         nodes["PiSADualGuidance"]().guide(model, latent, 0.3, 1.7, 16, 8)

@@ -303,7 +303,7 @@ def test_model_management_hand_off_in_process(model_dir, tmp_path):
     assert found == {"in_comfy": True, "pisa_exts": [".pkl", ".safetensors"], "handle": "ModelPatcher",
                      "same_model": True, "registered": True, "weights_on_load_device": True,
                      "after_unload": False, "weights_offloaded": True, "reloaded": True,
-                     "out_shape": [1, 64, 64, 3], "interrupt": "raised", "freed": True}, found
+                     "out_shape": [1, 64, 64, 3], "memory_asked_each_stage": True, "interrupt": "raised", "freed": True}, found
 
 
 def _chromium() -> str | None:
