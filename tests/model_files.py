@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from tiny_models import TEXT_WIDTH, tiny_text_encoder, tiny_unet, write_tiny_tokenizer
@@ -62,6 +62,15 @@ def sd1_like_unet(seed: int = 0):
 # ----------------------------------------------------------------------- diffusers folder
 
 
+def _prefix_text_keys(folder: Path) -> None:
+    """Name the text encoder's tensors `text_model.*` as the hub's SD2.1 files (and transformers 4)
+    do; transformers 5 saves them without the prefix."""
+    for path in folder.glob("*.safetensors"):
+        state = load_file(path)
+        if not any(k.startswith("text_model.") for k in state):
+            save_file({f"text_model.{k}": v for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
 def write_diffusers_folder(folder, unet, vae, text_encoder, *, prediction_type="epsilon", variant=None) -> Path:
     """Save the components as a diffusers SD2 folder. ``variant="fp16"`` writes only fp16-variant
     weight files (``*.fp16.safetensors``) like the hub's fp16 branch."""
@@ -71,6 +80,7 @@ def write_diffusers_folder(folder, unet, vae, text_encoder, *, prediction_type="
     unet.save_pretrained(folder / "unet", variant=variant)
     vae.save_pretrained(folder / "vae", variant=variant)
     text_encoder.save_pretrained(folder / "text_encoder", variant=variant)
+    _prefix_text_keys(folder / "text_encoder")
     write_tiny_tokenizer(folder / "tokenizer")
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
