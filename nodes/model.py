@@ -139,11 +139,8 @@ def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", comp
             return cached
         base = load_base_model(base_path)
         weights = load_pisa_weights(weights_path)
-        # Built on the offload device; the host moves the weights to `load` before each use.
-        pipe = PiSAPipeline(base, weights, device=offload, dtype=dtype, compile=compile,
-                            channels_last=load.type == "cuda")
-        pipe.device = load
-        pipe.prompt_embeds = pipe.prompt_embeds.to(load)
+        # Weights start on the offload device; the host moves them to `load` before each use.
+        pipe = PiSAPipeline(base, weights, device=load, weights_device=offload, dtype=dtype, compile=compile)
         container = torch.nn.ModuleDict({"unet": pipe.unet, "vae": pipe.vae})
         handle = host.wrap_for_management(container, load, offload)
         model = PiSAModel(pipe, handle, key, base_name, weights_name)

@@ -77,8 +77,10 @@ class PiSAPipeline:
     """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding)."""
 
     def __init__(self, base: BaseModel, weights: PiSAWeights, *, device=None, dtype=None,
-                 channels_last: bool | None = None, compile: bool = False):
-        """channels_last: NHWC convolutions, same maths in another summation order (default: on
+                 channels_last: bool | None = None, compile: bool = False, weights_device=None):
+        """device: where the stages compute. weights_device: where the weights are put at load
+        (default: device); a host that moves them to `device` before each use (ComfyUI's model
+        management) passes its offload device here. channels_last: NHWC convolutions, same maths in another summation order (default: on
         GPUs; off on the CPU, where it gains ~7 % but moves fp32 results by ~1e-4 of the release's).
         compile: torch.compile the UNet and the VAE (first image slow, later ones faster on GPUs)."""
         self.device = torch.device(device) if device is not None else default_device()
@@ -86,9 +88,10 @@ class PiSAPipeline:
         self.scaling_factor = base.scaling_factor
         # merge in float32 before the cast, so the merged weights are rounded once
         self.unet = DualLoRAUNet(base.unet.float(), weights, weights.source or "PiSA-SR weights")
-        self.unet.to(self.device, self.dtype)
+        place = torch.device(weights_device) if weights_device is not None else self.device
+        self.unet.to(place, self.dtype)
         # nn.Module.to: diffusers' own .to() warns about fp32-pinned modules SD2's VAE does not have
-        self.vae = nn.Module.to(base.vae, self.device, self.dtype)
+        self.vae = nn.Module.to(base.vae, place, self.dtype)
         _inplace_activations(self.vae)
         if channels_last if channels_last is not None else self.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)

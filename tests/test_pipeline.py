@@ -51,6 +51,16 @@ def test_diffusers_folder_and_single_file_give_identical_outputs(model_dir, lq_i
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=1e-6)
 
 
+def test_weights_device_places_the_weights_apart_from_the_compute_device(model_dir):
+    """A host with its own model management loads the weights onto its offload device."""
+    pipe = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32",
+                                   weights_device="meta")
+    assert pipe.device == torch.device("cpu")
+    assert {p.device.type for p in pipe.unet.parameters()} == {"meta"}
+    assert {p.device.type for p in pipe.vae.parameters()} == {"meta"}
+    assert pipe.prompt_embeds.device.type == "cpu"
+
+
 def test_official_pkl_and_converted_safetensors_give_identical_outputs(model_dir, lq_image, pipe):
     image = lq_image(16, 16)
     twin = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.safetensors",
