@@ -93,12 +93,8 @@ def _ours(variant, device, dtype, repeats):
             out = (pipe.decode(z) * 0.5 + 0.5).clamp(0, 1)
             return apply_color_fix(out, prepared.reference, "adain")
         return run, 1
-    else:
-        lambdas = (1.0, 1.0) if variant == "ours-default" else (0.8, 1.2)
-
-        def run():
-            return pipe(image.to(device), lambda_pix=lambdas[0], lambda_sem=lambdas[1])
-    return run, 1
+    lambdas = (1.0, 1.0) if variant == "ours-default" else (0.8, 1.2)
+    return (lambda: pipe(image.to(device), lambda_pix=lambdas[0], lambda_sem=lambdas[1])), 1
 
 
 def _baseline(variant, device, dtype, repeats, tmp: Path):
@@ -214,8 +210,7 @@ def report(results: list[dict], args) -> None:
     meta = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
     target = Path(args.out) if args.out else out / f"speed-{args.device}.json"
-    target.write_text(json.dumps({"meta": meta, "results": results,
-                                                                "ratios": ratios}, indent=2))
+    target.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
 
 
 if __name__ == "__main__":

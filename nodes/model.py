@@ -94,19 +94,19 @@ class PiSAModel:
         return f"PiSAModel({self.base_name!r}, {self.weights_name!r}, {self.pipe.dtype})"
 
 
-def working_memory(stage: str, tile_hw: tuple[int, int], dtype: torch.dtype, batch: int = 1) -> int:
-    """Rough peak activation bytes of one tile of a stage, for the host's model management.
+def working_memory(stage: str, tile: int, size_hw: tuple[int, int], dtype: torch.dtype, batch: int = 1) -> int:
+    """Rough peak activation bytes of one tile (at most `tile` a side of a `size_hw` input) of a
+    stage, for the host's model management.
 
-    tile_hw is in image pixels for "encode", in latent pixels for "unet" and "decode". The factors
-    are ComfyUI's own estimates for this VAE (encode 1767 B, decode 2178·64 B per element of
-    dtype size) and for an SD UNet with SDPA (0.01 MiB per latent pixel and dtype byte).
+    tile and size_hw are in image pixels for "encode", in latent pixels for "unet" and "decode".
+    The factors are ComfyUI's own estimates for this VAE (encode 1767 B, decode 2178·64 B per
+    element and dtype byte) and for an SD UNet with SDPA (0.01 MiB per latent pixel and dtype byte).
     """
-    area = batch * int(tile_hw[0]) * int(tile_hw[1])
-    size = torch.empty((), dtype=dtype).element_size()
     per_element = {"encode": 1767, "decode": 2178 * 64, "unet": 0.01 * 2 ** 20}
     if stage not in per_element:
         raise ValueError(f"unknown stage {stage!r}")
-    return int(area * size * per_element[stage])
+    area = batch * min(tile, int(size_hw[0])) * min(tile, int(size_hw[1]))
+    return int(area * dtype.itemsize * per_element[stage])
 
 
 def _file_stamp(path: Path) -> tuple:

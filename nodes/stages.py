@@ -194,7 +194,7 @@ def encode_images(model: PiSAModel, rgb: torch.Tensor, upscale_by: float, resamp
     """rgb [B,3,h,w] in [0,1] → LATENT with the unscaled z_L and the sizes for an exact decode."""
     out_size = imageops.output_size(rgb.shape[-2], rgb.shape[-1], upscale_by)
     work = working_size(*out_size, process_size)
-    model.ready(working_memory("encode", (min(vae_tile, work[0]), min(vae_tile, work[1])), model.pipe.dtype))
+    model.ready(working_memory("encode", vae_tile, work, model.pipe.dtype))
     latents = []
     for one in rgb.split(1):  # one image at a time: bounded memory for long batches
         # multiple of 8 only: the LATENT keeps ceil(work / 8), which Decode checks against its metadata
@@ -218,8 +218,7 @@ def branch_eps(model: PiSAModel, z: torch.Tensor, tile: int, overlap: int, progr
         eps = model.eps_cache.get(one, tile, overlap)
         need = [b for b in branches if b not in eps]
         if need:
-            h, w = one.shape[-2:]
-            model.ready(working_memory("unet", (min(tile, h), min(tile, w)), model.pipe.dtype, batch=len(need)))
+            model.ready(working_memory("unet", tile, one.shape[-2:], model.pipe.dtype, batch=len(need)))
             stage = progress.stage(STAGE_STEPS)
 
             def run(t, one=one, need=need, stage=stage):
@@ -269,8 +268,7 @@ def decode_latent(model: PiSAModel, latent: dict, z: torch.Tensor, color_fix: st
     if reference is None and color_fix != "none":
         LOG.warning("PiSA-SR: no colour reference for this latent; colour fix skipped")
         color_fix = "none"
-    side = vae_tile // 8
-    model.ready(working_memory("decode", (min(side, z.shape[-2]), min(side, z.shape[-1])), model.pipe.dtype))
+    model.ready(working_memory("decode", vae_tile // 8, z.shape[-2:], model.pipe.dtype))
     images = []
     for i, one in enumerate(z.split(1)):
         stage = progress.stage(STAGE_STEPS)

@@ -80,9 +80,10 @@ class PiSAPipeline:
                  channels_last: bool | None = None, compile: bool = False, weights_device=None):
         """device: where the stages compute. weights_device: where the weights are put at load
         (default: device); a host that moves them to `device` before each use (ComfyUI's model
-        management) passes its offload device here. channels_last: NHWC convolutions, same maths in another summation order (default: on
-        GPUs; off on the CPU, where it gains ~7 % but moves fp32 results by ~1e-4 of the release's).
-        compile: torch.compile the UNet and the VAE (first image slow, later ones faster on GPUs)."""
+        management) passes its offload device here. channels_last: NHWC convolutions, same maths
+        in another summation order (default: on GPUs; off on the CPU, where it gains ~7 % but
+        moves fp32 results by ~1e-4 of the release's). compile: torch.compile the UNet and the VAE
+        (first image slow, later ones faster on GPUs)."""
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = resolve_dtype(dtype, self.device)
         self.scaling_factor = base.scaling_factor

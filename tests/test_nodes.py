@@ -416,15 +416,16 @@ def test_out_of_memory_halves_the_tile_then_fails_clearly(pisa_model):
 
 def test_working_memory_estimates_scale_with_tile_area_dtype_and_batch():
     working_memory = sys.modules["pisa_sr_pack_under_test.nodes.model"].working_memory
-    decode_512 = working_memory("decode", (64, 64), torch.float16)
+    decode_512 = working_memory("decode", 64, (100, 80), torch.float16)
     assert 1.0e9 < decode_512 < 1.3e9  # ComfyUI's SD-VAE figure: about 1.1 GB for a 512² tile in fp16
-    assert working_memory("decode", (128, 128), torch.float16) == 4 * decode_512
-    assert working_memory("decode", (64, 64), torch.float32) == 2 * decode_512
-    unet = working_memory("unet", (96, 96), torch.bfloat16)
-    assert working_memory("unet", (96, 96), torch.bfloat16, batch=2) == 2 * unet
-    assert working_memory("encode", (512, 512), torch.float16) < decode_512
+    assert working_memory("decode", 128, (128, 128), torch.float16) == 4 * decode_512
+    assert working_memory("decode", 64, (64, 64), torch.float32) == 2 * decode_512
+    assert working_memory("decode", 64, (32, 200), torch.float16) == decode_512 // 2  # input smaller than a tile
+    unet = working_memory("unet", 96, (96, 96), torch.bfloat16)
+    assert working_memory("unet", 96, (96, 96), torch.bfloat16, batch=2) == 2 * unet
+    assert working_memory("encode", 512, (512, 512), torch.float16) < decode_512
     with pytest.raises(ValueError, match="unknown stage"):
-        working_memory("upscale", (8, 8), torch.float32)
+        working_memory("upscale", 8, (8, 8), torch.float32)
 
 
 def test_cancel_stops_and_the_next_run_works(pisa_model):
