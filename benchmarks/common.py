@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the release-structure reference lives with the tests
 
 from pisa_core.base_model import BaseModel  # noqa: E402
-from pisa_core.checkpoint import LoRAFamily, PiSAWeights, release_target_modules  # noqa: E402
+from pisa_core.checkpoint import PiSAWeights  # noqa: E402
+from pisa_core.lora import LoRAFamily, release_target_modules  # noqa: E402
 
 CONFIGS = ROOT / "pisa_core" / "configs"
 

@@ -45,7 +45,7 @@ def _lq(device) -> torch.Tensor:
 
 def _official_pkl(weights, folder: Path) -> Path:
     """The random weights in the release's .pkl layout (for the release-structure baselines)."""
-    from pisa_core.checkpoint import module_group
+    from pisa_core.lora import module_group
 
     state = {"state_dict_unet": {}}
     for kind, family in (("pix", weights.pix), ("sem", weights.sem)):

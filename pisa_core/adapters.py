@@ -15,39 +15,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import LoRAFamily, PiSAWeights, check_compatible, lora_delta
+from .checkpoint import PiSAWeights, check_compatible
+from .lora import LoRAFamily, conv_settings, lora_forward, merged_weight
 
 
 class LowRankBranch(nn.Module):
-    """s · B(A(x)) for one Linear or Conv2d module, with the scale folded into B."""
+    """s · B(A(x)) for one Linear or Conv2d module, with the scale folded into B once."""
 
     def __init__(self, base: nn.Module, down: torch.Tensor, up: torch.Tensor, scale: float):
         super().__init__()
         self.register_buffer("down", down.detach().clone().float(), persistent=False)
         self.register_buffer("up", (up.detach().float() * scale), persistent=False)
-        self.is_conv = isinstance(base, nn.Conv2d)
-        if self.is_conv:
-            self.stride, self.padding, self.dilation = base.stride, base.padding, base.dilation
+        self.conv = conv_settings(base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_conv:
-            h = F.conv2d(x, self.down, stride=self.stride, padding=self.padding, dilation=self.dilation)
-            return F.conv2d(h, self.up)
-        return F.linear(F.linear(x, self.down), self.up)
+        return lora_forward(x, self.down, self.up, self.conv)
 
 
 def merge_family(unet: nn.Module, family: LoRAFamily) -> None:
-    """W ← W + s·ΣB@A for every module of one adapter family (release facts, "Merged weights").
-    The sum is formed in float32 and cast once to the weight's dtype."""
+    """W <- W + s·ΣB@A for every module of one LoRA (lora.merged_weight: summed in float32,
+    rounded once to the weight's dtype)."""
     modules = dict(unet.named_modules())
     with torch.no_grad():
         for name, (down, up) in family.factors.items():
             weight = modules[name].weight
-            merged = weight.float() + lora_delta(down, up, family.scale).to(weight.device)
-            weight.copy_(merged.to(weight.dtype))
+            weight.copy_(merged_weight(weight, [(down, up, family.scale)]))
 
 
 class DualLoRAUNet(nn.Module):

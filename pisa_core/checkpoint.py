@@ -19,19 +19,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import PiSAError
-
-FAMILIES = ("pix", "sem")
-GROUPS = ("encoder", "decoder", "others")
-
-# peft's default lora_alpha; the release does not store alpha (facts: "Not stored: lora_alpha").
-PEFT_DEFAULT_ALPHA = 8.0
-
-# The release's LoRA target rule (facts: "LoRA targets").
-RELEASE_TARGET_SUBSTRINGS = (
-    "to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
-    "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj",
+from .lora import (
+    FAMILIES,
+    GROUPS,
+    PEFT_DEFAULT_ALPHA,
+    LoRAFamily,
+    adapted_weight_shape,
+    module_group,
+    module_kind,
 )
-RELEASE_EXCLUDED_SUBSTRINGS = ("bias", "norm")
 
 # Our safetensors format: tensors "<family>.<module>.lora_A|lora_B", string metadata below.
 FORMAT_MARKER = "pisa-sr-lora"
@@ -56,22 +52,6 @@ _DIFFUSERS_PREFIXES = ("conv_in.", "down_blocks.", "mid_block.", "up_blocks.", "
 
 
 @dataclass
-class LoRAFamily:
-    """One adapter family ("pix" or "sem"): rank, alpha and the factors of every targeted module.
-
-    Linear: A (r, in), B (out, r). Conv: A (r, in, kh, kw), B (out, r, 1, 1). float32 on CPU.
-    """
-
-    rank: int
-    alpha: float
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-    @property
-    def scale(self) -> float:
-        return lora_scale(self.alpha, self.rank)
-
-
-@dataclass
 class PiSAWeights:
     """Both families of PiSA-SR weights and where they came from.
 
@@ -86,75 +66,6 @@ class PiSAWeights:
 
     def family(self, name: str) -> LoRAFamily:
         return {"pix": self.pix, "sem": self.sem}[name]
-
-
-# ---------------------------------------------------------------- formulas
-
-
-def lora_scale(alpha: float, rank: int) -> float:
-    """peft's LoRA scaling, alpha / rank (facts: alpha 8, rank 4 -> scale 2)."""
-    return float(alpha) / int(rank)
-
-
-def linear_lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
-    """Linear weight delta ΔW = scale · B @ A (facts, "Merged weights": W0 + 2·ΣB@A)."""
-    return scale * (B.float() @ A.float())
-
-
-def conv_lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
-    """Conv weight delta ΔW[o,i,:,:] = scale · Σ_r B[o,r] A[r,i,:,:].
-
-    The LoRA runs the rank-r kh×kw conv A (the layer's stride/padding) then the 1×1 conv B; both are
-    linear without bias, so their composition is one kh×kw conv with this kernel (facts, "Merged
-    weights": "the composition of the rank-r conv and the 1×1 conv").
-    """
-    rank, in_channels, kh, kw = A.shape
-    mixed = B.float()[:, :, 0, 0] @ A.float().reshape(rank, in_channels * kh * kw)
-    return scale * mixed.reshape(B.shape[0], in_channels, kh, kw)
-
-
-def lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
-    """Full-shape float32 weight delta of one LoRA pair (Linear or Conv2d)."""
-    if A.ndim == 2 and B.ndim == 2 and B.shape[1] == A.shape[0]:
-        return linear_lora_delta(A, B, scale)
-    if A.ndim == 4 and B.ndim == 4 and B.shape[1] == A.shape[0] and tuple(B.shape[2:]) == (1, 1):
-        return conv_lora_delta(A, B, scale)
-    raise PiSAError(
-        f"LoRA factors of shapes A {tuple(A.shape)} and B {tuple(B.shape)} do not fit together; expected "
-        "A (r, in) with B (out, r), or A (r, in, kh, kw) with B (out, r, 1, 1)."
-    )
-
-
-def lora_weight_shape(A: torch.Tensor, B: torch.Tensor) -> tuple[int, ...]:
-    """Shape of the base weight a LoRA pair adapts: (out, in) or (out, in, kh, kw)."""
-    return (int(B.shape[0]), *(int(s) for s in A.shape[1:]))
-
-
-# ---------------------------------------------------------------- release rule
-
-
-def module_group(name: str) -> str:
-    """Release grouping by name: encoder if it holds down_blocks or conv_in, else decoder if it
-    holds up_blocks or conv_out, else others (the mid block). The order of the tests matters."""
-    if "down_blocks" in name or "conv_in" in name:
-        return "encoder"
-    if "up_blocks" in name or "conv_out" in name:
-        return "decoder"
-    return "others"
-
-
-def is_release_target(parameter_name: str) -> bool:
-    """The release's target rule on a UNet parameter name (facts, "LoRA targets")."""
-    return (
-        parameter_name.endswith(".weight")
-        and any(s in parameter_name for s in RELEASE_TARGET_SUBSTRINGS)
-        and not any(s in parameter_name for s in RELEASE_EXCLUDED_SUBSTRINGS)
-    )
-
-
-def release_target_modules(unet: torch.nn.Module) -> list[str]:
-    """Module names the release puts a LoRA on (the same list for pix and sem), in parameter order."""
-    return [name[: -len(".weight")] for name, _ in unet.named_parameters() if is_release_target(name)]
 
 
 # ---------------------------------------------------------------- validation shared by all formats
@@ -540,17 +451,12 @@ def check_compatible(weights: PiSAWeights, unet: torch.nn.Module, source_name) -
                     f"'{source_name}' has {name} LoRA weights for module '{module}', which the base UNet does "
                     "not have (weights made for another base model?)."
                 )
-            needed = lora_weight_shape(A, B)
+            needed = adapted_weight_shape(A, B)
             if tuple(weight.shape) != needed:
                 raise PiSAError(
                     f"'{source_name}': {name} LoRA for module '{module}' needs a base weight of shape {needed}, "
                     f"but the UNet's is {tuple(weight.shape)} (weights made for another base model?)."
                 )
-
-
-def module_kind(A: torch.Tensor) -> str:
-    """'linear' for a Linear LoRA, 'conv{kh}x{kw}' for a conv LoRA."""
-    return "linear" if A.ndim == 2 else f"conv{A.shape[2]}x{A.shape[3]}"
 
 
 def describe(weights: PiSAWeights) -> dict:

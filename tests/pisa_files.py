@@ -10,19 +10,8 @@ from pathlib import Path
 
 import torch
 
-from pisa_core.checkpoint import (
-    FAMILIES,
-    GROUPS,
-    OFFICIAL_LIST_KEYS,
-    OFFICIAL_RANK_KEYS,
-    OFFICIAL_STATE_KEY,
-    PEFT_DEFAULT_ALPHA,
-    LoRAFamily,
-    PiSAWeights,
-    module_group,
-    release_target_modules,
-    save_pisa_weights,
-)
+from pisa_core.checkpoint import OFFICIAL_LIST_KEYS, OFFICIAL_RANK_KEYS, OFFICIAL_STATE_KEY, PiSAWeights, save_pisa_weights
+from pisa_core.lora import FAMILIES, GROUPS, PEFT_DEFAULT_ALPHA, LoRAFamily, module_group, release_target_modules
 
 
 def random_factors(unet: torch.nn.Module, rank: int, generator: torch.Generator) -> dict:

@@ -18,16 +18,13 @@ from tiny_models import tiny_unet
 from pisa_core.checkpoint import (
     FORMAT_MARKER,
     FORMAT_VERSION,
-    GROUPS,
     check_compatible,
     convert_pisa_weights,
     describe,
     load_pisa_weights,
-    lora_delta,
-    module_group,
-    release_target_modules,
     save_pisa_weights,
 )
+from pisa_core.lora import GROUPS, lora_delta, module_group, release_target_modules
 from pisa_core.errors import PiSAError
 
 SD21_BASE_UNET = {

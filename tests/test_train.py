@@ -16,7 +16,8 @@ from launcher import accelerate_two_processes, run_launched
 from PIL import Image
 from safetensors.torch import load_file
 
-from pisa_core.checkpoint import LoRAFamily, PiSAWeights, load_pisa_weights, save_pisa_weights
+from pisa_core.checkpoint import PiSAWeights, load_pisa_weights, save_pisa_weights
+from pisa_core.lora import LoRAFamily
 from pisa_core.cli import main as cli_main
 from pisa_core.errors import PiSAError
 from pisa_core.pipeline import PiSAPipeline

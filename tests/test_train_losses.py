@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import tiny_unet
 
-from pisa_core.checkpoint import lora_delta, release_target_modules
+from pisa_core.lora import lora_delta, release_target_modules
 from pisa_core.errors import PiSAError
 from pisa_core.train import losses as L
 from pisa_core.train.lora import install_lora

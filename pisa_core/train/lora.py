@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import LoRAFamily, release_target_modules
+from ..lora import LoRAFamily, release_target_modules
 from ..errors import PiSAError
 
 FAMILIES = ("pix", "sem")
