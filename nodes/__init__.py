@@ -1,10 +1,10 @@
 """ComfyUI nodes of PiSA-SR. Classic node API; node ids and input order are permanent."""
 
 from .extras import PiSAGuidanceGrid, PiSAUpscale
-from .host import register_model_folders
+from .host import HOST
 from .stages import PiSADecode, PiSADualGuidance, PiSAEncode, PiSALoader
 
-register_model_folders()
+HOST.register_model_folders()
 
 NODE_CLASS_MAPPINGS = {
     "PiSALoader": PiSALoader,

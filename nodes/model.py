@@ -4,23 +4,32 @@ per-model cache of (ε_pix, ε_PiSA) that lets a λ change skip the UNet."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import weakref
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from ..pisa_core import memory, options
 from ..pisa_core.errors import PiSAError
+from ..pisa_core.tensor_files import SafetensorsFile, is_safetensors
 from . import host
 
 LOG = logging.getLogger("PiSA-SR")
-DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+LORAS_PREFIX = "[loras] "
 
-# Same files + dtype + device → the same loaded model, while anything still holds it.
+# Same files + dtype + device → the same loaded model, while anything still holds it (a cache).
 _loaded: weakref.WeakValueDictionary[tuple, PiSAModel] = weakref.WeakValueDictionary()
 _load_lock = threading.Lock()
+# (path, size, mtime) → whether a file in models/loras holds PiSA-SR weights (a cache).
+_recognised: dict[tuple, bool] = {}
+
+# What PiSA-SR weights files hold, by key (docs/release.md, "Weights file"; our .safetensors).
+_PISA_TENSOR = re.compile(r"^((pix|sem)\..+\.lora_[AB]|.+\.lora_[AB]\.default_(encoder|decoder|others)_(pix|sem)\.weight)$")
+_OFFICIAL_PKL_KEYS = (b"state_dict_unet", b"lora_rank_unet_pix", b"lora_rank_unet_sem", b"unet_lora_encoder_modules_sem")
 
 
 class EpsCache:
@@ -54,10 +63,7 @@ class EpsCache:
             self._items.popitem(last=False)
 
     def nbytes(self) -> int:
-        total = 0
-        for latent, eps in self._items.values():
-            total += latent.numel() * 4 + sum(e.numel() * 4 for e in eps.values())
-        return total
+        return sum(latent.numel() * 4 + sum(e.numel() * 4 for e in eps.values()) for latent, eps in self._items.values())
 
     def __len__(self) -> int:
         return len(self._items)
@@ -67,15 +73,16 @@ class EpsCache:
 
 
 class PiSAModel:
-    """What flows along a PISA_MODEL wire."""
+    """What flows along a PISA_MODEL wire: the pipeline, its model-management handle, the ε cache."""
 
-    def __init__(self, pipe, handle, key: tuple, base_name: str, weights_name: str):
+    def __init__(self, pipe, key: tuple, base_name: str, weights_name: str):
         self.pipe = pipe
-        self.handle = handle  # ComfyUI ModelPatcher, or None without ComfyUI
         self.key = key
         self.base_name, self.weights_name = base_name, weights_name
         self.eps_cache = EpsCache()
         self.unet_calls = 0  # UNet forward passes run through this model (tests and logs)
+        self.container = torch.nn.ModuleDict({"unet": pipe.unet, "vae": pipe.vae})
+        self.handle = host.HOST.manage(self.container, pipe.device, host.HOST.offload_device())
         me = weakref.ref(self)  # no reference cycle: the model is freed as soon as unused
 
         def count(module, args):
@@ -86,27 +93,59 @@ class PiSAModel:
         pipe.unet.register_forward_pre_hook(count)
 
     def ready(self, memory_required: int = 0) -> None:
-        """Put the weights on the compute device (ComfyUI may have offloaded them), asking the host
-        to keep `memory_required` bytes free for the activations of the stage about to run."""
-        host.load_to_device(self.handle, memory_required)
+        """Put the weights on the compute device (the host may have offloaded them), asking it to
+        keep `memory_required` bytes free for the stage about to run."""
+        host.HOST.load(self.handle, self.pipe.device, memory_required)
+
+    def upcast_happened(self, part: str) -> None:
+        """The pipeline switched a part to float32 (explicit, logged there): the host re-measures."""
+        host.HOST.size_changed(self.handle)
 
     def __repr__(self) -> str:
         return f"PiSAModel({self.base_name!r}, {self.weights_name!r}, {self.pipe.dtype})"
 
 
-def working_memory(stage: str, tile: int, size_hw: tuple[int, int], dtype: torch.dtype, batch: int = 1) -> int:
-    """Rough peak activation bytes of one tile (at most `tile` a side of a `size_hw` input) of a
-    stage, for the host's model management.
+# ---------------------------------------------------------------- weights files
 
-    tile and size_hw are in image pixels for "encode", in latent pixels for "unet" and "decode".
-    The factors are ComfyUI's own estimates for this VAE (encode 1767 B, decode 2178·64 B per
-    element and dtype byte) and for an SD UNet with SDPA (0.01 MiB per latent pixel and dtype byte).
-    """
-    per_element = {"encode": 1767, "decode": 2178 * 64, "unet": 0.01 * 2 ** 20}
-    if stage not in per_element:
-        raise ValueError(f"unknown stage {stage!r}")
-    area = batch * min(tile, int(size_hw[0])) * min(tile, int(size_hw[1]))
-    return int(area * dtype.itemsize * per_element[stage])
+
+def _is_pisa_weights(path: Path) -> bool:
+    """Recognise PiSA-SR weights by their keys without loading them: a safetensors header, or the
+    key strings inside an official pisa_sr.pkl's pickle (nothing is unpickled)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _recognised:
+        _recognised[key] = _holds_pisa_keys(path)
+    return _recognised[key]
+
+
+def _holds_pisa_keys(path: Path) -> bool:
+    try:
+        if is_safetensors(path):
+            keys = SafetensorsFile(path, "PiSA-SR weights").keys
+            return bool(keys) and all(_PISA_TENSOR.match(k) for k in keys)
+        with zipfile.ZipFile(path) as archive:
+            pickle_name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            data = archive.read(pickle_name) if pickle_name else b""
+        return all(k in data for k in _OFFICIAL_PKL_KEYS)
+    except (OSError, PiSAError, zipfile.BadZipFile, KeyError):
+        return False
+
+
+def pisa_weight_choices() -> list[str]:
+    """PiSA-SR weights in models/pisa_sr, then those in models/loras (as '[loras] name')."""
+    own = host.HOST.files_in(host.PISA_FOLDER, host.PISA_EXTENSIONS)
+    loras = [name for name in host.HOST.files_in(host.LORA_FOLDER, host.PISA_EXTENSIONS)
+             if _is_pisa_weights(host.find(host.LORA_FOLDER, name))]
+    return own + [LORAS_PREFIX + name for name in loras]
+
+
+def resolve_pisa_weights(name: str) -> Path:
+    if name.startswith(LORAS_PREFIX):
+        return host.find(host.LORA_FOLDER, name[len(LORAS_PREFIX):])
+    return host.find(host.PISA_FOLDER, name)
+
+
+# ---------------------------------------------------------------- loading
 
 
 def _file_stamp(path: Path) -> tuple:
@@ -114,54 +153,38 @@ def _file_stamp(path: Path) -> tuple:
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return host.auto_dtype(device)
-    if name not in _DTYPES:
-        raise PiSAError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {name!r}.")
-    return _DTYPES[name]
-
-
 def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False) -> PiSAModel:
-    """Resolve the model files, load them once (cached while in use) and hand them to the host."""
-    from ..pisa_core.base_model import load_base_model
-    from ..pisa_core.checkpoint import load_pisa_weights
+    """Resolve the model files, load them once (cached while in use) and hand them to the host.
+    dtype 'auto' follows the same rule as the CLI and the Python API (options.auto_dtype)."""
     from ..pisa_core.pipeline import PiSAPipeline
 
     base_path = host.resolve_base_model(base_name)
-    weights_path = host.resolve_pisa_weights(weights_name)
-    load, offload = host.compute_device(), host.offload_device()
-    dtype = resolve_dtype(dtype_name, load)
+    weights_path = resolve_pisa_weights(weights_name)
+    load = host.HOST.compute_device()
+    dtype = options.resolve_dtype(dtype_name, load)
     key = (_file_stamp(base_path), _file_stamp(weights_path), str(dtype), str(load), bool(compile))
     with _load_lock:
         cached = _loaded.get(key)
         if cached is not None:
             return cached
-        base = load_base_model(base_path)
-        weights = load_pisa_weights(weights_path)
+        owner: list[weakref.ref] = []  # filled below; weak, so the model stays free to go
+
+        def on_upcast(part: str) -> None:
+            model = owner[0]() if owner else None
+            if model is not None:
+                model.upcast_happened(part)
+
         # Weights start on the offload device; the host moves them to `load` before each use.
-        pipe = PiSAPipeline(base, weights, device=load, weights_device=offload, dtype=dtype, compile=compile)
-        container = torch.nn.ModuleDict({"unet": pipe.unet, "vae": pipe.vae})
-        handle = host.wrap_for_management(container, load, offload)
-        model = PiSAModel(pipe, handle, key, base_name, weights_name)
-        model._container = container
+        pipe = PiSAPipeline.from_files(base_path, weights_path, device=load, dtype=dtype, compile=compile,
+                                       weights_device=host.HOST.offload_device(),
+                                       free_memory=lambda: host.HOST.free_memory(load), on_upcast=on_upcast)
+        model = PiSAModel(pipe, key, base_name, weights_name)
+        owner.append(weakref.ref(model))
         _loaded[key] = model
-        LOG.info("PiSA-SR: loaded %s + %s (%s on %s)", base_name, weights_name, dtype, load)
+        LOG.info("PiSA-SR: loaded %s + %s (%s on %s)", base_name, weights_name, options.dtype_name(dtype), load)
         return model
 
 
 def with_backoff(run, tile: int, *, minimum: int, what: str):
-    """run(tile) with the tile halved on out-of-memory until `minimum`; then one clear error."""
-    while True:
-        try:
-            return run(tile)
-        except Exception as error:  # only OOM is handled; everything else propagates unchanged
-            if not host.is_oom(error):
-                raise
-            host.free_cache()
-            if tile // 2 < minimum:
-                raise PiSAError(
-                    f"Out of memory in the {what} even with a tile of {tile}; use a smaller image or "
-                    f"upscale factor, or free memory (close other models) and try again.") from None
-            LOG.warning("PiSA-SR: out of memory in the %s at tile %d; retrying with %d", what, tile, tile // 2)
-            tile //= 2
+    """memory.with_backoff with the host's cache release."""
+    return memory.with_backoff(run, tile, minimum=minimum, what=what, release=host.HOST.release_cache)

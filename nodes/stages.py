@@ -1,7 +1,10 @@
 """The four stage nodes: PiSALoader → PiSAEncode → PiSADualGuidance → PiSADecode.
 
-Thin wrappers: parse the inputs, call pisa_core, format the outputs. The functions below the node
-classes are shared with PiSAUpscale and PiSAGuidanceGrid so every path computes the same thing.
+Thin wrappers around PiSAPipeline's public stages (prepare, encode, predict_eps, guide, decode,
+finish). What stays here is ComfyUI's business: IMAGE/LATENT conversion, one image of a batch at a
+time, progress and Cancel, model management (memory asked for before each stage), the tile
+back-off on out-of-memory, and the ε cache. The functions below the node classes are shared with
+PiSAUpscale and PiSAGuidanceGrid, so every node path computes the same thing.
 """
 
 from __future__ import annotations
@@ -10,45 +13,24 @@ import logging
 
 import torch
 
-from ..pisa_core.colorfix import apply_color_fix
+from ..pisa_core import options
 from ..pisa_core.errors import PiSAError
-from ..pisa_core.geometry import pad_for_vae, working_size
-from ..pisa_core.guidance import PISA, PIX, plan_passes, residual_latent
-from . import host, imageops
-from .model import DTYPE_CHOICES, PiSAModel, load_model, with_backoff, working_memory
+from ..pisa_core.geometry import Plan, check_images
+from ..pisa_core.guidance import PISA, PIX
+from ..pisa_core.memory import MIN_VAE_TILE, working_memory
+from ..pisa_core.options import LATENT_FACTOR, node_input
+from ..pisa_core.pipeline import check_options, to_host
+from ..pisa_core.progress import STAGE_STEPS
+from . import host
+from .model import PiSAModel, load_model, pisa_weight_choices, with_backoff
 
 LOG = logging.getLogger("PiSA-SR")
 CATEGORY = "image/upscaling/PiSA-SR"
-COLOR_FIXES = ("adain", "wavelet", "none")
-META = "pisa"  # extra key in the LATENT dict: sizes and the LQ image, for exact output size and colour fix
-STAGE_STEPS = 100  # progress steps per image and stage (tiles report fractions of it)
-
-# ---------------------------------------------------------------- input specs (shared)
+META = "pisa"  # extra key in the LATENT dict: the pipeline's Plan (sizes, input, geometry) for Decode
+MIN_LATENT_TILE = 16
 
 MODEL_INPUT = ("PISA_MODEL", {"tooltip": "The PiSA-SR model from a PiSA-SR Loader node."})
-UPSCALE_INPUT = ("FLOAT", {"default": 4.0, "min": 1.0, "max": 16.0, "step": 0.05, "tooltip":
-                           "Output size = input size × this factor (rounded). PiSA-SR was trained for 4×."})
-RESAMPLING_INPUT = (list(imageops.RESAMPLING), {"default": "bicubic", "tooltip":
-                    "How the low-quality image is enlarged before the model (the release uses bicubic)."})
-VAE_TILE_INPUT = ("INT", {"default": 1024, "min": 128, "max": 8192, "step": 64, "tooltip":
-                          "VAE tile size in image pixels; lower it if you run out of memory on large images."})
-LAMBDA_PIX_INPUT = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "display": "slider", "tooltip":
-                              "Pixel-level guidance λ_pix: higher removes more degradation (noise, JPEG) "
-                              "and sharpens edges; too high over-smooths."})
-LAMBDA_SEM_INPUT = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05, "display": "slider", "tooltip":
-                              "Semantic-level guidance λ_sem: higher adds generated detail and texture; "
-                              "too high invents content and artifacts. 0 = pixel LoRA only."})
-LATENT_TILE_INPUT = ("INT", {"default": 96, "min": 16, "max": 512, "step": 8, "tooltip":
-                             "UNet tile size in latent pixels (×8 image pixels); tiling starts when the "
-                             "latent is larger than tile². Lower it if you run out of memory."})
-LATENT_OVERLAP_INPUT = ("INT", {"default": 32, "min": 0, "max": 256, "step": 8, "tooltip":
-                                "Overlap between UNet tiles in latent pixels (blended with Gaussian weights)."})
-PROCESS_SIZE_INPUT = ("INT", {"default": 512, "min": 0, "max": 4096, "step": 8, "tooltip":
-                            "Outputs whose short side is below this are computed at this size and resized back "
-                            "(the model was trained at 512, as in the release). 0 = always work at the output size."})
-COLOR_FIX_INPUT = (list(COLOR_FIXES), {"default": "adain", "tooltip":
-                   "Colour correction against the upscaled low-quality image: adain (release default, "
-                   "mean/std per channel), wavelet (keeps the LQ's low frequencies) or none."})
+IMAGE_INPUT = ("IMAGE", {"tooltip": "The low-quality image(s) to super-resolve."})
 COLOR_REF_INPUT = ("IMAGE", {"tooltip": "Optional colour reference (usually the low-quality input image). "
                              "Without it, the image given to PiSA Encode is used."})
 
@@ -58,7 +40,8 @@ COLOR_REF_INPUT = ("IMAGE", {"tooltip": "Optional colour reference (usually the 
 
 class PiSALoader:
     DESCRIPTION = ("Loads Stable Diffusion 2.1-base (single file from models/checkpoints or a diffusers folder "
-                   "from models/diffusers) with the PiSA-SR pixel and semantic LoRAs (models/pisa_sr).")
+                   "from models/diffusers) with the PiSA-SR pixel and semantic LoRAs (models/pisa_sr, or "
+                   "PiSA-SR weights found in models/loras).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("PISA_MODEL",)
     RETURN_NAMES = ("pisa_model",)
@@ -71,15 +54,15 @@ class PiSALoader:
             "base_model": (host.base_model_choices(), {"tooltip":
                            "SD 2.1-base: v2-1_512-ema-pruned.safetensors in models/checkpoints, or a "
                            "diffusers folder in models/diffusers (shown as '[diffusers] name')."}),
-            "pisa_weights": (host.pisa_weight_choices(), {"tooltip":
-                             "PiSA-SR weights in models/pisa_sr: the official pisa_sr.pkl or a converted .safetensors."}),
-            "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip":
-                      "Weight precision. auto follows ComfyUI (fp16 on most GPUs, fp32 on CPU). "
-                      "A VAE that overflows in fp16 is switched to fp32 automatically."}),
+            "pisa_weights": (pisa_weight_choices(), {"tooltip":
+                             "PiSA-SR weights in models/pisa_sr (the official pisa_sr.pkl or a converted "
+                             ".safetensors), or found in models/loras (shown as '[loras] name')."}),
+            "dtype": node_input("dtype", tooltip=options.OPTIONS["dtype"].help + " A part that overflows in "
+                                "half precision is switched to fp32 (logged)."),
         }, "optional": {  # inputs added after the first release are optional: older API prompts stay valid
             "compile": ("BOOLEAN", {"default": False, "tooltip":
-                        "torch.compile the UNet and VAE: the first image takes minutes to compile, "
-                        "later ones of the same size run faster on GPUs."}),
+                        "torch.compile the UNet and VAE (dynamic shapes): the first image takes minutes to "
+                        "compile, later ones run faster on GPUs."}),
         }}
 
     def load(self, base_model, pisa_weights, dtype="auto", compile=False):
@@ -99,18 +82,20 @@ class PiSAEncode:
     def INPUT_TYPES(cls):
         return {"required": {
             "pisa_model": MODEL_INPUT,
-            "image": ("IMAGE", {"tooltip": "The low-quality image(s) to super-resolve."}),
-            "upscale_by": UPSCALE_INPUT,
-            "resampling": RESAMPLING_INPUT,
-            "vae_tile": VAE_TILE_INPUT,
-            "process_size": PROCESS_SIZE_INPUT,
+            "image": IMAGE_INPUT,
+            "upscale_by": node_input("upscale"),
+            "resampling": node_input("resampling"),
+            "vae_tile": node_input("vae_tile"),
+            "process_size": node_input("process_size"),
         }}
 
-    def encode(self, pisa_model, image, upscale_by=4.0, resampling="bicubic", vae_tile=1024, process_size=512):
-        _check_model(pisa_model)
-        rgb = imageops.to_rgb_chw(image)
-        progress = host.Progress(rgb.shape[0] * STAGE_STEPS)
-        return (encode_images(pisa_model, rgb, upscale_by, resampling, vae_tile, progress, process_size),)
+    def encode(self, pisa_model, image, upscale_by=options.default("upscale"),
+               resampling=options.default("resampling"), vae_tile=options.default("vae_tile"),
+               process_size=options.default("process_size")):
+        check_model(pisa_model)
+        images = check_images(image, "the image input")
+        progress = host.HOST.progress(images.shape[0] * STAGE_STEPS)
+        return (encode_images(pisa_model, images, upscale_by, resampling, vae_tile, process_size, progress),)
 
 
 class PiSADualGuidance:
@@ -127,20 +112,22 @@ class PiSADualGuidance:
         return {"required": {
             "pisa_model": MODEL_INPUT,
             "latent": ("LATENT", {"tooltip": "z_L from PiSA Encode (or any SD2 VAE latent)."}),
-            "lambda_pix": LAMBDA_PIX_INPUT,
-            "lambda_sem": LAMBDA_SEM_INPUT,
-            "latent_tile": LATENT_TILE_INPUT,
-            "latent_overlap": LATENT_OVERLAP_INPUT,
+            "lambda_pix": node_input("lambda_pix"),
+            "lambda_sem": node_input("lambda_sem"),
+            "latent_tile": node_input("latent_tile"),
+            "latent_overlap": node_input("latent_overlap"),
         }}
 
-    def guide(self, pisa_model, latent, lambda_pix=1.0, lambda_sem=1.0, latent_tile=96, latent_overlap=32):
-        _check_model(pisa_model)
-        z = _samples(latent)
-        progress = host.Progress(z.shape[0] * STAGE_STEPS)
+    def guide(self, pisa_model, latent, lambda_pix=options.default("lambda_pix"),
+              lambda_sem=options.default("lambda_sem"), latent_tile=options.default("latent_tile"),
+              latent_overlap=options.default("latent_overlap")):
+        check_model(pisa_model)
+        z = samples(latent)
+        check_options(lambda_pix=lambda_pix, lambda_sem=lambda_sem, latent_tile=latent_tile,
+                      latent_overlap=latent_overlap)
+        progress = host.HOST.progress(z.shape[0] * STAGE_STEPS)
         eps = branch_eps(pisa_model, z, latent_tile, latent_overlap, progress)
-        out = dict(latent)
-        out["samples"] = guided(pisa_model, z, eps, lambda_pix, lambda_sem)
-        return (out,)
+        return (dict(latent, samples=guided(pisa_model, z, eps, lambda_pix, lambda_sem)),)
 
 
 class PiSADecode:
@@ -158,29 +145,29 @@ class PiSADecode:
             "required": {
                 "pisa_model": MODEL_INPUT,
                 "latent": ("LATENT", {"tooltip": "z_H from PiSA Dual Guidance."}),
-                "color_fix": COLOR_FIX_INPUT,
-                "vae_tile": VAE_TILE_INPUT,
+                "color_fix": node_input("color_fix"),
+                "vae_tile": node_input("vae_tile"),
             },
             "optional": {"color_reference": COLOR_REF_INPUT},
         }
 
-    def decode(self, pisa_model, latent, color_fix="adain", vae_tile=1024, color_reference=None):
-        _check_model(pisa_model)
-        z = _samples(latent)
-        progress = host.Progress(z.shape[0] * STAGE_STEPS)
-        out = decode_latent(pisa_model, latent, z, color_fix, vae_tile, color_reference, progress)
-        return (imageops.to_image(out),)
+    def decode(self, pisa_model, latent, color_fix=options.default("color_fix"),
+               vae_tile=options.default("vae_tile"), color_reference=None):
+        check_model(pisa_model)
+        z = samples(latent)
+        progress = host.HOST.progress(z.shape[0] * STAGE_STEPS)
+        return (decode_latent(pisa_model, latent, color_fix, vae_tile, color_reference, progress),)
 
 
 # ---------------------------------------------------------------- shared stage functions
 
 
-def _check_model(model) -> None:
+def check_model(model) -> None:
     if not isinstance(model, PiSAModel):
         raise PiSAError(f"The pisa_model input must come from a PiSA-SR Loader node, got {type(model).__name__}.")
 
 
-def _samples(latent) -> torch.Tensor:
+def samples(latent) -> torch.Tensor:
     if not isinstance(latent, dict) or not torch.is_tensor(latent.get("samples")):
         raise PiSAError("The latent input must be a LATENT (a dict with 'samples'), e.g. from PiSA Encode.")
     z = latent["samples"]
@@ -189,105 +176,97 @@ def _samples(latent) -> torch.Tensor:
     return z
 
 
-def encode_images(model: PiSAModel, rgb: torch.Tensor, upscale_by: float, resampling: str, vae_tile: int,
-                  progress: host.Progress, process_size: int = imageops.PROCESS_SIZE) -> dict:
-    """rgb [B,3,h,w] in [0,1] → LATENT with the unscaled z_L and the sizes for an exact decode."""
-    out_size = imageops.output_size(rgb.shape[-2], rgb.shape[-1], upscale_by)
-    work = working_size(*out_size, process_size)
-    model.ready(working_memory("encode", vae_tile, work, model.pipe.dtype))
+def encode_images(model: PiSAModel, images: torch.Tensor, upscale_by: float, resampling: str, vae_tile: int,
+                  process_size: int, progress) -> dict:
+    """IMAGE [B,H,W,C] → LATENT {"samples": unscaled z_L on the CPU, META: the Plan for Decode}.
+    One image at a time: bounded memory for long batches (video frames)."""
+    pipe = model.pipe
+    check_options(vae_tile=vae_tile)
+    pixels, plan = pipe.prepare(images, upscale=upscale_by, geometry="exact", process_size=process_size,
+                                resampling=resampling)
+    model.ready(working_memory("encode", None, pixels.shape[-2:], pipe.vae_dtype))
+    tile = pipe.vae_tile_for("encode", pixels.shape[-2:], vae_tile)
     latents = []
-    for one in rgb.split(1):  # one image at a time: bounded memory for long batches
-        # multiple of 8 only: the LATENT keeps ceil(work / 8), which Decode checks against its metadata
-        pixels = pad_for_vae(imageops.resize(one, work, resampling) * 2 - 1, min_side=0)
-        stage = progress.stage(STAGE_STEPS)
-        latents.append(with_backoff(
-            lambda t, px=pixels, st=stage: model.pipe.encode(px, vae_tile=t, progress=st),
-            vae_tile, minimum=128, what="VAE encoder").cpu())
-    meta = {"out_size": out_size, "work_size": work, "lq": rgb, "resampling": resampling}
-    return {"samples": torch.cat(latents), META: meta}
+    for one in pixels.split(1):
+        stage = progress.stage()
+        latents.append(to_host(with_backoff(lambda t, px=one, st=stage: pipe.encode(px, vae_tile=t, progress=st),
+                                            tile, minimum=MIN_VAE_TILE, what="VAE encoder")))
+    return {"samples": torch.cat(latents), META: plan}
 
 
-def branch_eps(model: PiSAModel, z: torch.Tensor, tile: int, overlap: int, progress: host.Progress,
+def branch_eps(model: PiSAModel, z: torch.Tensor, tile: int, overlap: int, progress,
                branches=(PIX, PISA)) -> list[dict]:
-    """The requested ε branches per batch image; the model's cache answers those already computed
-    for the same latent (then no UNet pass runs)."""
-    if not 0 <= overlap < tile:
-        raise PiSAError(f"latent_overlap ({overlap}) must be smaller than latent_tile ({tile}).")
+    """The requested ε branches per batch image (CPU); the model's cache answers those already
+    computed for the same latent and tiles (then no UNet pass runs)."""
+    pipe = model.pipe
     results = []
     for one in z.split(1):
         eps = model.eps_cache.get(one, tile, overlap)
         need = [b for b in branches if b not in eps]
         if need:
-            model.ready(working_memory("unet", tile, one.shape[-2:], model.pipe.dtype, batch=len(need)))
-            stage = progress.stage(STAGE_STEPS)
+            model.ready(working_memory("unet", tile, one.shape[-2:], pipe.unet_dtype, batch=len(need)))
+            stage = progress.stage()
 
             def run(t, one=one, need=need, stage=stage):
                 lap = overlap if t == tile else min(overlap, t // 2)
-                return model.pipe.predict_eps(one, need=need, latent_tile=t, latent_overlap=lap, progress=stage)
+                found = pipe.predict_eps(one, need=need, latent_tile=t, latent_overlap=lap, progress=stage)
+                return {k: to_host(v) for k, v in found.items()}
 
-            eps.update(with_backoff(run, tile, minimum=16, what="UNet"))
+            eps.update(with_backoff(run, tile, minimum=MIN_LATENT_TILE, what="UNet"))
             model.eps_cache.put(one, tile, overlap, eps)
         else:
-            progress.advance(STAGE_STEPS)
+            progress.advance()
         results.append(eps)
     return results
 
 
 def guided(model: PiSAModel, z: torch.Tensor, eps: list[dict], lambda_pix: float, lambda_sem: float) -> torch.Tensor:
-    """z_H = (s·z_L − ε)/s per image with ε = λ_pix·ε_pix + λ_sem·(ε_PiSA − ε_pix) (no UNet pass)."""
-    scale = model.pipe.scaling_factor
-    plan = plan_passes(lambda_pix, lambda_sem)
-    out = []
-    for one, e in zip(z.split(1), eps):
-        z_low = one.float().cpu() * scale
-        mix = plan.combine({k: v.cpu() for k, v in e.items()}, like=z_low)
-        out.append(residual_latent(z_low, mix) / scale)
-    return torch.cat(out)
+    """z_H per image from cached ε (pipeline.guide: no UNet pass), on the CPU."""
+    return torch.cat([to_host(model.pipe.guide(one, e, lambda_pix, lambda_sem)) for one, e in zip(z.split(1), eps)])
 
 
-def _meta_for(latent: dict, z: torch.Tensor):
-    meta = latent.get(META)
-    if not isinstance(meta, dict):
-        return None
-    work_h, work_w = meta["work_size"]
-    padded = (-(-work_h // 8), -(-work_w // 8))
-    if tuple(z.shape[-2:]) != padded or meta["lq"].shape[0] != z.shape[0]:
+def plan_of(latent: dict, z: torch.Tensor) -> Plan:
+    """The Plan PiSA Encode stored in the LATENT, or one that decodes at the latent's own size when
+    the latent came from elsewhere or was changed (resized, sliced) after PiSA Encode."""
+    plan = latent.get(META)
+    if isinstance(plan, Plan) and tuple(plan.latent_size) == tuple(z.shape[-2:]) and plan.batch == z.shape[0]:
+        return plan
+    if isinstance(plan, Plan):
         LOG.warning("PiSA-SR: the latent was changed after PiSA Encode; decoding it at its own size")
-        return None
-    return meta
+    return Plan.for_latent(z)
 
 
-def decode_latent(model: PiSAModel, latent: dict, z: torch.Tensor, color_fix: str, vae_tile: int,
-                  color_reference, progress: host.Progress) -> torch.Tensor:
-    """LATENT → [B,3,H,W] in [0,1] at the exact output size, colour-fixed."""
-    if color_fix not in COLOR_FIXES:
-        raise PiSAError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {color_fix!r}.")
-    meta = _meta_for(latent, z)
-    work = tuple(meta["work_size"]) if meta else (z.shape[-2] * 8, z.shape[-1] * 8)
-    reference = _color_reference(meta, color_reference, z.shape[0], work)
-    if reference is None and color_fix != "none":
+def decode_latent(model: PiSAModel, latent: dict, color_fix: str, vae_tile: int, color_reference, progress,
+                  z: torch.Tensor | None = None) -> torch.Tensor:
+    """LATENT (or `z` with the LATENT's Plan) → IMAGE [B,H,W,C] at the exact output size, colour-fixed
+    against color_reference (IMAGE, 1 or B images) or else the image given to PiSA Encode."""
+    pipe = model.pipe
+    z = samples(latent) if z is None else z
+    check_options(color_fix=color_fix, vae_tile=vae_tile)
+    plan = plan_of(latent, z)
+    reference = None
+    if color_reference is not None:
+        reference = match_batch(check_images(color_reference, "the color_reference input"), z.shape[0])
+        reference = reference[..., :3].permute(0, 3, 1, 2)
+    elif plan.lq is None and color_fix != "none":
         LOG.warning("PiSA-SR: no colour reference for this latent; colour fix skipped")
         color_fix = "none"
-    model.ready(working_memory("decode", vae_tile // 8, z.shape[-2:], model.pipe.dtype))
+    size = (z.shape[-2] * LATENT_FACTOR, z.shape[-1] * LATENT_FACTOR)
+    model.ready(working_memory("decode", None, size, pipe.vae_dtype))
+    tile = pipe.vae_tile_for("decode", size, vae_tile)
     images = []
     for i, one in enumerate(z.split(1)):
-        stage = progress.stage(STAGE_STEPS)
-        pixels = with_backoff(lambda t, one=one, st=stage: model.pipe.decode(one, vae_tile=t, progress=st),
-                              vae_tile, minimum=128, what="VAE decoder").float().cpu()
-        img = (pixels[..., :work[0], :work[1]] * 0.5 + 0.5).clamp(0, 1)
-        ref = reference[i:i + 1] if reference is not None else None
-        img = apply_color_fix(img, ref, color_fix)
-        if meta and tuple(meta["out_size"]) != work:
-            img = imageops.resize(img, tuple(meta["out_size"]), "bicubic")
-        images.append(img)
+        stage = progress.stage()
+        decoded = with_backoff(lambda t, one=one, st=stage: pipe.decode(one, vae_tile=t, progress=st),
+                               tile, minimum=MIN_VAE_TILE, what="VAE decoder")
+        ref = None if reference is None else reference[i:i + 1]
+        images.append(pipe.finish(decoded, plan.select(i), color_fix=color_fix, reference=ref))
     return torch.cat(images)
 
 
-def _color_reference(meta, color_reference, batch: int, work: tuple[int, int]):
-    """The upscaled LQ at the working size: from the optional input, else from PiSA Encode."""
-    if color_reference is not None:
-        ref = imageops.match_batch(imageops.to_rgb_chw(color_reference, "color_reference"), batch, "color_reference")
-        return imageops.resize(ref, work, "bicubic")
-    if meta is not None:
-        return imageops.resize(meta["lq"], work, meta.get("resampling", "bicubic"))
-    return None
+def match_batch(images: torch.Tensor, batch: int) -> torch.Tensor:
+    if images.shape[0] == batch:
+        return images
+    if images.shape[0] == 1:
+        return images.expand(batch, -1, -1, -1)
+    raise PiSAError(f"The color_reference has {images.shape[0]} images but the latent has {batch}; give 1 or {batch}.")

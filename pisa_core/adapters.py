@@ -7,7 +7,12 @@ module gets a small low-rank side branch that can subtract Δ_sem per batch samp
     y_b = W_PiSA x_b + c_b · s · B(A(x_b)),   c_b = 0 → ε_PiSA,   c_b = −1 → ε_pix.
 
 So the default mode runs plain merged weights (no branch at all), and the adjustable mode runs the
-pix and pix+sem passes as one batch of two with c = (−1, 0).
+pix and pix+sem passes as one batch of two with c = (−1, 0). Measured on the real-size model this
+is faster than peft's unmerged layers (README, "Performance"), which is why inference keeps its own
+layer code here while training uses peft.
+
+The merge happens either on a loaded UNet (merge_family) or while its weights are read (LoRAMerge,
+used by PiSAPipeline.from_files): each targeted weight is summed in float32 and rounded once.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import torch
 from torch import nn
 
 from .checkpoint import PiSAWeights, check_compatible
-from .lora import LoRAFamily, conv_settings, lora_forward, merged_weight
+from .errors import PiSAError
+from .lora import LoRAFamily, adapted_weight_shape, conv_settings, lora_forward, merged_weight
 
 
 class LowRankBranch(nn.Module):
@@ -44,14 +50,47 @@ def merge_family(unet: nn.Module, family: LoRAFamily) -> None:
             weight.copy_(merged_weight(weight, [(down, up, family.scale)]))
 
 
+class LoRAMerge:
+    """A loader's per-tensor transform that merges both LoRAs into the UNet weights as they are
+    read: W0 + s_pix·ΣB@A + s_sem·ΣB@A in float32 (lora.merged_weight). check_complete() after
+    loading: every LoRA module must have met its weight, with the shape its factors imply."""
+
+    def __init__(self, weights: PiSAWeights, source_name: str):
+        self.source_name = source_name
+        self.pending: dict[str, list] = {}
+        for family in (weights.pix, weights.sem):
+            for module, (down, up) in family.factors.items():
+                self.pending.setdefault(module, []).append((down, up, family.scale))
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        module, _, leaf = name.rpartition(".")
+        if leaf != "weight" or module not in self.pending:
+            return tensor
+        pairs = self.pending.pop(module)
+        needed = adapted_weight_shape(*pairs[0][:2])
+        if tuple(tensor.shape) != needed:
+            raise PiSAError(f"'{self.source_name}': the LoRA for module '{module}' needs a base weight of shape "
+                            f"{needed}, but the UNet's is {tuple(tensor.shape)} (weights made for another base model?).")
+        return merged_weight(tensor, pairs, torch.float32)
+
+    def check_complete(self) -> None:
+        if self.pending:
+            module = next(iter(self.pending))
+            raise PiSAError(f"'{self.source_name}' has LoRA weights for module '{module}', which the base UNet does "
+                            "not have (weights made for another base model?).")
+
+
 class DualLoRAUNet(nn.Module):
     """A diffusers UNet with W_PiSA merged and a per-sample switch back to W_pix."""
 
-    def __init__(self, unet: nn.Module, weights: PiSAWeights, source_name: str = "PiSA-SR weights"):
+    def __init__(self, unet: nn.Module, weights: PiSAWeights, source_name: str = "PiSA-SR weights",
+                 merged: bool = False):
+        """merged: the UNet already holds W_PiSA (merged while loading, see LoRAMerge)."""
         super().__init__()
         check_compatible(weights, unet, source_name)
-        merge_family(unet, weights.pix)
-        merge_family(unet, weights.sem)
+        if not merged:
+            merge_family(unet, weights.pix)
+            merge_family(unet, weights.sem)
         self.unet = unet
         modules = dict(unet.named_modules())
         self.sem_branches = nn.ModuleDict()
@@ -70,6 +109,10 @@ class DualLoRAUNet(nn.Module):
             return output + coef.view(shape) * branch(args[0])
 
         return hook
+
+    def compile_unet(self, **kwargs) -> None:
+        """torch.compile the UNet in place (the side-branch hooks are traced with it)."""
+        self.unet.compile(**kwargs)
 
     @property
     def dtype(self) -> torch.dtype:

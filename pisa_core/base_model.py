@@ -3,12 +3,17 @@
 Accepted sources:
 
 - a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/), fp32 or fp16-variant
-  weight files, loaded with ``local_files_only=True``;
-- a single-file LDM checkpoint: ``.safetensors``, or ``.ckpt`` / ``.pt`` / ``.pth`` read with
-  ``torch.load(weights_only=True)`` (files that need code to unpickle are refused).
+  weight files (safetensors, sharded or not, or `.bin` pickles);
+- a single-file LDM checkpoint: ``.safetensors``, or ``.ckpt`` / ``.pt`` / ``.pth``.
 
-PiSA-SR only ever conditions the UNet on the empty prompt, so the text encoder runs once at load
-time to produce ``prompt_embeds`` and is then released unless ``keep_text_encoder=True``.
+Every weight file goes through `tensor_files` (no pickled code ever runs). UNet and VAE weights are
+streamed tensor by tensor straight into the target dtype and device: an optional `unet_transform`
+sees each UNet tensor in float32 first (PiSA-SR merges its LoRAs there, so the merged weight is
+rounded once), and no full float32 copy of the model is ever held.
+
+PiSA-SR only ever conditions the UNet on the empty prompt, so its embedding is computed once per
+base model and kept in a small cache file (`prompt_cache`); the text encoder is loaded only when
+that cache has no entry, or when the caller keeps it (training's captions).
 A model of the wrong family (SD1.x, SDXL, 768-v, inpainting, parts only, ...) is rejected by its
 STRUCTURE, never by exact SD2.1 sizes, so tiny SD2-structured test models load the same way.
 """
@@ -16,7 +21,8 @@ STRUCTURE, never by exact SD2.1 sizes, so tiny SD2-structured test models load t
 from __future__ import annotations
 
 import json
-import zipfile
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +31,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from . import ldm_convert as ldm
+from . import prompt_cache
 from .errors import PiSAError
+from .tensor_files import SafetensorsFile, is_safetensors, load_pickle
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
 EXPECTED = "PiSA-SR needs Stable Diffusion 2.1-base (epsilon prediction)"
+WHAT = "a Stable Diffusion checkpoint"
+
+Transform = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -45,18 +55,22 @@ class BaseModel:
     text_encoder: CLIPTextModel | None = None
     tokenizer: CLIPTokenizer | None = None
     scheduler_config: dict = field(default_factory=lambda: ldm.load_template("scheduler"))
+    prompt_from_cache: bool = False  # the embedding came from the cache: no text encoder was loaded
 
 
 # ------------------------------------------------------------------------------ public API
 
 
-def load_base_model(path, *, device="cpu", dtype=torch.float32, keep_text_encoder=False) -> BaseModel:
+def load_base_model(path, *, device="cpu", dtype=torch.float32, keep_text_encoder=False,
+                    unet_transform: Transform | None = None) -> BaseModel:
     """Load SD2.1-base (diffusers folder or single-file checkpoint) for PiSA-SR inference/training.
-    The UNet and VAE end on ``device`` in ``dtype``; ``prompt_embeds`` is float32 on CPU."""
+    The UNet and VAE end on ``device`` in ``dtype``; ``prompt_embeds`` is float32 on CPU.
+    ``unet_transform(name, tensor)`` gets every UNet tensor (diffusers name, float32) before the
+    cast."""
     _check_dtype(dtype)
     path = Path(path).expanduser()
     if path.is_dir():
-        return _load_diffusers_folder(path, device, dtype, keep_text_encoder)
+        return _load_diffusers_folder(path, device, dtype, keep_text_encoder, unet_transform)
     if not path.exists():
         raise PiSAError(f"Base model '{path}' does not exist; expected a diffusers folder or a .safetensors/.ckpt file.")
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -64,7 +78,7 @@ def load_base_model(path, *, device="cpu", dtype=torch.float32, keep_text_encode
             f"Base model '{path}' is not a checkpoint; expected a diffusers folder or a "
             f"{'/'.join(SINGLE_FILE_SUFFIXES)} file, found a '{path.suffix or 'no'}' extension."
         )
-    return _load_single_file(path, device, dtype, keep_text_encoder)
+    return _load_single_file(path, device, dtype, keep_text_encoder, unet_transform)
 
 
 def empty_prompt_ids(vocab_size: int, positions: int = 77) -> torch.Tensor:
@@ -200,6 +214,7 @@ def _single_file_prediction(state_dict: dict, unet: dict) -> tuple[str, str]:
     return "epsilon", "the weights"
 
 
+
 # --------------------------------------------------------------------------- diffusers folder
 
 
@@ -213,146 +228,207 @@ def _read_folder_config(folder: Path, name: str, file: str) -> dict:
         raise PiSAError(f"'{path}' is not a readable JSON config ({err}).") from err
 
 
-STANDARD_WEIGHT_FILES = (
-    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-    "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json",
-    "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+# Weight files of a diffusers/transformers component, in the order diffusers prefers them; the
+# fp16-variant names (`*.fp16.*`) are tried last.
+WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json",
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
 )
+# Old diffusers files name the VAE mid-block attention layers like this; today's classes do not.
+DEPRECATED_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-def _weights_variant(sub: Path) -> str | None:
-    """``"fp16"`` when a component folder has only fp16-variant weights (``*.fp16.*``), else None."""
-    names = {p.name for p in sub.iterdir()} if sub.is_dir() else set()
-    if names & set(STANDARD_WEIGHT_FILES):
-        return None
-    return "fp16" if any(".fp16." in n for n in names) else None
+def _variant_name(name: str) -> str:
+    stem, dot, ext = name.partition(".")
+    return f"{stem}.fp16.{ext}"
+
+
+def weight_files(sub: Path) -> list[Path]:
+    """The weight file(s) of one component folder (an index names its shards)."""
+    names = [*WEIGHT_FILES, *(_variant_name(n) for n in WEIGHT_FILES)]
+    for name in names:
+        path = sub / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            shards = json.loads(path.read_text())["weight_map"].values()
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise PiSAError(f"'{path}' is not a readable weight index ({err}).") from None
+        return [sub / shard for shard in dict.fromkeys(shards)]
+    raise PiSAError(f"'{sub}' has no weight file (expected e.g. {WEIGHT_FILES[0]}); it cannot be loaded as a "
+                    f"{'UNet2DConditionModel' if sub.name == 'unet' else sub.name}.")
+
+
+def _file_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    if not path.is_file():
+        raise PiSAError(f"'{path}' is missing (named by the folder's weight index).")
+    if is_safetensors(path):
+        yield from SafetensorsFile(path, WHAT).items()
+        return
+    data = load_pickle(path, WHAT)
+    if not isinstance(data, dict):
+        raise PiSAError(f"'{path}' holds a {type(data).__name__}, not a dict of tensors.")
+    yield from ((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
+
+
+def _folder_tensors(sub: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in weight_files(sub):
+        for key, tensor in _file_tensors(path):
+            module, _, leaf = key.rpartition(".")
+            parent, _, last = module.rpartition(".")
+            if ".attentions." in key and last in DEPRECATED_ATTENTION_NAMES:
+                key = f"{parent}.{DEPRECATED_ATTENTION_NAMES[last]}.{leaf}"
+            yield key, tensor
+
+
+def _load_diffusers_folder(folder: Path, device, dtype, keep_text_encoder, unet_transform) -> BaseModel:
+    check_diffusers_folder(folder)
+    unet_cfg = _read_folder_config(folder, "unet", "config.json")
+    vae_cfg = _read_folder_config(folder, "vae", "config.json")
+    unet = _build(lambda: UNet2DConditionModel.from_config(unet_cfg), _folder_tensors(folder / "unet"),
+                  device, dtype, "UNet", folder / "unet", unet_transform)
+    vae = _build(lambda: AutoencoderKL.from_config(vae_cfg), _folder_tensors(folder / "vae"),
+                 device, dtype, "VAE", folder / "vae")
+    identity = [p for name in ("text_encoder", "tokenizer") if (folder / name).is_dir()
+                for p in sorted((folder / name).iterdir()) if p.is_file()]
+
+    def text_parts():
+        encoder = _from_pretrained(CLIPTextModel, folder, "text_encoder").to(torch.float32).eval()
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        except (OSError, ValueError, TypeError) as err:
+            raise PiSAError(f"'{folder / 'tokenizer'}' is not a readable CLIP tokenizer ({type(err).__name__}).") from err
+        return encoder, tokenizer
+
+    scheduler = _read_folder_config(folder, "scheduler", "scheduler_config.json")
+    return _assemble(unet, vae, folder, "diffusers", identity, text_parts, device, dtype, keep_text_encoder,
+                     scaling_factor=float(vae.config.scaling_factor), scheduler_config=scheduler)
 
 
 def _from_pretrained(cls, folder: Path, name: str, **kwargs):
     sub = folder / name
+    variant = "fp16" if weight_files(sub)[0].name.split(".")[1:2] == ["fp16"] else None
     try:
-        return cls.from_pretrained(sub, local_files_only=True, variant=_weights_variant(sub), **kwargs)
+        return cls.from_pretrained(sub, local_files_only=True, variant=variant, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise PiSAError(f"'{sub}' could not be loaded as a {cls.__name__} ({type(err).__name__}).") from err
-
-
-def _load_diffusers_folder(folder: Path, device, dtype, keep_text_encoder) -> BaseModel:
-    check_diffusers_folder(folder)
-    unet = _from_pretrained(UNet2DConditionModel, folder, "unet", torch_dtype=dtype)
-    vae = _from_pretrained(AutoencoderKL, folder, "vae", torch_dtype=dtype)
-    text_encoder = _from_pretrained(CLIPTextModel, folder, "text_encoder").to(torch.float32).eval()
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise PiSAError(f"'{folder / 'tokenizer'}' is not a readable CLIP tokenizer ({type(err).__name__}).") from err
-    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    return _assemble(unet, vae, text_encoder, tokenizer, folder, "diffusers", device, dtype, keep_text_encoder,
-                     scaling_factor=float(vae.config.scaling_factor), scheduler_config=scheduler)
 
 
 # -------------------------------------------------------------------------------- single file
 
 
+class LazyTensor:
+    """A tensor of a safetensors file that is read only when loaded; shape queries, reshapes and
+    chunks (what key conversion does) cost nothing. Keeps a converted checkpoint from ever being
+    in memory in full."""
+
+    def __init__(self, file: SafetensorsFile, key: str, shape=None, ops=()):
+        self.file, self.key, self.ops = file, key, ops
+        self.shape = torch.Size(file.entries[key][1] if shape is None else shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def reshape(self, *shape) -> LazyTensor:
+        shape = torch.Size(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+        if math.prod(shape) != math.prod(self.shape):
+            raise PiSAError(f"'{self.file.path}': tensor '{self.key}' of shape {tuple(self.shape)} cannot be "
+                            f"reshaped to {tuple(shape)}.")
+        return LazyTensor(self.file, self.key, shape, (*self.ops, ("reshape", tuple(shape))))
+
+    def chunk(self, chunks: int, dim: int = 0) -> list[LazyTensor]:
+        size = self.shape[dim] // chunks
+        out = []
+        for i in range(chunks):
+            shape = list(self.shape)
+            shape[dim] = size
+            out.append(LazyTensor(self.file, self.key, shape, (*self.ops, ("narrow", dim, i * size, size))))
+        return out
+
+    def contiguous(self) -> LazyTensor:
+        return self
+
+    def float(self) -> torch.Tensor:
+        return self.load().float()
+
+    def load(self) -> torch.Tensor:
+        tensor = self.file.get(self.key)
+        for op, *args in self.ops:
+            tensor = tensor.reshape(args[0]) if op == "reshape" else tensor.narrow(*args)
+        return tensor
+
+
 def read_state_dict(path: Path) -> dict:
-    """Tensors of a single-file checkpoint. ``.safetensors`` via safetensors; pickles with
-    ``torch.load(weights_only=True, map_location="cpu")`` (never executing code). A top-level
-    ``state_dict`` wrapper is unwrapped; non-tensor entries (e.g. ``global_step``) are dropped."""
-    if path.suffix.lower() == ".safetensors":
-        data = _read_safetensors(path)
+    """Tensors of a single-file checkpoint by key: LazyTensors for safetensors (nothing read yet),
+    memory-mapped tensors for pickles (torch.load weights_only). A top-level ``state_dict``
+    wrapper is unwrapped; non-tensor entries (e.g. ``global_step``) are dropped."""
+    if is_safetensors(path):
+        file = SafetensorsFile(path, WHAT)
+        tensors = {key: LazyTensor(file, key) for key in file.keys}
     else:
-        data = _read_pickle(path)
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
+        data = load_pickle(path, WHAT)
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
     if not tensors:
         raise PiSAError(f"'{path}' holds no tensors; expected a Stable Diffusion checkpoint.")
     return tensors
 
 
-def _read_safetensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error type for corrupt headers
-        raise PiSAError(f"'{path}' is not a readable .safetensors file ({type(err).__name__}).") from err
-
-
-def _read_pickle(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types for foreign or unsafe files
-        if zipfile.is_zipfile(path) and "weights only" in str(err).lower():
-            raise PiSAError(
-                f"'{path}' contains pickled objects that need code to load, which PiSA-SR refuses for safety; "
-                "convert it to .safetensors with a tool you trust and load that file instead."
-            ) from err
-        raise PiSAError(
-            f"'{path}' is not a readable PyTorch checkpoint of tensors ({type(err).__name__}); "
-            "if it is one that needs code to load, convert it to .safetensors."
-        ) from err
-
-
-def _load_single_file(path: Path, device, dtype, keep_text_encoder) -> BaseModel:
+def _load_single_file(path: Path, device, dtype, keep_text_encoder, unet_transform) -> BaseModel:
     state_dict = read_state_dict(path)
     check_single_file(state_dict, path)
     unet_sd, vae_sd, text_sd = ldm.split_components(state_dict)
-    state_dict.clear()  # from here on each tensor has one owner, so it is freed once copied
+    state_dict.clear()
     unet_cfg = ldm.infer_unet_config(unet_sd, path)
-    unet = _build(lambda: UNet2DConditionModel.from_config(unet_cfg), _take(ldm.convert_unet, unet_sd, unet_cfg, path),
-                  dtype, "UNet", path)
+    unet = _build(lambda: UNet2DConditionModel.from_config(unet_cfg),
+                  ldm.convert_unet(unet_sd, unet_cfg, path).items(), device, dtype, "UNet", path, unet_transform)
     vae_cfg = ldm.infer_vae_config(vae_sd, path)
-    vae = _build(lambda: AutoencoderKL.from_config(vae_cfg), _take(ldm.convert_vae, vae_sd, vae_cfg, path),
-                 dtype, "VAE", path)
-    text_cfg = CLIPTextConfig(**ldm.infer_text_config(text_sd, path))
-    text_encoder = _build(lambda: CLIPTextModel(text_cfg), _take(ldm.convert_text, text_sd, text_cfg.to_dict(), path),
-                          torch.float32, "text encoder", path, match_prefix=True)
-    return _assemble(unet, vae, text_encoder, None, path, "single-file", device, dtype,
-                     keep_text_encoder, scaling_factor=float(vae_cfg["scaling_factor"]),
-                     scheduler_config=ldm.load_template("scheduler"))
+    vae = _build(lambda: AutoencoderKL.from_config(vae_cfg), ldm.convert_vae(vae_sd, vae_cfg, path).items(),
+                 device, dtype, "VAE", path)
+
+    def text_parts():
+        text_cfg = CLIPTextConfig(**ldm.infer_text_config(text_sd, path))
+        converted = ldm.convert_text(text_sd, text_cfg.to_dict(), path)
+        encoder = _build(lambda: CLIPTextModel(text_cfg), converted.items(), "cpu", torch.float32,
+                         "text encoder", path, rename=ldm.text_prefix_for)
+        return encoder, None
+
+    return _assemble(unet, vae, path, "single-file", [path], text_parts, device, dtype, keep_text_encoder,
+                     scaling_factor=float(vae_cfg["scaling_factor"]), scheduler_config=ldm.load_template("scheduler"))
 
 
-def _take(convert, part: dict, config: dict, source) -> dict:
-    """Convert one component and empty its LDM dict, leaving the converted dict sole owner."""
-    converted = convert(part, config, source)
-    part.clear()
-    return converted
+# ------------------------------------------------------------------------------- assembling
 
 
-def _build(make, state_dict: dict, dtype, component: str, source, match_prefix: bool = False):
-    """Instantiate a model without allocating random weights, then assign ``state_dict`` (strict:
-    every parameter must be present with the right shape)."""
+def _build(make, tensors, device, dtype, component: str, source, transform: Transform | None = None,
+           rename=None):
+    """Instantiate a model without allocating weights, then assign the tensors one by one, each
+    converted to `dtype` on `device` in memory of its own (strict: every parameter must be present
+    with the right shape). `transform` sees each tensor in float32 before the cast."""
     model = _empty_model(make)
-    state_dict = _own_tensors(state_dict, dtype)
-    if match_prefix:
-        state_dict = ldm.match_text_prefix(state_dict, model)
+    prefix = rename(model) if rename is not None else ""
+    state = {}
+    for key, tensor in tensors:
+        if isinstance(tensor, LazyTensor):
+            tensor = tensor.load()
+        if tensor.is_floating_point():
+            if transform is not None:
+                tensor = transform(key, tensor.float())
+            tensor = tensor.to(device=device, dtype=dtype, copy=True)
+        state[prefix + key] = tensor
     try:
-        model.load_state_dict(state_dict, strict=True, assign=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[1:2] or [str(err)]
         raise PiSAError(f"'{source}': the {component} weights do not match the inferred structure ({first[0].strip()}).") from err
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())) and torch.device(device).type != "meta":
         raise PiSAError(f"'{source}': the {component} weights are incomplete.")
-    return model.eval()
-
-
-ALIGNMENT = 64  # bytes; torch's CPU allocator alignment
-
-
-def _own_tensors(state_dict: dict, dtype) -> dict:
-    """Tensors in ``dtype`` with freshly allocated, aligned memory. Tensors read from a file can
-    sit at unaligned addresses, which makes CPU kernels take other code paths and round
-    differently from a model loaded the usual way. Entries are popped one at a time so the
-    originals are freed as they are copied."""
-    out = {}
-    for key in list(state_dict):
-        tensor = state_dict.pop(key)
-        if tensor.dtype != dtype:
-            tensor = tensor.to(dtype)
-        elif tensor.data_ptr() % ALIGNMENT:
-            tensor = tensor.clone()
-        out[key] = tensor
-    return out
+    return model.to(device).eval().requires_grad_(False)
 
 
 def _empty_model(make):
@@ -366,39 +442,27 @@ def _empty_model(make):
         return make()
 
 
-# ------------------------------------------------------------------------------- assembling
-
-
-def _assemble(unet, vae, text_encoder, tokenizer, source, kind, device, dtype, keep_text_encoder,
+def _assemble(unet, vae, source, kind, identity_files, text_parts, device, dtype, keep_text_encoder,
               *, scaling_factor, scheduler_config) -> BaseModel:
-    """Compute the empty-prompt embedding once (float32, CPU), place UNet/VAE on device/dtype,
-    and keep the text encoder only if asked."""
-    prompt_embeds = encode_prompts(text_encoder.cpu(), tokenizer, [""]).float().cpu()
-    if keep_text_encoder:
-        text_encoder = _freeze(text_encoder, device, dtype)
+    """The empty-prompt embedding (float32, CPU) from the cache, or from the text encoder, which is
+    kept only if asked for."""
+    key = prompt_cache.identity(identity_files)
+    cached = None if keep_text_encoder else prompt_cache.load(key)
+    text_encoder = tokenizer = None
+    if cached is None:
+        text_encoder, tokenizer = text_parts()
+        prompt_embeds = encode_prompts(text_encoder.cpu(), tokenizer, [""]).float().cpu()
+        prompt_cache.store(key, prompt_embeds, str(source))
+        if keep_text_encoder:
+            torch.nn.Module.to(text_encoder, device=device, dtype=dtype)
+            text_encoder.eval().requires_grad_(False)
+        else:
+            text_encoder = tokenizer = None
     else:
-        text_encoder = tokenizer = None
-    return BaseModel(
-        unet=_freeze(unet, device, dtype),
-        vae=_freeze(vae, device, dtype),
-        prompt_embeds=prompt_embeds,
-        scaling_factor=scaling_factor,
-        source=str(source),
-        kind=kind,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler_config=dict(scheduler_config),
-    )
-
-
-def _freeze(model, device, dtype):
-    """Move to device/dtype, eval mode, no gradients. Plain ``nn.Module.to`` is used when the
-    model keeps no modules in float32: diffusers' override would only log a spurious warning."""
-    if getattr(model, "_keep_in_fp32_modules", None):
-        model = model.to(device=device, dtype=dtype)
-    else:
-        torch.nn.Module.to(model, device=device, dtype=dtype)
-    return model.eval().requires_grad_(False)
+        prompt_embeds = cached
+    return BaseModel(unet=unet, vae=vae, prompt_embeds=prompt_embeds, scaling_factor=scaling_factor,
+                     source=str(source), kind=kind, text_encoder=text_encoder, tokenizer=tokenizer,
+                     scheduler_config=dict(scheduler_config), prompt_from_cache=cached is not None)
 
 
 def _check_dtype(dtype) -> None:

@@ -1,6 +1,6 @@
 """PiSA-SR LoRA weights: the authors' `pisa_sr.pkl` (read safely) and this project's `.safetensors`.
 
-Facts about the official file: shared/reference/release-facts.md, section "Weights the users have".
+The official file's layout: docs/release.md, "Weights file".
 Two adapter families, "pix" and "sem", each a set of LoRA factor pairs (A, B) keyed by diffusers
 UNet module name. The official pickle is only ever read with `torch.load(weights_only=True)`.
 """
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import PiSAError
@@ -28,6 +27,9 @@ from .lora import (
     module_group,
     module_kind,
 )
+from .tensor_files import SafetensorsFile, is_safetensors, load_pickle
+
+WHAT = "PiSA-SR weights"
 
 # Our safetensors format: tensors "<family>.<module>.lora_A|lora_B", string metadata below.
 FORMAT_MARKER = "pisa-sr-lora"
@@ -217,51 +219,23 @@ def _match_lists(family: str, lists: dict, parts: dict, source: str) -> dict:
     return ordered
 
 
-def _torch_load_safely(path: Path) -> object:
-    """torch.load with weights_only=True; every failure becomes one PiSAError. Never retried unsafely."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read untrusted bytes is the user's file's fault
-        message = str(exc)
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-        if code:
-            raise PiSAError(
-                f"'{path}' was refused for safety: it is a pickle that would run code ('{code[1]}'), "
-                "while PiSA-SR weights hold only tensors, lists, ints and strings."
-            ) from None
-        raise PiSAError(
-            f"'{path}' could not be read as PiSA-SR weights: it is corrupted, not a torch.save file, or a "
-            f"pickle holding Python objects that are refused for safety ({type(exc).__name__})."
-        ) from None
-
-
 # ---------------------------------------------------------------- safetensors (ours or official names)
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PiSAError(f"'{path}' is not a readable safetensors file (truncated or corrupted: {exc}).") from None
-    return tensors, metadata
-
-
 def _weights_from_safetensors(path: Path) -> PiSAWeights:
-    tensors, metadata = _read_safetensors(path)
-    source = str(path)
+    """Detect the format from the tensor names (SAFETENSORS_FORMATS, first rule that claims every
+    name) and read it."""
+    file = SafetensorsFile(path, WHAT)
+    tensors, metadata, source = file.read_all(), file.metadata, str(path)
     keys = list(tensors)
-    ours = [k for k in keys if _OUR_TENSOR.match(k)]
-    official = [k for k in keys if _OFFICIAL_TENSOR.match(k)]
-    if keys and len(ours) == len(keys):
-        return _weights_from_our_tensors(tensors, metadata, source)
-    if keys and len(official) == len(keys):
-        return _weights_from_official_tensors(tensors, source)
-    if ours or official:
-        other = next(k for k in keys if k not in set(ours) | set(official))
+    for _name, pattern, read in SAFETENSORS_FORMATS:
+        if keys and all(pattern.match(k) for k in keys):
+            return read(tensors, metadata, source)
+    claimed = [k for k in keys if any(pattern.match(k) for _, pattern, _ in SAFETENSORS_FORMATS)]
+    if claimed:
+        other = next(k for k in keys if k not in set(claimed))
         raise PiSAError(
-            f"'{source}' mixes PiSA-SR LoRA tensors with {len(keys) - len(ours) - len(official)} other "
+            f"'{source}' mixes PiSA-SR LoRA tensors with {len(keys) - len(claimed)} other "
             f"tensor(s) such as '{other}'; expected PiSA-SR LoRA tensors only."
         )
     raise PiSAError(
@@ -284,7 +258,7 @@ def _guess_contents(keys: list[str]) -> str:
     return f"an unrecognised set of tensors ({sample})"
 
 
-def _weights_from_official_tensors(tensors: dict, source: str) -> PiSAWeights:
+def _weights_from_official_tensors(tensors: dict, metadata: dict, source: str) -> PiSAWeights:
     """The release's tensor names stored in safetensors: groups from adapter names, rank from shapes."""
     parts = _parse_official_tensors(tensors, source)
     families = {}
@@ -326,6 +300,13 @@ def _weights_from_our_tensors(tensors: dict, metadata: dict, source: str) -> PiS
         alpha = PEFT_DEFAULT_ALPHA if alpha is None else alpha
         families[family] = _make_family(family, rank, alpha, pairs, source, "its other modules' rank")
     return PiSAWeights(pix=families["pix"], sem=families["sem"], format="pisa-safetensors", source=source)
+
+
+# The safetensors layouts we read, as rules over the tensor names, beside their readers.
+SAFETENSORS_FORMATS = (
+    ("pisa-safetensors", _OUR_TENSOR, _weights_from_our_tensors),             # `pisa-sr convert`, training
+    ("official-safetensors", _OFFICIAL_TENSOR, _weights_from_official_tensors),  # pisa_sr.pkl's names
+)
 
 
 def _order_by_metadata_targets(pairs: dict, metadata: dict, family: str, source: str) -> dict:
@@ -370,27 +351,15 @@ def _meta_float(metadata: dict, key: str, source: str) -> float | None:
 # ---------------------------------------------------------------- public entry points
 
 
-def _looks_like_safetensors(path: Path) -> bool:
-    """Sniff the content: torch.save zips start with 'PK', legacy pickles with 0x80; safetensors with
-    an 8-byte header length then '{'. Fall back to the extension for files too damaged to tell."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return False
-    if len(head) == 9 and head[8:9] == b"{":
-        return True
-    return path.suffix.lower() == ".safetensors"
-
-
 def load_pisa_weights(path) -> PiSAWeights:
     """Read PiSA-SR weights: the official pisa_sr.pkl (safely) or a safetensors file (ours or with
     the official tensor names). The format is judged from the content, not the extension."""
     path = Path(path)
     if not path.is_file():
         raise PiSAError(f"PiSA-SR weights file '{path}' does not exist or is not a file.")
-    if _looks_like_safetensors(path):
+    if is_safetensors(path):
         return _weights_from_safetensors(path)
-    return _weights_from_official_dict(_torch_load_safely(path), str(path))
+    return _weights_from_official_dict(load_pickle(path, WHAT), str(path))
 
 
 def save_pisa_weights(weights: PiSAWeights, path) -> None:

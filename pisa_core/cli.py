@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import options
 from .errors import PiSAError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -23,27 +24,16 @@ def _add_upscale_parser(sub) -> None:
                    help="SD2.1-base: diffusers folder or single-file .safetensors/.ckpt (env PISA_SR_BASE)")
     p.add_argument("--weights", default=os.environ.get("PISA_SR_WEIGHTS"),
                    help="PiSA-SR weights: official pisa_sr.pkl or converted .safetensors (env PISA_SR_WEIGHTS)")
-    p.add_argument("--lambda-pix", type=float, default=1.0, help="pixel-level guidance λ_pix (default 1)")
-    p.add_argument("--lambda-sem", type=float, default=1.0, help="semantic-level guidance λ_sem (default 1)")
-    p.add_argument("--upscale", type=float, default=4, help="scale factor (default 4)")
-    p.add_argument("--color-fix", choices=("adain", "wavelet", "none"), default="adain")
-    p.add_argument("--latent-tile", type=int, default=96, help="latent tile size in latent pixels (default 96)")
-    p.add_argument("--latent-overlap", type=int, default=32, help="latent tile overlap in latent pixels (default 32)")
-    p.add_argument("--vae-tile", type=int, default=512,
-                   help="VAE tile size in image pixels, a multiple of 8; larger than the image means untiled (default 512)")
-    p.add_argument("--tile-batch", type=int, default=1, help="latent tiles per UNet call (default 1)")
-    p.add_argument("--geometry", choices=("exact", "release"), default="exact",
-                   help="exact: output is exactly upscale x input; release: the authors' resizing")
-    p.add_argument("--process-size", type=int, default=512,
-                   help="small inputs are enlarged so the model works at this size (0 disables; default 512)")
-    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    for name in ("lambda_pix", "lambda_sem", "upscale", "color_fix", "latent_tile", "latent_overlap", "vae_tile",
+                 "tile_batch", "geometry", "process_size", "resampling", "dtype"):
+        options.add_cli_argument(p, name)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
                    help="PNG bit depth of the output (default: that of the input)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet and VAE (slow first image; faster later ones on GPUs)")
-    p.add_argument("--sample", action="store_true", help="sample the VAE posterior (the release does) instead of its mean")
-    p.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
+    options.add_cli_argument(p, "sample")
+    options.add_cli_argument(p, "seed")
     p.set_defaults(func=_run_upscale)
 
 
@@ -93,10 +83,7 @@ def _run_upscale(args) -> int:
     device = args.device if args.device is not None else (state.device if state else None)
     pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype, compile=args.compile)
     mine = _my_share(files, state)
-    options = dict(upscale=args.upscale, lambda_pix=args.lambda_pix, lambda_sem=args.lambda_sem,
-                   color_fix=args.color_fix, latent_tile=args.latent_tile, latent_overlap=args.latent_overlap,
-                   vae_tile=args.vae_tile, geometry=args.geometry, process_size=args.process_size,
-                   sample=args.sample, seed=args.seed, tile_batch=args.tile_batch)
+    call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
     bar = tqdm(mine, unit="img", disable=None, position=state.process_index if state else 0)
     for path in bar:
         bar.set_postfix_str(path.name)
@@ -107,7 +94,7 @@ def _run_upscale(args) -> int:
             batch = [to_pil_8bit(path)]  # byte-exact with the release's Pillow steps
         else:
             batch = image.unsqueeze(0)
-        result = pipe(batch, **options)[0]
+        result = pipe(batch, **call)[0]
         write_image(_output_path(output, path, single), result, bit_depth=args.bit_depth or info.bit_depth)
     return 0
 

@@ -1,28 +1,32 @@
 """Dual-LoRA guidance: the formulas of PiSA-SR inference and the planning of UNet passes.
 
-Notation of the paper: ε_pix is the UNet output with the pixel LoRA only, ε_PiSA with the pixel
-and the semantic LoRA. Both are predicted once per latent; every (λ_pix, λ_sem) is then a linear
-combination of the two, with no further UNet pass.
+Notation of the paper (arXiv 2412.03017, Sec. 3): ε_pix is the UNet output with the pixel LoRA
+only, ε_PiSA with the pixel and the semantic LoRA. Both are predicted once per latent; every
+(λ_pix, λ_sem) is then a linear combination of the two, with no further UNet pass.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from .errors import PiSAError
 
 PIX = "pix"
 PISA = "pisa"
 
 
 def dual_guidance(eps_pix: torch.Tensor, eps_pisa: torch.Tensor, lambda_pix: float, lambda_sem: float) -> torch.Tensor:
-    """Paper, inference with pixel/semantic guidance:
+    """The paper's adjustable inference (Sec. 3, Fig. 3(b)):
     ε = λ_pix · ε_pix + λ_sem · (ε_PiSA − ε_pix)."""
     return lambda_pix * eps_pix + lambda_sem * (eps_pisa - eps_pix)
 
 
 def residual_latent(z_lq: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Paper, one-step residual formulation: z_H = z_L − ε (λ already folded into ε)."""
+    """The paper's residual formulation (Sec. 3): z_H = z_L − λ·ε_θ(z_L), here with λ already
+    folded into ε."""
     return z_lq - eps
 
 
@@ -45,13 +49,20 @@ class PassPlan:
         return dual_guidance(eps[PIX], eps[PISA], self.lambda_pix, self.lambda_sem)
 
 
+def check_lambda(value, name: str) -> float:
+    """A guidance scale must be a finite number (NaN or ±inf would give a NaN image)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PiSAError(f"{name} must be a finite number; got {value!r}.")
+    return float(value)
+
+
 def plan_passes(lambda_pix: float, lambda_sem: float) -> PassPlan:
-    """The contract of DESIGN.md:
+    """Which UNet passes a (λ_pix, λ_sem) pair needs:
     λ_pix = λ_sem = 0 → no pass (ε = 0);
     λ_sem = 0 → one pass, λ_pix · ε_pix;
     λ_pix = λ_sem = λ → one pass, λ · ε_PiSA (the release's default when λ = 1);
     otherwise both passes."""
-    lambda_pix, lambda_sem = float(lambda_pix), float(lambda_sem)
+    lambda_pix, lambda_sem = check_lambda(lambda_pix, "lambda_pix"), check_lambda(lambda_sem, "lambda_sem")
     if lambda_pix == 0.0 and lambda_sem == 0.0:
         branches: tuple[str, ...] = ()
     elif lambda_sem == 0.0:

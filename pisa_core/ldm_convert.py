@@ -367,9 +367,7 @@ def _text_layer_entries(layer: str, rest: str, tensor: torch.Tensor, source: str
     raise PiSAError(f"{source}: unexpected text-encoder key '{layer}.{rest}' for a Stable Diffusion 2.x checkpoint.")
 
 
-def match_text_prefix(state_dict: dict, model: torch.nn.Module) -> dict:
-    """Add the ``text_model.`` prefix when this transformers version's CLIPTextModel uses it
-    (transformers 4.x does, 5.x does not)."""
-    if any(k.startswith("text_model.") for k in model.state_dict()):
-        return {f"text_model.{k}": v for k, v in state_dict.items()}
-    return state_dict
+def text_prefix_for(model: torch.nn.Module) -> str:
+    """``text_model.`` when this transformers version's CLIPTextModel names its tensors so
+    (transformers 4.x does, 5.x does not), else ''."""
+    return "text_model." if any(k.startswith("text_model.") for k in model.state_dict()) else ""

@@ -1,13 +1,19 @@
 """PiSA-SR inference, top to bottom: low-quality image in, super-resolved image out.
 
-    x_LQ  --geometry-->  pixels in [-1, 1] at the working size (a multiple of 8)
-    z_L   = s · VAE.encode(pixels)            (posterior mean; seeded sample on request)
-    ε     = λ_pix·ε_pix + λ_sem·(ε_PiSA − ε_pix)   (UNet at t = 1, empty prompt; latent tiles)
-    z_H   = z_L − ε
-    x_SR  = clamp(VAE.decode(z_H / s), −1, 1)  → [0, 1] → colour fix → final size
+    prepare       x_LQ --geometry--> pixels in [-1, 1] at the working size (a multiple of 8)
+    encode        z_L = VAE.encode(pixels)                    (posterior mean; seeded sample on request)
+    predict_eps   ε_pix, ε_PiSA = UNet(s·z_L, t = 1, "")       (latent tiles; only the branches needed)
+    guide         ε = λ_pix·ε_pix + λ_sem·(ε_PiSA − ε_pix),  z_H = z_L − ε / s
+    decode        x_SR = clamp(VAE.decode(z_H), −1, 1)
+    finish        → [0, 1], colour fix against the enlarged LQ, final size, input's channel layout
 
-Latents handed in and out of the stage methods are UNSCALED VAE latents (ComfyUI's LATENT
-convention); the UNet works on scaled ones (× scaling_factor).
+(arXiv 2412.03017, Sec. 3 and Fig. 3(b); docs/release.md, "Inference"). Every front end (the CLI,
+the ComfyUI nodes, the benchmarks) runs these public stages; `__call__` is them in order.
+
+Latents handed in and out of the stages are UNSCALED VAE latents (ComfyUI's LATENT convention);
+the UNet works on scaled ones (× scaling_factor). Results of encode, predict_eps, guide and
+decode stay on the compute device; finish returns CPU tensors. With the model on PyTorch's `meta`
+device every stage runs shape-only (a dry run): nothing is computed and finish returns zeros.
 """
 
 from __future__ import annotations
@@ -18,23 +24,21 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .adapters import DualLoRAUNet
+from . import hardware, memory, options
+from .adapters import DualLoRAUNet, LoRAMerge
 from .base_model import BaseModel, load_base_model
 from .checkpoint import PiSAWeights, load_pisa_weights
 from .colorfix import apply_color_fix
 from .errors import PiSAError
-from .geometry import finish, prepare_exact, prepare_release
-from .guidance import PISA, PIX, plan_passes, residual_latent
+from .geometry import Plan, merge_channels, prepare, resize, to_output_size, to_unit_range
+from .guidance import PISA, PIX, check_lambda, plan_passes, residual_latent
+from .options import LATENT_FACTOR, VAE_OVERLAP_PX, default
+from .progress import STAGE_STEPS, Progress
 from .tiling import tiled_latent_map, vae_decode_tiled, vae_encode_tiled
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-COLOR_FIXES = ("adain", "wavelet", "none")
-GEOMETRIES = ("exact", "release")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-VAE_TILE_PX = 512     # keeps a 4096² fp32 upscale under 6 GiB on a CPU; bigger tiles: faster on GPUs
-VAE_OVERLAP_PX = 64   # feathered overlap between VAE tiles, image pixels
+ProgressFn = Callable[[int, int], None]
 
 
 def _inplace_activations(model: nn.Module) -> None:
@@ -46,85 +50,157 @@ def _inplace_activations(model: nn.Module) -> None:
             module.inplace = True
 
 
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy; zeros of the right shape for a meta tensor (a dry run has no values)."""
+    if tensor.is_meta:
+        return torch.zeros(tensor.shape, dtype=tensor.dtype)
+    return tensor.cpu()
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU has it, fp16 on other GPUs, fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
-
-
-def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name in (None, "auto"):
-        return default_dtype(device)
-    if name not in DTYPES:
-        raise PiSAError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {name!r}")
-    return DTYPES[name]
+def _all_finite(tensor: torch.Tensor) -> bool:
+    return tensor.is_meta or bool(torch.isfinite(tensor).all())
 
 
 class PiSAPipeline:
     """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding)."""
 
     def __init__(self, base: BaseModel, weights: PiSAWeights, *, device=None, dtype=None,
-                 channels_last: bool | None = None, compile: bool = False, weights_device=None):
-        """device: where the stages compute. weights_device: where the weights are put at load
-        (default: device); a host that moves them to `device` before each use (ComfyUI's model
-        management) passes its offload device here. channels_last: NHWC convolutions, same maths
-        in another summation order (default: on GPUs; off on the CPU, where it gains ~7 % but
-        moves fp32 results by ~1e-4 of the release's). compile: torch.compile the UNet and the VAE
-        (first image slow, later ones faster on GPUs)."""
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = resolve_dtype(dtype, self.device)
+                 channels_last: bool | None = None, compile=False, weights_device=None,
+                 lora_merged: bool = False, free_memory: Callable[[], int | None] | None = None,
+                 on_upcast: Callable[[str], None] | None = None):
+        """device: where the stages compute (default: CUDA, else MPS, else CPU). dtype: 'auto'
+        (options.auto_dtype), 'fp32', 'fp16', 'bf16'. weights_device: where the weights are put
+        at load (default: device); a host that moves them to `device` before each use (ComfyUI's
+        model management) passes its offload device here. channels_last: NHWC convolutions
+        (default options.auto_channels_last). compile: torch.compile the UNet and the VAE with
+        dynamic shapes (True, or a backend name or callable). lora_merged: the base UNet already
+        holds W_PiSA (from_files merges while loading). free_memory(): bytes free for the VAE's
+        automatic tile (default: what the device reports). on_upcast(part): told when the "unet" or
+        the "vae" is switched to float32 after a half-precision overflow."""
+        self.device = hardware.parse_device(device)
+        self.dtype = options.resolve_dtype(dtype, self.device)
+        self.channels_last = (options.auto_channels_last(self.device, self.dtype)
+                              if channels_last is None else bool(channels_last))
         self.scaling_factor = base.scaling_factor
-        # merge in float32 before the cast, so the merged weights are rounded once
-        self.unet = DualLoRAUNet(base.unet.float(), weights, weights.source or "PiSA-SR weights")
+        self.free_memory = free_memory or (lambda: hardware.free_memory(self.device))
+        self.on_upcast = on_upcast
         place = torch.device(weights_device) if weights_device is not None else self.device
+        if not lora_merged:
+            base.unet.float()  # merge in float32 before the cast, so the merged weights are rounded once
+        self.unet = DualLoRAUNet(base.unet, weights, weights.source or "PiSA-SR weights", merged=lora_merged)
         self.unet.to(place, self.dtype)
         # nn.Module.to: diffusers' own .to() warns about fp32-pinned modules SD2's VAE does not have
         self.vae = nn.Module.to(base.vae, place, self.dtype)
         _inplace_activations(self.vae)
-        if channels_last if channels_last is not None else self.device.type == "cuda":
+        if self.channels_last:
             self.unet.to(memory_format=torch.channels_last)
             nn.Module.to(self.vae, memory_format=torch.channels_last)
+        self.unet_dtype = self.vae_dtype = self.dtype
+        self.upcasts: list[str] = []  # parts switched to float32 after an overflow, in order
         if compile:
-            self.unet.unet = torch.compile(self.unet.unet)
-            self.vae.encoder = torch.compile(self.vae.encoder)
-            self.vae.decoder = torch.compile(self.vae.decoder)
-        self.vae_dtype = self.dtype
+            self._compile(compile)
         self.prompt_embeds = base.prompt_embeds.to(self.device, self.dtype)
         self.base_source, self.weights_source = base.source, weights.source
+        log.info("PiSA-SR: %s%s on %s", options.dtype_name(self.dtype),
+                 " with channels-last" if self.channels_last else "", self.device)
 
     @classmethod
-    def from_files(cls, base, weights, *, device=None, dtype=None, **options) -> "PiSAPipeline":
+    def from_files(cls, base, weights, *, device=None, dtype=None, weights_device=None, **options_) -> PiSAPipeline:
         """Load the SD2.1-base model (diffusers folder or single file) and the PiSA-SR weights
-        (official .pkl or our .safetensors); options as in __init__."""
-        return cls(load_base_model(base), load_pisa_weights(weights), device=device, dtype=dtype, **options)
+        (official .pkl or our .safetensors): the LoRAs are merged into each UNet weight as it is
+        read, in float32, and the model is cast once to its dtype on its device. Options as in
+        __init__."""
+        device = hardware.parse_device(device)
+        dtype = options.resolve_dtype(dtype, device)
+        lora = load_pisa_weights(weights)
+        merge = LoRAMerge(lora, lora.source or str(weights))
+        place = weights_device if weights_device is not None else device
+        model = load_base_model(base, device=place, dtype=dtype, unet_transform=merge)
+        merge.check_complete()
+        return cls(model, lora, device=device, dtype=dtype, weights_device=weights_device, lora_merged=True,
+                   **options_)
+
+    def _compile(self, how) -> None:
+        """torch.compile with dynamic shapes, so mixed image sizes and batches stay in a few graphs.
+        nn.Module.compile compiles in place (torch >= 2.2)."""
+        if not hasattr(nn.Module, "compile"):
+            raise PiSAError(f"compile needs torch >= 2.2 (this is {torch.__version__}).")
+        kwargs = {"dynamic": True}
+        if isinstance(how, str) or callable(how):
+            kwargs["backend"] = how
+        self.unet.compile_unet(**kwargs)
+        self.vae.encoder.compile(**kwargs)
+        self.vae.decoder.compile(**kwargs)
+
+    # --- precision --------------------------------------------------------------------------
+
+    def _upcast(self, part: str, stage: str) -> None:
+        """Switch one part to float32 for good: an explicit, logged decision (see `upcasts`); the
+        host is told through on_upcast (its memory bookkeeping changes)."""
+        module = self.unet if part == "unet" else self.vae
+        was = self.unet_dtype if part == "unet" else self.vae_dtype
+        nn.Module.float(module)
+        if part == "unet":
+            self.unet_dtype = torch.float32
+        else:
+            self.vae_dtype = torch.float32
+        self.upcasts.append(part)
+        log.warning("PiSA-SR: the %s overflowed in %s during the %s; it runs in float32 from now on",
+                    part.upper(), options.dtype_name(was), stage)
+        if self.on_upcast is not None:
+            self.on_upcast(part)
+
+    def _finite(self, part: str, stage: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """run(), checked for NaN/inf; in half precision an overflow switches `part` to float32 and
+        runs the stage again; still non-finite: a clear error instead of an image."""
+        out = run()
+        if _all_finite(out):
+            return out
+        if (self.unet_dtype if part == "unet" else self.vae_dtype) != torch.float32:
+            self._upcast(part, stage)
+            out = run()
+            if _all_finite(out):
+                return out
+        raise PiSAError(f"The {stage} produced NaN or infinite values even in float32; the model files or the "
+                        "input are broken.")
 
     # --- stages -----------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, *, vae_tile: int = VAE_TILE_PX, sample: bool = False,
-               seed: int | None = None, progress: Progress | None = None) -> torch.Tensor:
-        """pixels [B,3,H,W] in [-1,1] (H, W multiples of 8) → unscaled latent [B,4,H/8,W/8], float32.
-        The posterior mean by default; a seeded posterior sample with sample=True."""
-        _check_pixels(pixels)
+    def prepare(self, images, *, upscale: float = default("upscale"), geometry: str = default("geometry"),
+                process_size: int = default("process_size"),
+                resampling: str = default("resampling")) -> tuple[torch.Tensor, Plan]:
+        """Low-quality images [B,H,W,C] in [0,1] (C 1..4; uint8 read as 0..255; or a list of
+        8-bit RGB Pillow images for geometry 'release') -> (pixels [B,3,Hp,Wp] in [-1,1] on the
+        CPU, Plan for `finish`)."""
+        return prepare(images, upscale=upscale, geometry=geometry, process_size=process_size, resampling=resampling)
 
-        def moments(tile: torch.Tensor) -> torch.Tensor:
-            dist = self.vae.encode(tile.to(self.device, self.vae_dtype)).latent_dist
+    def vae_tile_for(self, stage: str, size_hw, vae_tile: int = default("vae_tile")) -> int:
+        """The VAE tile (image pixels) a stage runs with on an image of `size_hw`: vae_tile itself,
+        or for 0 (auto) the whole image when it fits in free memory, else the largest tile that
+        fits (memory.auto_vae_tile)."""
+        if memory.check_vae_tile(vae_tile):
+            return vae_tile
+        auto = memory.auto_vae_tile(stage, size_hw, self.vae_dtype, self.free_memory())
+        whole = max(memory.MIN_VAE_TILE, *(int(s) for s in size_hw))
+        return whole + (-whole) % LATENT_FACTOR if auto is None else auto
+
+    def _nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, *, vae_tile: int = default("vae_tile"), sample: bool = False,
+               seed: int | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
+        """pixels [B,3,H,W] in [-1,1] (H, W multiples of 8) -> unscaled latent [B,4,H/8,W/8],
+        float32 on the compute device. The posterior mean by default; a seeded sample with sample=True."""
+        _check_pixels(pixels)
+        tile = self.vae_tile_for("encode", pixels.shape[-2:], vae_tile)
+
+        def moments(part: torch.Tensor) -> torch.Tensor:
+            dist = self.vae.encode(self._nhwc(part.to(self.vae_dtype))).latent_dist
             return torch.cat([dist.mean, dist.logvar], dim=1).float()
 
-        stats = vae_encode_tiled(moments, pixels, tile=vae_tile, overlap=VAE_OVERLAP_PX, progress=progress)
+        stats = self._finite("vae", "VAE encode", lambda: vae_encode_tiled(
+            moments, pixels, tile=tile, overlap=VAE_OVERLAP_PX, progress=progress, device=self.device))
         mean, logvar = stats.chunk(2, dim=1)
         if not sample:
             return mean
@@ -133,137 +209,127 @@ class PiSAPipeline:
         return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
 
     @torch.no_grad()
-    def predict_eps(self, latent: torch.Tensor, *, need: Sequence[str] = (PIX, PISA), latent_tile: int = 96,
-                    latent_overlap: int = 32, tile_batch: int = 1,
-                    progress: Progress | None = None) -> dict[str, torch.Tensor]:
-        """ε for the requested branches ("pix", "pisa") of an unscaled latent, in the scaled
-        latent space, float32. Both branches run as one batch of two (pix, pix+sem)."""
+    def predict_eps(self, latent: torch.Tensor, *, need: Sequence[str] = (PIX, PISA),
+                    latent_tile: int = default("latent_tile"), latent_overlap: int = default("latent_overlap"),
+                    tile_batch: int = default("tile_batch"), progress: ProgressFn | None = None) -> dict[str, torch.Tensor]:
+        """ε of the requested branches ("pix", "pisa") for an unscaled latent, in the scaled latent
+        space, float32 on the compute device. Both branches run as one batch of two (pix, pix+sem)."""
         need = tuple(dict.fromkeys(need))
         if not need:
             return {}
         if any(n not in (PIX, PISA) for n in need):
-            raise PiSAError(f"unknown ε branch in {need}; expected 'pix' and/or 'pisa'")
+            raise PiSAError(f"unknown ε branch in {need}; expected 'pix' and/or 'pisa'.")
         z_lq = latent.to(self.device, torch.float32) * self.scaling_factor
         sem_off = [n == PIX for n in need]
 
         def run(tiles: torch.Tensor) -> torch.Tensor:
-            batch = tiles.to(self.dtype).repeat(len(need), 1, 1, 1)
-            eps = self.unet(batch, self.prompt_embeds, sem_off=sem_off).float()
+            batch = self._nhwc(tiles.to(self.unet_dtype).repeat(len(need), 1, 1, 1))
+            eps = self.unet(batch, self.prompt_embeds.to(self.unet_dtype), sem_off=sem_off).float()
             return torch.cat(eps.chunk(len(need), dim=0), dim=1)  # branches side by side in channels
 
-        stacked = tiled_latent_map(z_lq, run, tile=latent_tile, overlap=latent_overlap,
-                                   max_batch=tile_batch, progress=progress)
+        stacked = self._finite("unet", "UNet", lambda: tiled_latent_map(
+            z_lq, run, tile=latent_tile, overlap=latent_overlap, max_batch=tile_batch, progress=progress))
         return dict(zip(need, stacked.chunk(len(need), dim=1)))
 
     @torch.no_grad()
-    def guided_latent(self, latent: torch.Tensor, lambda_pix: float = 1.0, lambda_sem: float = 1.0, *,
-                      eps: dict[str, torch.Tensor] | None = None, **tile_options) -> torch.Tensor:
-        """z_H (unscaled) for (λ_pix, λ_sem). Branches already in `eps` are reused: no UNet pass
-        is run for them."""
+    def guide(self, latent: torch.Tensor, eps: dict[str, torch.Tensor], lambda_pix: float = default("lambda_pix"),
+              lambda_sem: float = default("lambda_sem")) -> torch.Tensor:
+        """z_H (unscaled) for (λ_pix, λ_sem) from already predicted ε: no UNet pass. `eps` must
+        hold the branches plan_passes(λ_pix, λ_sem) names."""
         plan = plan_passes(lambda_pix, lambda_sem)
-        eps = dict(eps or {})
         missing = [b for b in plan.branches if b not in eps]
         if missing:
-            eps.update(self.predict_eps(latent, need=missing, **tile_options))
+            raise PiSAError(f"guide needs ε {', '.join(missing)} for λ = ({lambda_pix:g}, {lambda_sem:g}); "
+                            "run predict_eps with need=plan_passes(λ_pix, λ_sem).branches first.")
         z_lq = latent.to(self.device, torch.float32) * self.scaling_factor
+        eps = {b: eps[b].to(self.device, torch.float32) for b in plan.branches}
         return residual_latent(z_lq, plan.combine(eps, like=z_lq)) / self.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor, *, vae_tile: int = VAE_TILE_PX, progress: Progress | None = None) -> torch.Tensor:
-        """Unscaled latent → image [B,3,8h,8w] in [-1, 1], float32. A VAE that overflows in half
-        precision (NaN/inf) is switched to float32 and the decode redone."""
-        def run(tile: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(tile.to(self.device, self.vae_dtype)).sample.float()
+    def decode(self, latent: torch.Tensor, *, vae_tile: int = default("vae_tile"),
+               progress: ProgressFn | None = None) -> torch.Tensor:
+        """Unscaled latent -> image [B,3,8h,8w] in [-1,1], float32 on the compute device."""
+        size = (latent.shape[-2] * LATENT_FACTOR, latent.shape[-1] * LATENT_FACTOR)
+        tile = self.vae_tile_for("decode", size, vae_tile)
 
-        def tiled() -> torch.Tensor:
-            return vae_decode_tiled(run, latent.float(), tile=vae_tile // 8, overlap=VAE_OVERLAP_PX // 8,
-                                    progress=progress)
+        def run(part: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(self._nhwc(part.to(self.vae_dtype))).sample.float()
 
-        image = tiled()
-        if self.vae_dtype != torch.float32 and not torch.isfinite(image).all():
-            log.warning("PiSA-SR: the VAE overflowed in %s; decoding in float32 from now on", self.vae_dtype)
-            nn.Module.float(self.vae)
-            self.vae_dtype = torch.float32
-            image = tiled()
+        image = self._finite("vae", "VAE decode", lambda: vae_decode_tiled(
+            run, latent.float(), tile=tile // LATENT_FACTOR, overlap=VAE_OVERLAP_PX // LATENT_FACTOR,
+            progress=progress, device=self.device))
         return image.clamp_(-1, 1)
+
+    @torch.no_grad()
+    def finish(self, decoded: torch.Tensor, plan: Plan, *, color_fix: str = default("color_fix"),
+               reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded [B,3,Hp,Wp] in [-1,1] -> [B,H,W,C] float32 in [0,1] on the CPU: padding cropped,
+        colour fix against `reference` ([B,3,h,w] in [0,1], any size; default: the enlarged LQ of
+        the plan), resized to the plan's output size, the input's channel layout (gray, alpha)."""
+        if color_fix not in options.COLOR_FIXES:
+            raise PiSAError(f"color_fix must be one of {', '.join(options.COLOR_FIXES)}; got {color_fix!r}.")
+        out01 = to_unit_range(to_host(decoded), plan)
+        if color_fix != "none":
+            if reference is not None:
+                reference = resize(reference.float().cpu(), plan.work_size, plan.resampling)
+            else:
+                reference = plan.reference()
+            if reference is None:
+                raise PiSAError(f"color_fix {color_fix!r} needs a colour reference, and this latent carries no "
+                                "input image; give one, or use color_fix 'none'.")
+            out01 = apply_color_fix(out01, reference, color_fix)
+        return merge_channels(to_output_size(out01, plan), plan)
 
     # --- the whole path ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, images, *, upscale: float = 4, lambda_pix: float = 1.0, lambda_sem: float = 1.0,
-                 color_fix: str = "adain", latent_tile: int = 96, latent_overlap: int = 32,
-                 vae_tile: int = VAE_TILE_PX, geometry: str = "exact", process_size: int = 512,
-                 sample: bool = False, seed: int | None = None, tile_batch: int = 1,
-                 progress: Progress | None = None) -> torch.Tensor:
+    def __call__(self, images, *, upscale: float = default("upscale"), lambda_pix: float = default("lambda_pix"),
+                 lambda_sem: float = default("lambda_sem"), color_fix: str = default("color_fix"),
+                 latent_tile: int = default("latent_tile"), latent_overlap: int = default("latent_overlap"),
+                 vae_tile: int = default("vae_tile"), geometry: str = default("geometry"),
+                 process_size: int = default("process_size"), resampling: str = default("resampling"),
+                 sample: bool = default("sample"), seed: int = default("seed"),
+                 tile_batch: int = default("tile_batch"), progress: ProgressFn | None = None) -> torch.Tensor:
         """images: float tensor [B,H,W,C] in [0,1] with C = 1 (gray), 2 (gray+alpha), 3 or 4
-        (RGBA), or a list of 8-bit RGB Pillow images (the release geometry's exact input).
-        Returns [B,H',W',C] float32 in [0,1] on the CPU (C as given; 3 for Pillow input)."""
-        _check_options(color_fix, geometry, upscale, latent_tile, latent_overlap, vae_tile)
-        rgb, alpha, gray = _split_channels(images)
-        if geometry == "release":
-            prepared = prepare_release(rgb, upscale, process_size)
-        else:
-            prepared = prepare_exact(rgb, upscale, process_size)
-
-        latent = self.encode(prepared.pixels, vae_tile=vae_tile, sample=sample, seed=seed, progress=progress)
-        z_high = self.guided_latent(latent, lambda_pix, lambda_sem, latent_tile=latent_tile,
-                                    latent_overlap=latent_overlap, tile_batch=tile_batch, progress=progress)
-        del latent
-        out = self.decode(z_high, vae_tile=vae_tile, progress=progress).cpu()
-        work_h, work_w = prepared.work_size
-        out01 = out[..., :work_h, :work_w].mul_(0.5).add_(0.5).clamp_(0, 1)
-        out01 = apply_color_fix(out01, prepared.reference.cpu(), color_fix)
-        out01 = finish(out01, prepared)
-        return _merge_channels(out01, alpha, gray, prepared.out_size)
+        (RGBA), uint8 in 0..255, or a list of 8-bit RGB Pillow images (the release geometry's
+        exact input). Returns [B,H',W',C] float32 in [0,1] on the CPU (C as given; 3 for Pillow
+        input). progress(done, total) counts over the three model stages."""
+        check_options(lambda_pix=lambda_pix, lambda_sem=lambda_sem, color_fix=color_fix, latent_tile=latent_tile,
+                      latent_overlap=latent_overlap, vae_tile=vae_tile, tile_batch=tile_batch)
+        steps = Progress(3 * STAGE_STEPS, progress)
+        pixels, plan = self.prepare(images, upscale=upscale, geometry=geometry, process_size=process_size,
+                                    resampling=resampling)
+        latent = self.encode(pixels, vae_tile=vae_tile, sample=sample, seed=seed, progress=steps.stage())
+        del pixels
+        eps = self.predict_eps(latent, need=plan_passes(lambda_pix, lambda_sem).branches, latent_tile=latent_tile,
+                               latent_overlap=latent_overlap, tile_batch=tile_batch, progress=steps.stage())
+        z_high = self.guide(latent, eps, lambda_pix, lambda_sem)
+        del latent, eps
+        decoded = self.decode(z_high, vae_tile=vae_tile, progress=steps.stage())
+        return self.finish(decoded, plan, color_fix=color_fix)
 
 
 def _check_pixels(pixels: torch.Tensor) -> None:
-    if pixels.dim() != 4 or pixels.shape[1] != 3:
-        raise PiSAError(f"expected pixels [B,3,H,W], got shape {tuple(pixels.shape)}")
-    if pixels.shape[-1] % 8 or pixels.shape[-2] % 8:
-        raise PiSAError(f"image sides must be multiples of 8 for the VAE, got {pixels.shape[-1]}x{pixels.shape[-2]}")
+    if not torch.is_tensor(pixels) or pixels.dim() != 4 or pixels.shape[1] != 3:
+        shape = tuple(pixels.shape) if torch.is_tensor(pixels) else type(pixels).__name__
+        raise PiSAError(f"expected pixels [B,3,H,W] in [-1, 1], got {shape}.")
+    if pixels.shape[-1] % LATENT_FACTOR or pixels.shape[-2] % LATENT_FACTOR:
+        raise PiSAError(f"image sides must be multiples of {LATENT_FACTOR} for the VAE, got "
+                        f"{pixels.shape[-1]}x{pixels.shape[-2]}.")
 
 
-def _check_options(color_fix, geometry, upscale, latent_tile, latent_overlap, vae_tile) -> None:
-    if color_fix not in COLOR_FIXES:
-        raise PiSAError(f"color_fix must be one of {', '.join(COLOR_FIXES)}; got {color_fix!r}")
-    if geometry not in GEOMETRIES:
-        raise PiSAError(f"geometry must be one of {', '.join(GEOMETRIES)}; got {geometry!r}")
-    if not upscale > 0:
-        raise PiSAError(f"upscale must be positive, got {upscale}")
-    if latent_tile < 1 or not 0 <= latent_overlap < latent_tile:
-        raise PiSAError(f"latent tile {latent_tile} / overlap {latent_overlap}: need tile >= 1 and 0 <= overlap < tile")
-    if vae_tile < 2 * VAE_OVERLAP_PX or vae_tile % 8:
-        raise PiSAError(f"vae_tile must be a multiple of 8 and at least {2 * VAE_OVERLAP_PX} image pixels, "
-                        f"got {vae_tile}")
-
-
-def _split_channels(images):
-    """→ (rgb, alpha, gray): rgb [B,3,H,W] in [0,1] (or the Pillow list as is), alpha [B,1,H,W] or
-    None, and whether the input was grayscale."""
-    if isinstance(images, (list, tuple)):
-        if not images or any(im.mode != "RGB" for im in images):
-            raise PiSAError("Pillow input must be a non-empty list of RGB images")
-        return list(images), None, False
-    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[-1] not in (1, 2, 3, 4):
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise PiSAError(f"expected images [B,H,W,C] with C in 1..4, got {shape}")
-    chw = images.float().permute(0, 3, 1, 2).clamp(0, 1)
-    channels = chw.shape[1]
-    gray = channels in (1, 2)
-    color = chw[:, :1].expand(-1, 3, -1, -1) if gray else chw[:, :3]
-    alpha = chw[:, -1:] if channels in (2, 4) else None
-    return color.contiguous(), alpha, gray
-
-
-def _merge_channels(out01: torch.Tensor, alpha, gray: bool, out_size) -> torch.Tensor:
-    """Back to [B,H,W,C] with the input's channel layout: luma for gray input, alpha upscaled
-    on its own (bicubic) and re-attached."""
-    if gray:
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=out01.dtype).view(1, 3, 1, 1)
-        out01 = (out01 * weights).sum(dim=1, keepdim=True)
-    if alpha is not None:
-        alpha = torch.nn.functional.interpolate(alpha.cpu(), size=out_size, mode="bicubic",
-                                                align_corners=False, antialias=True).clamp(0, 1)
-        out01 = torch.cat([out01, alpha], dim=1)
-    return out01.permute(0, 2, 3, 1).contiguous()
+def check_options(*, lambda_pix=None, lambda_sem=None, color_fix=None, latent_tile=None, latent_overlap=None,
+                  vae_tile=None, tile_batch=None) -> None:
+    """Option checks shared by every front end (before any model work)."""
+    for name, value in (("lambda_pix", lambda_pix), ("lambda_sem", lambda_sem)):
+        if value is not None:
+            check_lambda(value, name)
+    if color_fix is not None and color_fix not in options.COLOR_FIXES:
+        raise PiSAError(f"color_fix must be one of {', '.join(options.COLOR_FIXES)}; got {color_fix!r}.")
+    if latent_tile is not None and (latent_tile < 1 or not 0 <= (latent_overlap or 0) < latent_tile):
+        raise PiSAError(f"latent tile {latent_tile} / overlap {latent_overlap}: need tile >= 1 and "
+                        "0 <= overlap < tile.")
+    if vae_tile is not None:
+        memory.check_vae_tile(vae_tile)
+    if tile_batch is not None and (not isinstance(tile_batch, int) or tile_batch < 1):
+        raise PiSAError(f"tile_batch must be a positive integer; got {tile_batch!r}.")

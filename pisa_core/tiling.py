@@ -1,8 +1,7 @@
 """Tiled processing: Gaussian-blended latent tiles (release parity) and feathered VAE tiles.
 
 Latent tiling reproduces the authors' release layout and weights wherever the release works
-(release facts, "Inference as released"; DESIGN "Numbers the implementation must respect") and
-fixes its two defects: thin latents get rectangular tiles, and a non-positive stride is an error
+(docs/release.md, "Inference") and fixes its two defects: thin latents get rectangular tiles, and a non-positive stride is an error
 instead of an endless loop. VAE tiling is our own design: overlapping tiles blended by linear
 ramps on interior edges, so large images fit in memory without visible seams.
 
@@ -10,6 +9,10 @@ Every tile's weight is separable (an outer product of a row profile and a column
 tiles form a product grid, so the sum of all weights is itself an outer product of the per-axis
 sums. The blend therefore needs no weight buffer of the image's size, and the accumulation never
 reads values back to the host.
+
+Device placement: the source moves to the compute device once, before the first tile; tiles are
+slices of it there, and the blended result is accumulated on that device, where the tile
+function's outputs are.
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .errors import PiSAError
+from .options import LATENT_FACTOR
 
 Progress = Callable[[int, int], None] | None
 
-# Release facts: Gaussian blending weights have variance 0.01 * size**2.
+# The release's Gaussian blending weights have variance 0.01 * size**2 (docs/release.md, "Inference").
 GAUSSIAN_VARIANCE = 0.01
-# VAE latents are 8x smaller than the image in both directions (SD2.1 VAE).
-VAE_FACTOR = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +84,8 @@ def needs_latent_tiling(h: int, w: int, tile: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def gaussian_profile(size: int) -> list[float]:
-    """1-D Gaussian blend profile of the release, g(i) = exp(-(i - (size-1)/2)^2 / (2 * 0.01 * size^2)).
+    """1-D Gaussian blend profile of the release, g(i) = exp(-(i - (size-1)/2)^2 / (2 * 0.01 * size^2))
+    (docs/release.md, "Inference").
 
     Computed in Python floats (double precision); the release's constant factor 1/sqrt(2*pi*0.01)
     is left out because the blend divides by the weight sum.
@@ -92,7 +95,7 @@ def gaussian_profile(size: int) -> list[float]:
 
 
 def gaussian_tile_weights(tile_h: int, tile_w: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[tile_h, tile_w] Gaussian weights outer(g_h, g_w) (release facts), product taken in double
+    """[tile_h, tile_w] Gaussian weights outer(g_h, g_w) (docs/release.md), product taken in double
     precision on the host and rounded once to `dtype` (never float64 on the device)."""
     gy, gx = gaussian_profile(tile_h), gaussian_profile(tile_w)
     rows = [[a * b for b in gx] for a in gy]
@@ -131,17 +134,12 @@ def _blend(fn, source, ys, xs, th, tw, *, scale=(1, 1), row_profiles, col_profil
            max_batch: int, progress: Progress, what: str) -> torch.Tensor:
     """Run fn on every tile of `source` (tiles stacked along the batch dimension, up to max_batch
     at a time), place each output at its scaled position weighted by outer(row, col) profile, and
-    divide by the (separable) weight sum. Output is float32 on the source's device."""
+    divide by the (separable) weight sum. Output is float32 on the device of fn's outputs."""
     num, den = scale
     b = source.shape[0]
     rows, norm_y = _axis_plan(ys, th, num, den, row_profiles)
     cols, norm_x = _axis_plan(xs, tw, num, den, col_profiles)
     out_th, out_tw = rows[0][1], cols[0][1]
-    device = source.device
-    # Small per-axis weight tables go to the device once, before the loop.
-    prof_y = torch.tensor(row_profiles, dtype=torch.float32, device=device)
-    prof_x = torch.tensor(col_profiles, dtype=torch.float32, device=device)
-
     tiles = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     total = len(tiles)
     out = None
@@ -156,11 +154,15 @@ def _blend(fn, source, ys, xs, th, tw, *, scale=(1, 1), row_profiles, col_profil
             raise PiSAError(f"{what}: the tile function must return [{expected[0]}, C, {out_th}, {out_tw}] "
                             f"for an input of shape {tuple(batch.shape)}, found {found}.")
         if out is None:
+            device = pred.device
             out = torch.zeros((b, pred.shape[1], len(norm_y), len(norm_x)), dtype=torch.float32, device=device)
+            # small per-axis weight tables go to the device once
+            prof_y = torch.tensor(row_profiles, dtype=torch.float32, device=device)
+            prof_x = torch.tensor(col_profiles, dtype=torch.float32, device=device)
         for k, (i, j) in enumerate(group):
             y0, x0 = rows[i][0], cols[j][0]
             weight = prof_y[i][:, None] * prof_x[j][None, :]
-            out[:, :, y0:y0 + out_th, x0:x0 + out_tw].addcmul_(pred[k * b:(k + 1) * b], weight)
+            out[:, :, y0:y0 + out_th, x0:x0 + out_tw].addcmul_(pred[k * b:(k + 1) * b].float(), weight)
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -196,19 +198,21 @@ def _check_max_batch(max_batch, what: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def tiled_latent_map(latent: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], *, tile: int = 96,
-                     overlap: int = 32, max_batch: int = 1, progress: Progress = None) -> torch.Tensor:
+                     overlap: int = 32, max_batch: int = 1, progress: Progress = None, device=None) -> torch.Tensor:
     """Apply `fn` to `latent` [B, C, H, W], in Gaussian-blended tiles when H * W > tile^2.
 
     fn receives tiles stacked along the batch dimension, tile-major ([n * B, C, th, tw], tile k in
     rows k*B..(k+1)*B-1, n <= max_batch) and must return [n * B, C', th, tw]. Each output tile is
     weighted by gaussian_tile_weights(th, tw) and the sum divided by the summed weights (release
     facts). progress(done, total) is called after every tile (once with (1, 1) when untiled) and
-    may raise to cancel. Returns float32 [B, C', H, W].
+    may raise to cancel. `device`: where fn computes; the latent moves there once. Returns float32
+    [B, C', H, W] on fn's device.
     """
     what = "latent tiling"
     _check_4d(latent, what, "the latent")
     _check_tile_overlap(tile, overlap, what)
     _check_max_batch(max_batch, what)
+    latent = latent if device is None else latent.to(device)
     h, w = latent.shape[-2:]
     if not needs_latent_tiling(h, w, tile):
         return _untiled(fn, latent, progress, what)
@@ -237,18 +241,20 @@ def _ramp_profiles(starts: Sequence[int], size: int, out_per_in_num: int, out_pe
 
 
 def vae_encode_tiled(encode_fn: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, *, tile: int = 1024,
-                     overlap: int = 64, progress: Progress = None, factor: int = VAE_FACTOR) -> torch.Tensor:
+                     overlap: int = 64, progress: Progress = None, factor: int = LATENT_FACTOR,
+                     device=None) -> torch.Tensor:
     """Encode pixels [B, C, H, W] to a latent [B, C', H/factor, W/factor] in overlapping tiles.
 
     Tile and overlap are in image pixels and must be multiples of `factor` (8), so every tile starts
     on the latent grid; H and W must be multiples of `factor` when tiling. The image goes through
     encode_fn in one call when it fits in one tile (H <= tile and W <= tile). Tile outputs are
     blended with linear ramps across the overlaps and accumulated in float32. progress(done, total)
-    is called after every tile.
+    is called after every tile. `device`: where encode_fn computes; the image moves there once.
     """
     what = "VAE tiled encode"
     _check_4d(pixels, what, "the image")
     _check_tile_overlap(tile, overlap, what)
+    pixels = pixels if device is None else pixels.to(device)
     if tile % factor or overlap % factor:
         raise PiSAError(f"{what}: tile and overlap must be multiples of {factor} pixels, found tile {tile}, "
                         f"overlap {overlap}.")
@@ -265,17 +271,20 @@ def vae_encode_tiled(encode_fn: Callable[[torch.Tensor], torch.Tensor], pixels: 
 
 
 def vae_decode_tiled(decode_fn: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tensor, *, tile: int = 128,
-                     overlap: int = 16, progress: Progress = None, factor: int = VAE_FACTOR) -> torch.Tensor:
+                     overlap: int = 16, progress: Progress = None, factor: int = LATENT_FACTOR,
+                     device=None) -> torch.Tensor:
     """Decode a latent [B, C, h, w] to pixels [B, C', h*factor, w*factor] in overlapping tiles.
 
     Tile and overlap are in latent pixels (so pixel offsets are multiples of `factor`). The latent
     goes through decode_fn in one call when it fits in one tile (h <= tile and w <= tile). Tile
     outputs are blended with linear ramps across the overlaps (ramp length = overlap * factor pixels
     between regular neighbours) and accumulated in float32. progress(done, total) after every tile.
+    `device`: where decode_fn computes; the latent moves there once.
     """
     what = "VAE tiled decode"
     _check_4d(latent, what, "the latent")
     _check_tile_overlap(tile, overlap, what)
+    latent = latent if device is None else latent.to(device)
     h, w = latent.shape[-2:]
     if h <= tile and w <= tile:
         return _untiled(decode_fn, latent, progress, what)

@@ -14,6 +14,15 @@ from tiny_models import tiny_text_encoder, tiny_unet, tiny_vae
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prompt_cache_folder(tmp_path_factory):
+    """The empty-prompt cache goes to a folder of this session, never into the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("prompt_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PISA_SR_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """diffusers folder, single-file .safetensors, official pisa_sr.pkl and its .safetensors twin."""

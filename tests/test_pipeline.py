@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pisa_core.errors import PiSAError
-from pisa_core.guidance import PISA, PIX, dual_guidance
+from pisa_core.guidance import PISA, PIX, dual_guidance, plan_passes
 from pisa_core.pipeline import PiSAPipeline
 
 
@@ -80,9 +80,15 @@ def test_pass_plan_counts_unet_calls(pipe, lq_image, lp, ls, batches):
     assert calls.batches == batches
 
 
+def guided(pipe, latent, lambda_pix, lambda_sem, **tiles):
+    """predict_eps for the branches the pair needs, then guide: what __call__ does in between."""
+    eps = pipe.predict_eps(latent, need=plan_passes(lambda_pix, lambda_sem).branches, **tiles)
+    return pipe.guide(latent, eps, lambda_pix, lambda_sem)
+
+
 def test_merged_default_equals_the_two_pass_formula(pipe, lq_image):
     latent = pipe.encode(torch.rand(1, 3, 64, 64) * 2 - 1)
-    merged = pipe.guided_latent(latent, 1.0, 1.0)
+    merged = guided(pipe, latent, 1.0, 1.0)
     eps = pipe.predict_eps(latent, need=(PIX, PISA))
     formula = latent - dual_guidance(eps[PIX], eps[PISA], 1.0, 1.0) / pipe.scaling_factor
     torch.testing.assert_close(merged, formula, rtol=1e-5, atol=1e-4)
@@ -102,9 +108,17 @@ def test_combination_from_cached_eps_needs_no_unet_and_equals_a_fresh_run(pipe):
     eps = pipe.predict_eps(latent)
     for lp, ls in ((0.8, 1.2), (1.0, 0.0), (0.5, 0.5), (1.5, 0.2)):
         with UNetCalls(pipe) as calls:
-            cached = pipe.guided_latent(latent, lp, ls, eps=eps)
+            cached = pipe.guide(latent, eps, lp, ls)
         assert calls.batches == []
-        torch.testing.assert_close(cached, pipe.guided_latent(latent, lp, ls), rtol=0, atol=1e-4)
+        torch.testing.assert_close(cached, guided(pipe, latent, lp, ls), rtol=0, atol=1e-4)
+
+
+def test_guide_names_the_missing_eps(pipe):
+    latent = pipe.encode(torch.rand(1, 3, 64, 64) * 2 - 1)
+    eps = pipe.predict_eps(latent, need=(PISA,))
+    pipe.guide(latent, eps, 0.7, 0.7)
+    with pytest.raises(PiSAError, match="needs ε pix"):
+        pipe.guide(latent, eps, 0.8, 1.2)
 
 
 @pytest.mark.parametrize("h, w", [(13, 7), (1, 1), (5, 40), (17, 3)])
@@ -123,13 +137,13 @@ def test_latent_tiling_approaches_untiled_as_tiles_grow(pipe):
     """A random UNet attends globally, so tiles change its output; the change must shrink as the
     tiles grow and vanish once one tile covers the latent."""
     latent = pipe.encode(torch.nn.functional.interpolate(torch.rand(1, 3, 24, 32), size=(192, 256)) * 2 - 1)
-    whole = pipe.guided_latent(latent, 0.8, 1.2, latent_tile=64)
+    whole = guided(pipe, latent, 0.8, 1.2, latent_tile=64)
     errors = []
     for tile, overlap in ((8, 4), (16, 8), (24, 16)):
-        tiled = pipe.guided_latent(latent, 0.8, 1.2, latent_tile=tile, latent_overlap=overlap)
+        tiled = guided(pipe, latent, 0.8, 1.2, latent_tile=tile, latent_overlap=overlap)
         errors.append(((tiled - whole).abs().mean() / whole.abs().mean()).item())
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.3
-    assert torch.equal(pipe.guided_latent(latent, 0.8, 1.2, latent_tile=32, latent_overlap=8), whole)
+    assert torch.equal(guided(pipe, latent, 0.8, 1.2, latent_tile=32, latent_overlap=8), whole)
 
 
 def test_tile_batching_equals_one_tile_per_call(pipe):

@@ -1,9 +1,13 @@
 """Training end to end on a tiny SD2-structured model: both stages, checkpoints the inference
-pipeline loads, overfitting, bit-for-bit resume, data and captions."""
+pipeline loads, overfitting, bit-for-bit resume, data and captions, the release's recipe, and one
+step on the meta device."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import io
 import json
 import os
 import shutil
@@ -16,17 +20,21 @@ from launcher import accelerate_two_processes, run_launched
 from PIL import Image
 from safetensors.torch import load_file
 
+from pisa_core.base_model import load_base_model
 from pisa_core.checkpoint import PiSAWeights, load_pisa_weights, save_pisa_weights
-from pisa_core.lora import LoRAFamily
+from pisa_core.cli import build_parser
 from pisa_core.cli import main as cli_main
 from pisa_core.errors import PiSAError
+from pisa_core.lora import LoRAFamily
 from pisa_core.pipeline import PiSAPipeline
-from pisa_core.train.config import TrainConfig
-from pisa_core.train.data import PairDataset, build_items
+from pisa_core.train.config import TrainConfig, config_from_args
+from pisa_core.train.data import Item, PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from pisa_core.train.lpips import LPIPS
-from pisa_core.train.trainer import train
+from pisa_core.train.step import build_step, generator_prompts
+from pisa_core.train.trainer import Trainer, train
 
 CROP = 32
+CAPTION = "a red brick wall, sharp"  # img0's caption in data_dir; img1 and img2 have none
 FAST = ["--crop-size", str(CROP), "--batch-size", "1", "--num-workers", "0", "--report-to", "none",
         "--validate-every", "2", "--val-count", "1", "--log-every", "1"]
 
@@ -43,7 +51,7 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_data")
     for i in range(3):
         write_photo(root / "hq" / f"img{i}.png", 40 + 8 * i, 36, seed=i)
-    (root / "hq" / "img0.txt").write_text("a red brick wall, sharp\n")
+    (root / "hq" / "img0.txt").write_text(CAPTION + "\n")
     return root
 
 
@@ -131,7 +139,8 @@ def test_sem_stage_keeps_pix_and_trains_sem(two_stages, model_dir):
 
 
 def test_pix_stage_overfits_one_image(model_dir, tmp_path):
-    """Paired LQ/HQ, one image, no flips: the ℓ2 loss falls steadily (lr raised for a short test)."""
+    """Paired LQ/HQ, one image, no flips: the ℓ2 loss falls steadily (lr raised for a short test;
+    the posterior mean, as the tiny random VAE's posterior sample is mostly noise)."""
     write_photo(tmp_path / "hq" / "a.png", CROP, CROP, seed=4)
     Image.open(tmp_path / "hq" / "a.png").resize((CROP // 4, CROP // 4), Image.BICUBIC).save(tmp_path / "a.png")
     (tmp_path / "lq").mkdir()
@@ -139,7 +148,7 @@ def test_pix_stage_overfits_one_image(model_dir, tmp_path):
     train(TrainConfig(stage="pix", base=str(model_dir / "sd21-tiny"), data=[str(tmp_path / "hq")],
                       lq_data=str(tmp_path / "lq"), output_dir=str(tmp_path / "out"), max_steps=12, batch_size=1,
                       crop_size=CROP, hflip=False, num_workers=0, checkpoint_every=0, validate_every=0, log_every=1,
-                      lr=3e-3, report_to="none"))
+                      lr=3e-3, encode_sample=False, report_to="none"))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     assert len(losses) == 12
     assert np.mean(losses[-3:]) < 0.8 * losses[0]
@@ -164,6 +173,131 @@ def test_resume_continues_bit_for_bit(model_dir, data_dir, tmp_path):
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
     mid = load_file(str(tmp_path / "a" / "checkpoints" / "pisa_sr_pix_step000002.safetensors"))
     assert not all(torch.equal(a[k], mid[k]) for k in a)  # steps 3-4 did change the weights
+
+
+# ----------------------------------------------------------------------------- the release's recipe
+
+def test_defaults_are_the_release_recipe_and_each_has_its_flag():
+    cfg = TrainConfig(stage="sem", base="b", data=["d"], output_dir="o", init="w").resolved()
+    assert (cfg.lora_init, cfg.csd_caption, cfg.null_text_draw, cfg.null_text_ratio) == ("gaussian", "real", "batch", 0.5)
+    assert cfg.encode_sample is True
+    assert (cfg.lr, cfg.max_grad_norm, cfg.cfg_scale, cfg.csd_t_min, cfg.csd_t_max) == (5e-5, 1.0, 7.5, 20, 500)
+    assert (cfg.rank_sem, cfg.alpha_sem, cfg.batch_size, cfg.max_steps) == (4, 8.0, 4, 8500)
+    args = build_parser().parse_args(["train", "--base", "b", "--data", "d", "--output-dir", "o", "--no-encode-sample",
+                                      "--lora-init", "kaiming", "--csd-caption", "generator", "--null-text-draw", "sample"])
+    other = config_from_args(args).resolved()
+    assert (other.encode_sample, other.lora_init, other.csd_caption, other.null_text_draw) == (
+        False, "kaiming", "generator", "sample")
+
+
+@pytest.fixture(scope="module")
+def sem_trainer(model_dir, data_dir, tmp_path_factory):
+    """A stage-sem Trainer (CSD on, LPIPS off) whose generator always loses its caption, and what
+    its construction wrote to stderr."""
+    cfg = TrainConfig(stage="sem", base=str(model_dir / "sd21-tiny"), data=[str(data_dir / "hq")],
+                      output_dir=str(tmp_path_factory.mktemp("sem_trainer")), init=str(model_dir / "pisa_sr.safetensors"),
+                      lambda_lpips=0.0, null_text_ratio=1.0, crop_size=CROP, batch_size=2, num_workers=0,
+                      report_to="none")
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        trainer = Trainer(cfg)
+    return trainer, err.getvalue()
+
+
+def captioned_batch(dataset: PairDataset) -> dict:
+    """A one-image batch of img0, the image with a caption."""
+    position = next(p for p in range(len(dataset)) if dataset.items[dataset.item_index(p)].caption)
+    return collate([dataset[position]])
+
+
+def test_csd_sees_the_real_caption_when_the_generator_drops_it(sem_trainer):
+    """The release drops the generator's caption only; the CSD conditional branch keeps it. The
+    UNet's text embeddings are read at its input (a forward pre-hook)."""
+    trainer, _ = sem_trainer
+    step = trainer.step
+    batch = captioned_batch(trainer.dataset)
+    assert batch["caption"] == [CAPTION] and batch["drop_caption"] == [True]
+    seen = []
+    hook = step.lora.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach().clone()), with_kwargs=True)
+    try:
+        step.losses(batch)
+        step.config = dataclasses.replace(step.config, csd_caption="generator")
+        step.losses(batch)
+    finally:
+        step.config = dataclasses.replace(step.config, csd_caption="real")
+        hook.remove()
+    empty, caption = step.prompts([""]), step.prompts([CAPTION])
+    assert not torch.equal(empty, caption)
+    generator, csd, _, csd_generator = seen
+    assert torch.equal(generator, empty)
+    assert torch.equal(csd[:1], step.negative_embeds) and torch.equal(csd[1:], caption)
+    assert torch.equal(csd_generator[1:], empty)
+    # peft's adapter switches around the CSD call left the frozen pix LoRA frozen
+    assert not any(p.requires_grad for p in step.lora.parameters("pix"))
+    assert all(p.requires_grad for p in step.lora.parameters("sem"))
+    assert {id(p) for p in step.params} == {id(p) for p in step.lora.parameters("sem")}
+
+
+def test_training_samples_the_latent_by_default(sem_trainer):
+    trainer, _ = sem_trainer
+    generator = trainer.step.generator
+    lq = captioned_batch(trainer.dataset)["lq"] * 2 - 1
+    assert generator.encode_sample
+    sample = generator.encode(lq, torch.Generator().manual_seed(0))
+    assert torch.equal(sample, generator.encode(lq, torch.Generator().manual_seed(0)))
+    assert not torch.allclose(sample, generator.encode(lq), atol=1e-4)  # without a generator: the mean
+
+
+def test_null_text_dropout_is_drawn_once_per_micro_batch(sem_trainer):
+    """Per micro-batch (the release): all images of one micro-batch of one process share the draw,
+    at the configured rate; per sample is the same rate, drawn image by image."""
+    trainer, _ = sem_trainer
+    assert trainer.dataset.null_text_group == trainer.config.batch_size
+    items = [Item(Path(f"{i}.png"), None, "tag") for i in range(7)]
+    per_batch = PairDataset(items, null_text_ratio=0.5, null_text_group=4)
+    per_sample = PairDataset(items, null_text_ratio=0.5, null_text_group=1)
+    for dataset, uniform in ((per_batch, True), (per_sample, False)):
+        draws = []
+        for rank in (0, 1):
+            positions = iter(PositionSampler(4, rank=rank, world_size=2))
+            for _ in range(1000):
+                batch = [dataset.caption_dropped(next(positions)) for _ in range(4)]
+                assert uniform is False or len(set(batch)) == 1
+                draws += batch
+        assert abs(np.mean(draws) - 0.5) < 0.04
+    batches = np.array(draws).reshape(-1, 4)  # per sample: micro-batches mix dropped and kept captions
+    assert ((batches.min(1) == 0) & (batches.max(1) == 1)).mean() > 0.5
+
+
+def test_missing_captions_warn_in_one_line(sem_trainer):
+    _, stderr = sem_trainer
+    lines = [line for line in stderr.splitlines() if "no caption" in line]
+    assert len(lines) == 1 and "2 of 3 images" in lines[0] and "pisa-sr caption" in lines[0]
+    ten = [Item(Path(f"{i}.png"), None, "tag" if i else "") for i in range(10)]
+    assert missing_caption_warning(ten) is None  # 10 % may lack a caption
+    ten[1].caption = ""
+    assert "2 of 10 images" in missing_caption_warning(ten)
+
+
+def test_one_training_step_runs_with_the_model_on_the_meta_device(model_dir, data_dir, lpips_file, tmp_path):
+    """Device placement, provable on the CPU: every tensor the step makes must follow the model to
+    its device. The model is on `meta`, the batch on the CPU as the data loader hands it over; one
+    full step (generator, ℓ2 + LPIPS + CSD, backward, clipping, AdamW) must not raise."""
+    from accelerate import Accelerator
+
+    cfg = TrainConfig(stage="sem", base=str(model_dir / "sd21-tiny"), data=[str(data_dir / "hq")], output_dir=str(tmp_path),
+                      init=str(model_dir / "pisa_sr.safetensors"), lpips_weights=[str(lpips_file)], crop_size=CROP,
+                      batch_size=2, null_text_ratio=0.5, null_text_draw="sample").resolved()
+    base = load_base_model(cfg.base, keep_text_encoder=True)
+    step = build_step(cfg, base, load_pisa_weights(cfg.init), Accelerator(cpu=True), torch.device("meta"), torch.float32)
+    assert step.device.type == "meta"
+    dataset = PairDataset(build_items(cfg.data), crop_size=CROP, null_text_ratio=0.5)
+    batch = collate([dataset[0], dataset[1]])
+    assert batch["lq"].device.type == "cpu"
+    (parts,) = step([batch])
+    assert set(parts) == {"l2", "lpips", "csd", "loss"}
+    assert all(v.device.type == "meta" for v in parts.values())
+    assert all(p.device.type == "meta" for p in step.params)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -197,10 +331,14 @@ def test_captions_from_txt_and_jsonl_and_null_text(tmp_path):
     (tmp_path / "caps.jsonl").write_text(json.dumps({"file": "sub/b.png", "tags": ["dog", "grass"]}) + "\n")
     items = build_items([tmp_path / "hq"], captions=tmp_path / "caps.jsonl")
     assert [i.caption for i in items] == ["cat, fur", "dog, grass", ""]
-    always = PairDataset(items, crop_size=CROP, null_text_ratio=0.0)
-    never = PairDataset(items, crop_size=CROP, null_text_ratio=1.0)
-    assert all(never[p]["caption"] == "" for p in range(6))
-    assert {always[p]["caption"] for p in range(3)} == {"cat, fur", "dog, grass", ""}
+    kept = PairDataset(items, crop_size=CROP, null_text_ratio=0.0)
+    dropped = PairDataset(items, crop_size=CROP, null_text_ratio=1.0)
+    assert not any(kept[p]["drop_caption"] for p in range(3))
+    # a dropped caption is still handed over: only the generator gets "" (generator_prompts)
+    samples = [dropped[p] for p in range(3)]
+    assert all(s["drop_caption"] for s in samples)
+    assert {s["caption"] for s in samples} == {"cat, fur", "dog, grass", ""}
+    assert generator_prompts(collate(samples)) == ["", "", ""]
 
 
 def test_dataset_positions_are_reproducible_and_cover_each_epoch(data_dir):
@@ -236,9 +374,11 @@ def test_paired_folders_and_list_files(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("PISA_SKIP_ACCELERATE") == "1", reason="PISA_SKIP_ACCELERATE=1")
 def test_accelerate_launch_two_cpu_processes(model_dir, data_dir, tmp_path):
+    """DDP on two processes with different data; CSD switches peft's adapters mid-step, and the
+    LoRAs must still end identical (gradients averaged)."""
     cmd = [*accelerate_two_processes(), "-m", "pisa_core.train", "--stage", "pix",
            "--base", str(model_dir / "sd21-tiny"), "--data", str(data_dir / "hq"), "--output-dir", str(tmp_path),
-           "--max-steps", "2", *FAST]
+           "--max-steps", "2", "--lambda-csd", "1", *FAST]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = run_launched(cmd, env)
     assert done.returncode == 0, done.stderr[-3000:]

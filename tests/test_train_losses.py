@@ -1,6 +1,8 @@
-"""Training losses (ℓ2, LPIPS(VGG), CSD) and the trainable LoRA layers, on tiny models."""
+"""Training losses (ℓ2, LPIPS(VGG), CSD) and the trainable LoRA layers (peft), on tiny models."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -8,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import tiny_unet
 
-from pisa_core.lora import lora_delta, release_target_modules
 from pisa_core.errors import PiSAError
+from pisa_core.lora import LoRAFamily, lora_delta, release_target_modules
 from pisa_core.train import losses as L
 from pisa_core.train.lora import install_lora
 from pisa_core.train.lpips import LPIPS, TAP_CHANNELS, load_lpips
@@ -155,37 +157,62 @@ def test_lpips_errors_name_the_option(lpips_files, tmp_path):
         load_lpips(lpips_files / "vgg16.pth")
 
 
-# ----------------------------------------------------------------------------- LoRA layers
+# ----------------------------------------------------------------------------- LoRA layers (peft)
+
+
+def installed(unet, ranks=None, **kw):
+    """A deep copy of `unet` with the pix and sem adapters."""
+    import copy
+
+    copied = copy.deepcopy(unet)
+    return install_lora(copied, ranks or {"pix": 4, "sem": 4}, {"pix": 8.0, "sem": 8.0}, **kw)
+
+
+def run(unet, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    z, e = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        return unet(z, torch.tensor([1]), encoder_hidden_states=e).sample
 
 
 def test_lora_install_targets_the_release_modules_and_starts_neutral(unet):
-    import copy
+    lora = installed(unet)
+    assert list(lora.layers) == release_target_modules(unet)
+    assert all(type(layer).__module__.startswith("peft.") for layer in lora.layers.values())
+    assert torch.allclose(run(lora.unet), run(unet), atol=1e-6)
 
-    base = copy.deepcopy(unet)
-    names = release_target_modules(base)
-    lora_unet = copy.deepcopy(unet)
-    lora = install_lora(lora_unet, {"pix": 4, "sem": 4}, {"pix": 8.0, "sem": 8.0}, seed=0)
-    assert sorted(lora.layers) == sorted(names)
-    g = torch.Generator().manual_seed(0)
-    z, e = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
-    t = torch.tensor([1])
-    with torch.no_grad():
-        ref = base(z, t, encoder_hidden_states=e).sample
-        assert torch.allclose(lora_unet(z, t, encoder_hidden_states=e).sample, ref, atol=1e-6)
+
+def test_lora_a_starts_gaussian_with_std_one_over_rank_and_b_at_zero(unet):
+    """The release's init (peft "gaussian"): A ~ N(0, 1/r²), B = 0; peft's default Kaiming-uniform
+    A is 1/sqrt(3·fan_in), much smaller at SD2.1 widths."""
+    lora = installed(unet, {"pix": 4, "sem": 2}, seed=3)
+    for family, rank in (("pix", 4), ("sem", 2)):
+        pairs = lora.pairs(family).values()
+        A = torch.cat([A.detach().flatten() for A, _ in pairs])
+        assert abs(float(A.std()) * rank - 1) < 0.05 and abs(float(A.mean())) < 0.05 / rank
+        assert all(B.abs().max() == 0 for _, B in pairs)
+    kaiming = installed(unet, seed=3, init="kaiming")
+    for A, _ in kaiming.pairs("pix").values():
+        bound = 1 / np.sqrt(A[0].numel())  # kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert float(A.abs().max()) <= bound + 1e-6
+    # seeded and reproducible, and the global RNG is left alone
+    before = torch.random.get_rng_state()
+    again = installed(unet, {"pix": 4, "sem": 2}, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(again.pairs("pix").values(), lora.pairs("pix").values()))
+    other = installed(unet, {"pix": 4, "sem": 2}, seed=4)
+    assert not torch.equal(next(iter(other.pairs("pix").values()))[0], next(iter(lora.pairs("pix").values()))[0])
 
 
 def test_lora_branches_equal_the_merged_weights_of_inference(unet):
-    """A trained branch and checkpoint.lora_delta merged into the weight give the same UNet output,
-    so what training optimises is what inference runs."""
-    import copy
-
-    lora_unet = copy.deepcopy(unet)
-    lora = install_lora(lora_unet, {"pix": 4, "sem": 2}, {"pix": 8.0, "sem": 8.0}, seed=0)
+    """peft's adapters and pisa_core.lora.lora_delta merged into the weights give the same UNet
+    output, so what training optimises is what inference runs."""
+    lora = installed(unet, {"pix": 4, "sem": 2})
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for layer in lora.layers.values():
-            for branch in layer.branches.values():
-                branch.B.copy_(0.05 * torch.randn(branch.B.shape, generator=g))
+        for family in ("pix", "sem"):
+            for _, B in lora.pairs(family).values():
+                B.copy_(0.05 * torch.randn(B.shape, generator=g))
     merged = copy.deepcopy(unet)
     modules = dict(merged.named_modules())
     with torch.no_grad():
@@ -193,21 +220,34 @@ def test_lora_branches_equal_the_merged_weights_of_inference(unet):
             fam = lora.family(family)
             for name, (A, B) in fam.factors.items():
                 modules[name].weight.add_(lora_delta(A, B, fam.scale))
-    z, e, t = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g), torch.tensor([1])
-    with torch.no_grad():
-        out = lora_unet(z, t, encoder_hidden_states=e).sample
-        assert torch.allclose(out, merged(z, t, encoder_hidden_states=e).sample, atol=1e-4)
-        with lora.switched(pix=False, sem=False):
-            off = lora_unet(z, t, encoder_hidden_states=e).sample
-        assert torch.allclose(off, unet(z, t, encoder_hidden_states=e).sample, atol=1e-6)
-        assert lora.active() == {"pix": True, "sem": True}
+    assert torch.allclose(run(lora.unet), run(merged), atol=1e-4)
+    with lora.base_unet():
+        assert torch.allclose(run(lora.unet), run(unet), atol=1e-6)
+    assert lora.active() == {"pix": True, "sem": True}
+    assert not torch.allclose(run(lora.unet), run(unet), atol=1e-4)
 
 
-def test_lora_trainable_family_only(unet):
-    import copy
-
-    lora = install_lora(copy.deepcopy(unet), {"pix": 4, "sem": 4}, {"pix": 8.0, "sem": 8.0})
+def test_lora_trainable_family_survives_peft_switches(unet):
+    """peft's set_adapter/enable_adapters mark the adapters they touch trainable; the frozen pix
+    LoRA of the sem stage must stay frozen through the CSD switch and back."""
+    lora = installed(unet)
     lora.set_trainable("sem")
+    lora.set_active(pix=True, sem=True)
+    with lora.base_unet():
+        run(lora.unet)
+        assert not any(p.requires_grad for p in lora.parameters("pix"))
     assert all(p.requires_grad for p in lora.parameters("sem"))
     assert not any(p.requires_grad for p in lora.parameters("pix"))
-    assert not any(p.requires_grad for n, p in lora.unet.named_parameters() if ".branches." not in n)
+    assert not any(p.requires_grad for n, p in lora.unet.named_parameters() if "lora_" not in n)
+    lora.set_active(pix=True, sem=False)
+    assert not any(p.requires_grad for p in lora.parameters("pix"))
+
+
+def test_lora_load_family_checks_shapes_and_scale(unet):
+    lora = installed(unet)
+    fam = lora.family("pix")
+    lora.load_family("sem", fam, "same")
+    with pytest.raises(PiSAError, match="--rank-sem"):
+        lora.load_family("sem", installed(unet, {"pix": 2, "sem": 4}).family("pix"), "rank 2")
+    with pytest.raises(PiSAError, match="--alpha-pix"):
+        lora.load_family("pix", LoRAFamily(fam.rank, 4.0, fam.factors), "alpha 4")

@@ -1,4 +1,5 @@
-"""`pisa-sr train` and `pisa-sr degrade` (registered by pisa_core.cli through add_train_subparsers)."""
+"""`pisa-sr train`, `pisa-sr degrade` and `pisa-sr caption` (registered by pisa_core.cli through
+add_train_subparsers)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from .config import add_config_arguments, config_from_args
 
 DEGRADE_HELP = ("make LQ test images from HQ ones with the training degradation (Real-ESRGAN second order, "
                 "release parameters), reproducible per seed and file")
+CAPTION_HELP = ("write a same-stem .txt caption beside every training image with a local image-captioning model "
+                "(transformers folder; nothing is downloaded)")
 
 
 def add_train_subparsers(subparsers) -> None:
@@ -23,6 +26,10 @@ def add_train_subparsers(subparsers) -> None:
     degrade = subparsers.add_parser("degrade", help=DEGRADE_HELP, description=DEGRADE_HELP)
     add_degrade_arguments(degrade)
     degrade.set_defaults(func=_run_degrade)
+
+    caption = subparsers.add_parser("caption", help=CAPTION_HELP, description=CAPTION_HELP)
+    add_caption_arguments(caption)
+    caption.set_defaults(func=_run_caption)
 
 
 def _run_train(args) -> int:
@@ -74,6 +81,28 @@ def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_
                 write_image((Path(hq_output) / rel).with_suffix(".png"), hq.permute(1, 2, 0))
             count += 1
     print(f"pisa-sr degrade: wrote {count} LQ image(s) to {output}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- caption
+
+
+def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="DATA", help="training images: folders (recursive), .txt lists "
+                                                                  "or image files")
+    parser.add_argument("--model", required=True, help="local transformers image-captioning model folder (BLIP, "
+                                                       "GIT or VisionEncoderDecoder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing caption files (default: keep)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="longest caption in tokens (default: 40)")
+    parser.add_argument("--device", default="auto", help="'auto' (a GPU when present), 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _run_caption(args) -> int:
+    from .caption import caption_images
+
+    caption_images(args.inputs, args.model, overwrite=args.overwrite, batch_size=args.batch_size,
+                   max_new_tokens=args.max_new_tokens, device=args.device)
     return 0
 
 

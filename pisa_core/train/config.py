@@ -1,7 +1,8 @@
 """Training configuration: one dataclass, its argparse front end, JSON on disk.
 
-Defaults are the release's recipe (release-facts.md, "Training as released"); loss weights left
-unset take the stage's release values (pix: ℓ2 only; sem: ℓ2 + 2·LPIPS + 1·CSD).
+Defaults are the release's recipe (docs/release.md, "Training"; paper arXiv 2412.03017, Sec. 3
+and 4.1) except the step counts, which are the paper's; loss weights left unset take the stage's
+release values (pix: ℓ2 only; sem: ℓ2 + 2·LPIPS + 1·CSD).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PiSAError
+from .lora import LORA_INITS
 
 STAGES = ("pix", "sem")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
-# facts: "Negative prompt used for the CSD unconditional branch"
+LORA_INIT_CHOICES = tuple(LORA_INITS)
+CSD_CAPTIONS = ("real", "generator")
+NULL_TEXT_DRAWS = ("batch", "sample")
+# docs/release.md, "Training": the negative prompt of the CSD unconditional branch
 RELEASE_NEGATIVE_PROMPT = (
     "painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, 3D render, "
     "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, "
@@ -25,13 +30,11 @@ RELEASE_NEGATIVE_PROMPT = (
 )
 # release loss weights per stage: (λ_l2, λ_lpips, λ_csd)
 STAGE_LOSS_WEIGHTS = {"pix": (1.0, 0.0, 0.0), "sem": (1.0, 2.0, 1.0)}
-STAGE_MAX_STEPS = {"pix": 4000, "sem": 8500}  # paper's step counts
+STAGE_MAX_STEPS = {"pix": 4000, "sem": 8500}  # the paper's (the release's script runs sem to 100,000)
 
 
 def _opt(default, help_text, **extra):
     return field(default=default, metadata={"help": help_text, **extra})
-
-
 
 
 @dataclass
@@ -62,15 +65,19 @@ class TrainConfig:
     crop_size: int = _opt(512, "random crop size (multiple of 8 and of the scale 4)")
     hflip: bool = _opt(True, "random horizontal flips")
     vflip: bool = _opt(False, "random vertical flips")
-    null_text_ratio: float = _opt(0.5, "probability of replacing a caption with the empty prompt")
+    null_text_ratio: float = _opt(0.5, "probability of giving the generator the empty prompt instead of the caption")
+    null_text_draw: str = _opt("batch", "null-text dropout drawn once per micro-batch ('batch', the release) or "
+                                        "per image ('sample'); same average rate", choices=NULL_TEXT_DRAWS)
     num_workers: int = _opt(4, "DataLoader worker processes (0: load in the training process)")
     # model
     rank_pix: int = _opt(4, "pix LoRA rank")
     rank_sem: int = _opt(4, "sem LoRA rank")
     alpha_pix: float = _opt(8.0, "pix LoRA alpha (scale = alpha / rank)")
     alpha_sem: float = _opt(8.0, "sem LoRA alpha")
-    encode_sample: bool = _opt(False, "encode the LQ with a posterior sample instead of the mean (inference uses "
-                                      "the mean by default)")
+    lora_init: str = _opt("gaussian", "initial LoRA A: 'gaussian' (std 1/rank, the release) or 'kaiming' "
+                                      "(peft's default); B starts at zero", choices=LORA_INIT_CHOICES)
+    encode_sample: bool = _opt(True, "encode the LQ with a posterior sample, as the release (noise as "
+                                     "augmentation); --no-encode-sample takes the mean, as inference does")
     # losses
     lambda_l2: float | None = _opt(None, "ℓ2 weight (default 1)")
     lambda_lpips: float | None = _opt(None, "LPIPS(VGG) weight (default pix 0, sem 2); 0 disables LPIPS")
@@ -80,6 +87,9 @@ class TrainConfig:
     csd_t_min: int = _opt(20, "CSD timesteps: lower bound (inclusive)")
     csd_t_max: int = _opt(500, "CSD timesteps: upper bound (exclusive)")
     cfg_scale: float = _opt(7.5, "CSD classifier-free guidance scale")
+    csd_caption: str = _opt("real", "caption of the CSD conditional branch: 'real' (always the image's caption, "
+                                    "the release) or 'generator' (empty when the generator's is dropped)",
+                            choices=CSD_CAPTIONS)
     negative_prompt: str = _opt(RELEASE_NEGATIVE_PROMPT, "CSD unconditional prompt (release's negative prompt)")
     # runtime
     device: str = _opt("auto", "'auto', 'cpu', 'cuda' or 'cuda:N' (with accelerate launch, accelerate decides)")
@@ -131,9 +141,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise PiSAError(f"--{name.replace('_', '-')} must be >= 0; got {value}.")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise PiSAError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}; "
-                            f"got {self.mixed_precision!r}.")
+        for name, choices in (("mixed_precision", MIXED_PRECISION), ("lora_init", LORA_INIT_CHOICES),
+                              ("csd_caption", CSD_CAPTIONS), ("null_text_draw", NULL_TEXT_DRAWS)):
+            if getattr(self, name) not in choices:
+                raise PiSAError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; "
+                                f"got {getattr(self, name)!r}.")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)

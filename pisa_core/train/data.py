@@ -2,9 +2,10 @@
 
 Reproducibility: the loader asks for *global positions* p = 0, 1, 2, ... (see PositionSampler).
 Position p is image `perm_e[p mod N]` of epoch e = p div N (a seeded permutation per epoch), and
-every random choice of that sample (crop, flip, null caption, degradation) is seeded from
-(seed, p). So a sample never depends on worker count or order, and a resumed run that restarts the
-stream at the right position sees exactly the data the interrupted run would have seen.
+every random choice of that sample (crop, flip, degradation) is seeded from (seed, p), and the
+null-text draw from (seed, p div group), group = the batch size when it is drawn once per batch.
+So a sample never depends on worker count or order, and a resumed run that restarts the stream at
+the right position sees exactly the data the interrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from .degradation import DegradationConfig, SampleRNG, degrade
 
 CAPTION_IMAGE_KEYS = ("file", "file_name", "image", "path", "name")
 CAPTION_TEXT_KEYS = ("text", "caption", "prompt", "tags")
-# Offsets that separate the random streams of one position (crop/flip/caption vs degradation).
+# Offsets that separate the random streams of one position (crop/flip, null text, degradation).
 _CROP_STREAM = 1_000_003
+_NULL_TEXT_STREAM = 2_000_003
+# `pisa-sr train` warns when CSD is on and more than this share of the images has no caption.
+MISSING_CAPTION_SHARE = 0.1
 _VALIDATION_BASE = 1 << 40
 
 
@@ -120,6 +124,16 @@ def caption_for(path: Path, root: Path | None, table: dict[str, str] | None) -> 
     return ""
 
 
+def missing_caption_warning(items: list[Item]) -> str | None:
+    """One line when more than MISSING_CAPTION_SHARE of the images has no caption: CSD then guides
+    those images unconditionally, where the release tags every image (docs/release.md, "Training")."""
+    missing = sum(not item.caption for item in items)
+    if missing <= MISSING_CAPTION_SHARE * len(items):
+        return None
+    return (f"pisa-sr train: warning: {missing} of {len(items)} images have no caption, so CSD guides them "
+            f"without one; write captions with `pisa-sr caption DATA --model CAPTIONER_FOLDER`.")
+
+
 def build_items(sources, lq_source=None, captions=None) -> list[Item]:
     """All training items. Paired LQ images are matched by path relative to the LQ folder (stem, any
     image extension) when `lq_source` is given."""
@@ -187,14 +201,20 @@ class PositionSampler(Sampler):
 
 
 class PairDataset(Dataset):
-    """Items by global position -> dict(hq, lq: [3,S,S] in [0,1], caption, position)."""
+    """Items by global position -> dict(hq, lq: [3,S,S] in [0,1], caption, drop_caption, position).
+
+    `caption` is always the image's own caption; `drop_caption` says whether the generator gets
+    the empty prompt instead (null-text dropout, drawn for each group of `null_text_group`
+    consecutive positions: 1 = per sample, the batch size = once per micro-batch as the release)."""
 
     def __init__(self, items: list[Item], *, crop_size: int = 512, seed: int = 0, hflip: bool = True,
-                 vflip: bool = False, null_text_ratio: float = 0.5, degradation: DegradationConfig | None = None):
+                 vflip: bool = False, null_text_ratio: float = 0.5, null_text_group: int = 1,
+                 degradation: DegradationConfig | None = None):
         if not items:
             raise PiSAError("The training data holds no images.")
         self.items, self.crop, self.seed = items, int(crop_size), int(seed)
         self.hflip, self.vflip, self.null_text_ratio = hflip, vflip, float(null_text_ratio)
+        self.null_text_group = max(1, int(null_text_group))
         self.degradation = degradation or DegradationConfig()
         self._perm_cache: dict[int, np.ndarray] = {}
 
@@ -216,10 +236,16 @@ class PairDataset(Dataset):
             hq, lq = hq.flip(-1), (lq.flip(-1) if lq is not None else None)
         if self.vflip and rng.chance(0.5):
             hq, lq = hq.flip(-2), (lq.flip(-2) if lq is not None else None)
-        caption = "" if rng.chance(self.null_text_ratio) else item.caption
         if lq is None:
             lq = degrade(hq, seed=self.seed, index=int(position), config=self.degradation)
-        return {"hq": hq, "lq": lq, "caption": caption, "position": int(position)}
+        return {"hq": hq, "lq": lq, "caption": item.caption, "drop_caption": self.caption_dropped(position),
+                "position": int(position)}
+
+    def caption_dropped(self, position: int) -> bool:
+        """Null-text dropout of a position; PositionSampler's micro-batches are aligned groups of
+        the batch size, so group = batch size gives one draw per micro-batch."""
+        group = int(position) // self.null_text_group
+        return SampleRNG(self.seed + _NULL_TEXT_STREAM, group).chance(self.null_text_ratio)
 
     def validation_sample(self, number: int) -> dict:
         """A fixed sample for validation images: centre crop, no flip, the item's caption."""
@@ -227,7 +253,7 @@ class PairDataset(Dataset):
         hq, lq = self._crop_pair(item, None, random=False)
         if lq is None:
             lq = degrade(hq, seed=self.seed, index=_VALIDATION_BASE + number, config=self.degradation)
-        return {"hq": hq, "lq": lq, "caption": item.caption, "position": -1 - number}
+        return {"hq": hq, "lq": lq, "caption": item.caption, "drop_caption": False, "position": -1 - number}
 
     def _crop_pair(self, item: Item, rng: SampleRNG | None, random: bool):
         hq = ensure_min_size(load_rgb(item.hq), self.crop)
@@ -250,5 +276,6 @@ def collate(samples: list[dict]) -> dict:
         "hq": torch.stack([s["hq"] for s in samples]),
         "lq": torch.stack([s["lq"] for s in samples]),
         "caption": [s["caption"] for s in samples],
+        "drop_caption": [s["drop_caption"] for s in samples],
         "position": torch.tensor([s["position"] for s in samples]),
     }

@@ -1,9 +1,9 @@
 """Real-ESRGAN-style second-order degradation with the PiSA-SR release's parameters.
 
-The numbers live in `DegradationConfig` and follow release-facts.md ("Training as released",
-Degradation). Every random choice of one sample is drawn from a pair of generators (numpy for
-parameters and kernels, torch for noise) seeded from `(seed, index)`, so the LQ image of a sample is
-reproducible on its own, in any worker, in any order.
+The numbers live in `DegradationConfig` and are the release's (docs/release.md, "Training":
+Real-ESRGAN's second-order model at scale 4). Every random choice of one sample is drawn from a
+pair of generators (numpy for parameters and kernels, torch for noise) seeded from `(seed, index)`,
+so the LQ image of a sample is reproducible on its own, in any worker, in any order.
 
 Images are float32 tensors `[3, H, W]` in [0, 1] on the CPU.
 """
@@ -27,7 +27,7 @@ RESIZE_MODES = ("area", "bilinear", "bicubic")
 
 @dataclass(frozen=True)
 class DegradationConfig:
-    """Release values (release-facts.md, "Degradation (Real-ESRGAN second order), scale 4")."""
+    """The release's values (docs/release.md, "Training")."""
 
     scale: int = 4
     kernel_size: int = 21                      # largest kernel; sizes 7, 9, ..., 21 are drawn

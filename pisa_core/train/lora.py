@@ -1,95 +1,71 @@
-"""Trainable pix/sem LoRA branches on the UNet's release target modules.
+"""The trainable pix and sem LoRAs: two peft adapters on the generator's UNet.
 
-Each targeted nn.Linear / nn.Conv2d is replaced by a `DualLoRALayer` that keeps the frozen base
-layer and two low-rank branches, y = W x + Σ_f on(f) · (α_f / r_f) · B_f(A_f(x)) (peft's LoRA,
-facts: rank 4, alpha 8, scale 2). Branches can be switched off together, which turns the same
-weights into the frozen base UNet for the CSD loss (no second copy of the UNet in memory).
+As in the authors' release (docs/release.md, "LoRA targets" and "Training"): one
+`peft.LoraConfig(r, lora_alpha, init_lora_weights="gaussian", target_modules=...)` per LoRA, named
+"pix" and "sem", on the modules of `pisa_core.lora.release_target_modules`. The layers are peft's;
+this module only says which adapters are active and trainable, switches them all off (the same
+weights then are the frozen base UNet of the CSD loss, no second UNet in memory), and reads and
+writes a family as a `pisa_core.lora.LoRAFamily`.
+
+peft's `set_adapter`/`enable_adapters` also set `requires_grad` of the adapters they touch; every
+switch here re-applies the one trainable family afterwards, so a frozen LoRA stays frozen.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..lora import LoRAFamily, release_target_modules
 from ..errors import PiSAError
+from ..lora import FAMILIES, LoRAFamily, factor_shapes, lora_scale, release_target_modules
 
-FAMILIES = ("pix", "sem")
-
-
-class LoRABranch(nn.Module):
-    """A (rank x in [x kh x kw]) and B (out x rank [x 1 x 1]) in float32; B starts at zero (peft init)."""
-
-    def __init__(self, base: nn.Module, rank: int, alpha: float):
-        super().__init__()
-        self.rank, self.alpha, self.scale = int(rank), float(alpha), float(alpha) / int(rank)
-        self.is_conv = isinstance(base, nn.Conv2d)
-        if self.is_conv:
-            a_shape = (rank, base.in_channels // base.groups, *base.kernel_size)
-            b_shape = (base.out_channels, rank, 1, 1)
-            self.stride, self.padding, self.dilation = base.stride, base.padding, base.dilation
-        else:
-            a_shape, b_shape = (rank, base.in_features), (base.out_features, rank)
-        self.A = nn.Parameter(torch.empty(a_shape, dtype=torch.float32, device=base.weight.device))
-        self.B = nn.Parameter(torch.zeros(b_shape, dtype=torch.float32, device=base.weight.device))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        A, B = self.A.to(x.dtype), self.B.to(x.dtype)
-        if self.is_conv:
-            h = F.conv2d(x, A, stride=self.stride, padding=self.padding, dilation=self.dilation)
-            return F.conv2d(h, B) * self.scale
-        return F.linear(F.linear(x, A), B) * self.scale
-
-
-class DualLoRALayer(nn.Module):
-    """A frozen Linear/Conv2d plus pix and sem LoRA branches, each switchable."""
-
-    def __init__(self, base: nn.Module, ranks: dict[str, int], alphas: dict[str, float]):
-        super().__init__()
-        self.base = base
-        self.branches = nn.ModuleDict({f: LoRABranch(base, ranks[f], alphas[f]) for f in FAMILIES})
-        self.active = {f: True for f in FAMILIES}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        for family in FAMILIES:
-            if self.active[family]:
-                y = y + self.branches[family](x).to(y.dtype)
-        return y
+# --lora-init -> peft's init_lora_weights: "gaussian" is the release's (A ~ N(0, 1/r²), B = 0);
+# "kaiming" is peft's default (A Kaiming-uniform, B = 0).
+LORA_INITS = {"gaussian": "gaussian", "kaiming": True}
 
 
 class UNetLoRA:
-    """The LoRA layers installed in one UNet, by module name, with switches and factor I/O."""
+    """The peft LoRA layers of one UNet, by module name, with switches and factor I/O."""
 
-    def __init__(self, unet: nn.Module, layers: dict[str, DualLoRALayer]):
+    def __init__(self, unet: nn.Module, layers: dict[str, nn.Module], ranks: dict[str, int],
+                 alphas: dict[str, float]):
         self.unet, self.layers = unet, layers
+        self.ranks, self.alphas = dict(ranks), dict(alphas)
+        self.trainable: str | None = None
+        self._active = {f: True for f in FAMILIES}
+
+    def pairs(self, family: str) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+        """The live (A, B) parameters of one family, by module name."""
+        return {name: (layer.lora_A[family].weight, layer.lora_B[family].weight) for name, layer in self.layers.items()}
 
     def parameters(self, family: str) -> list[nn.Parameter]:
-        return [p for layer in self.layers.values() for p in layer.branches[family].parameters()]
+        return [p for pair in self.pairs(family).values() for p in pair]
 
-    def set_trainable(self, family: str) -> None:
-        """Only `family`'s factors get gradients (the other family and the base stay frozen)."""
+    def set_trainable(self, family: str | None) -> None:
+        """Only `family`'s factors get gradients (None: no LoRA does; the base UNet never does)."""
+        self.trainable = family
         for f in FAMILIES:
             for p in self.parameters(f):
                 p.requires_grad_(f == family)
 
-    def set_active(self, **flags: bool) -> None:
-        for layer in self.layers.values():
-            for family, on in flags.items():
-                layer.active[family] = bool(on)
-
     def active(self) -> dict[str, bool]:
-        first = next(iter(self.layers.values()))
-        return dict(first.active)
+        return dict(self._active)
+
+    def set_active(self, **flags: bool) -> None:
+        self._active.update({f: bool(on) for f, on in flags.items()})
+        on = [f for f in FAMILIES if self._active[f]]
+        for layer in self.layers.values():
+            layer.enable_adapters(bool(on))
+            if on:
+                layer.set_adapter(on)
+        self.set_trainable(self.trainable)  # undo peft's requires_grad changes
 
     @contextmanager
     def switched(self, **flags: bool):
-        """Temporarily switch families on/off (e.g. all off = the frozen base UNet for CSD)."""
+        """Temporarily switch families on/off (all off = the frozen base UNet for CSD)."""
         before = self.active()
         self.set_active(**flags)
         try:
@@ -97,60 +73,86 @@ class UNetLoRA:
         finally:
             self.set_active(**before)
 
+    def base_unet(self):
+        """Context in which the UNet is the frozen base model (every LoRA off)."""
+        return self.switched(**{f: False for f in FAMILIES})
+
+    def place(self, device, dtype: torch.dtype) -> None:
+        """Move the UNet to `device` with its base weights in `dtype`; the LoRA factors stay float32
+        (fp16 training keeps trainable weights in full precision)."""
+        self.unet.to(device)
+        lora = {id(p) for f in FAMILIES for p in self.parameters(f)}
+        with torch.no_grad():
+            for p in self.unet.parameters():
+                if id(p) not in lora and p.is_floating_point():
+                    p.data = p.data.to(dtype)
+
     def family(self, family: str) -> LoRAFamily:
-        """Current factors of one family as a checkpoint LoRAFamily (float32, CPU)."""
-        first = next(iter(self.layers.values())).branches[family]
-        factors = {
-            name: (layer.branches[family].A.detach().float().cpu().clone(),
-                   layer.branches[family].B.detach().float().cpu().clone())
-            for name, layer in self.layers.items()
-        }
-        return LoRAFamily(rank=first.rank, alpha=first.alpha, factors=factors)
+        """Current factors of one family as a LoRAFamily (float32, CPU)."""
+        factors = {name: (A.detach().float().cpu().clone(), B.detach().float().cpu().clone())
+                   for name, (A, B) in self.pairs(family).items()}
+        return LoRAFamily(rank=self.ranks[family], alpha=self.alphas[family], factors=factors)
 
     def load_family(self, family: str, weights: LoRAFamily, source: str) -> None:
-        """Copy a family's factors in; ranks and module set must match the installed layers."""
+        """Copy a family's factors in; modules, shapes and scale must match the installed adapter."""
         missing = sorted(set(self.layers) - set(weights.factors))
         extra = sorted(set(weights.factors) - set(self.layers))
         if missing or extra:
             raise PiSAError(f"'{source}': the {family} LoRA targets do not match this UNet "
                             f"({len(missing)} modules missing, {len(extra)} unknown, e.g. {(missing + extra)[0]!r}).")
+        if weights.scale != lora_scale(self.alphas[family], self.ranks[family]):
+            raise PiSAError(f"'{source}': the {family} LoRA has scale {weights.scale:g}; this run uses "
+                            f"{lora_scale(self.alphas[family], self.ranks[family]):g} "
+                            f"(check --rank-{family} and --alpha-{family}).")
         with torch.no_grad():
-            for name, layer in self.layers.items():
-                branch = layer.branches[family]
-                A, B = weights.factors[name]
-                if tuple(A.shape) != tuple(branch.A.shape) or tuple(B.shape) != tuple(branch.B.shape):
-                    raise PiSAError(f"'{source}': the {family} LoRA of '{name}' has shapes {tuple(A.shape)}/"
-                                    f"{tuple(B.shape)}; this run expects {tuple(branch.A.shape)}/{tuple(branch.B.shape)} "
+            for name, (A, B) in self.pairs(family).items():
+                new_A, new_B = weights.factors[name]
+                expected = factor_shapes(self.layers[name].get_base_layer().weight.shape, self.ranks[family])
+                if (tuple(new_A.shape), tuple(new_B.shape)) != expected:
+                    raise PiSAError(f"'{source}': the {family} LoRA of '{name}' has shapes {tuple(new_A.shape)}/"
+                                    f"{tuple(new_B.shape)}; this run expects {expected[0]}/{expected[1]} "
                                     f"(check --rank-{family}).")
-                branch.A.copy_(A)
-                branch.B.copy_(B)
-                branch.scale = float(weights.alpha) / int(weights.rank)
-                branch.alpha = float(weights.alpha)
+                A.copy_(new_A)
+                B.copy_(new_B)
 
 
-def install_lora(unet: nn.Module, ranks: dict[str, int], alphas: dict[str, float], seed: int = 0) -> UNetLoRA:
-    """Replace every release target module (checkpoint.release_target_modules) with a DualLoRALayer.
+def install_lora(unet: nn.Module, ranks: dict[str, int], alphas: dict[str, float], *, init: str = "gaussian",
+                 seed: int = 0) -> UNetLoRA:
+    """Inject the pix and sem adapters into every release target module, both active, none trainable.
 
-    A factors get peft's Kaiming-uniform init from a generator seeded with `seed`, B factors zero,
-    so the UNet's output is unchanged until training moves B. The base weights are frozen."""
-    unet.requires_grad_(False)  # the base weights are always frozen
+    The initial A factors are drawn from a generator seeded with `seed` (the global torch RNG is
+    left as it was); B factors are zero, so the UNet's output is unchanged until training moves B.
+    The base weights are frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if init not in LORA_INITS:
+        raise PiSAError(f"--lora-init must be one of {', '.join(LORA_INITS)}; got {init!r}.")
+    unet.requires_grad_(False)
     names = release_target_modules(unet)
-    modules = dict(unet.named_modules())
-    layers = {}
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        for name in names:
-            base = modules[name]
-            if not isinstance(base, (nn.Linear, nn.Conv2d)):
-                raise PiSAError(f"UNet module '{name}' is a {type(base).__name__}; LoRA needs Linear or Conv2d.")
-            layer = DualLoRALayer(base, ranks, alphas)
-            parent_name, _, child = name.rpartition(".")
-            setattr(modules[parent_name] if parent_name else unet, child, layer)
-            layers[name] = layer
+        with warnings.catch_warnings():
+            # the second adapter goes into the same model on purpose
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            for family in FAMILIES:
+                config = LoraConfig(r=int(ranks[family]), lora_alpha=float(alphas[family]),
+                                    init_lora_weights=LORA_INITS[init], target_modules=names)
+                inject_adapter_in_model(config, unet, adapter_name=family)
     finally:
         torch.random.set_rng_state(state)
-    return UNetLoRA(unet, layers)
+    layers = {name: m for name, m in unet.named_modules() if isinstance(m, BaseTunerLayer)}
+    if set(layers) != set(names):
+        raise PiSAError(f"peft adapted {len(layers)} UNet modules where the release targets {len(names)}.")
+    for family in FAMILIES:
+        scales = {layer.scaling[family] for layer in layers.values()}
+        if scales != {lora_scale(alphas[family], ranks[family])}:
+            raise PiSAError(f"peft scales the {family} LoRA by {sorted(scales)}, not alpha / rank = "
+                            f"{lora_scale(alphas[family], ranks[family]):g}.")
+    lora = UNetLoRA(unet, {name: layers[name] for name in names}, ranks, alphas)
+    lora.set_active(**{f: True for f in FAMILIES})
+    return lora
 
 
 def zero_family(like: LoRAFamily) -> LoRAFamily:

@@ -1,9 +1,10 @@
 """The trainable one-step generator and the caption encoder.
 
-Generator (as at inference, release-facts.md "Inference as released"; paper eq. z_H = z_L − ε):
-    z_L  = s · VAE.encode(x_LQ)      (posterior mean; a sample with --encode-sample), no gradient
+Generator, as at inference (paper arXiv 2412.03017, Sec. 3; docs/release.md, "Inference"):
+    z_L  = s · VAE.encode(x_LQ)      no gradient; in training a posterior sample (the release's
+                                     choice, the noise acts as augmentation), else the mean
     ε    = UNet_LoRA(z_L, t = 1, caption embedding)
-    z_H  = z_L − ε
+    z_H  = z_L − ε                   (pisa_core.guidance.residual_latent)
     x_SR = clamp(VAE.decode(z_H / s), −1, 1)
 """
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..base_model import encode_prompts
 from ..errors import PiSAError
+from ..guidance import residual_latent
 
 GENERATOR_TIMESTEP = 1
 
@@ -21,7 +23,7 @@ GENERATOR_TIMESTEP = 1
 class SRGenerator(nn.Module):
     """x_LQ in [-1, 1] -> (z_H scaled latent, x_SR in [-1, 1]); gradients reach only the LoRA factors."""
 
-    def __init__(self, unet: nn.Module, vae: nn.Module, scaling_factor: float, encode_sample: bool = False):
+    def __init__(self, unet: nn.Module, vae: nn.Module, scaling_factor: float, encode_sample: bool = True):
         super().__init__()
         self.unet, self.vae = unet, vae
         self.scaling_factor = float(scaling_factor)
@@ -31,12 +33,14 @@ class SRGenerator(nn.Module):
     def weight_dtype(self) -> torch.dtype:
         return self.vae.decoder.conv_in.weight.dtype
 
-    def encode(self, lq: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """z_L = s · VAE.encode(x_LQ): posterior mean, or mean + std·noise when sampling."""
+    def encode(self, lq: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+        """z_L = s · VAE.encode(x_LQ): mean + std·n with n drawn on the CPU from `rng` when sampling
+        (the same draw on any device), the posterior mean without `rng` or with sampling off."""
         with torch.no_grad():
             dist = self.vae.encode(lq.to(self.weight_dtype)).latent_dist
             z = dist.mean.float()
-            if self.encode_sample and noise is not None:
+            if self.encode_sample and rng is not None:
+                noise = torch.randn(z.shape, generator=rng, dtype=torch.float32)
                 z = z + dist.std.float() * noise.to(z.device)
         return z * self.scaling_factor
 
@@ -49,9 +53,9 @@ class SRGenerator(nn.Module):
         out = self.vae.decode((z_h / self.scaling_factor).to(self.weight_dtype), return_dict=False)[0]
         return out.float().clamp(-1, 1)
 
-    def forward(self, lq: torch.Tensor, embeds: torch.Tensor, noise: torch.Tensor | None = None):
-        z_l = self.encode(lq, noise)
-        z_h = z_l - self.predict_eps(z_l, embeds).float()
+    def forward(self, lq: torch.Tensor, embeds: torch.Tensor, rng: torch.Generator | None = None):
+        z_l = self.encode(lq, rng)
+        z_h = residual_latent(z_l, self.predict_eps(z_l, embeds).float())
         return z_h, self.decode(z_h)
 
 

@@ -3,6 +3,8 @@
 Stage pix: pixel LoRA trained, loss λ_l2·ℓ2 (+ optional LPIPS/CSD).
 Stage sem: pixel LoRA from --init, active and frozen; semantic LoRA trained with
            λ_l2·ℓ2 + λ_lpips·LPIPS + λ_csd·CSD (release 1 / 2 / 1).
+One optimiser step is pisa_core.train.step.TrainingStep; this module adds data, resume, logging,
+checkpoints and validation around it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,13 +23,12 @@ from ..base_model import load_base_model
 from ..checkpoint import PiSAWeights, check_compatible, load_pisa_weights
 from ..errors import PiSAError
 from ..image_io import write_image
+from ..lora import FAMILIES, LoRAFamily
 from .config import TrainConfig
-from .data import PairDataset, PositionSampler, build_items, collate
+from .data import PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from .degradation import DegradationConfig
-from .lora import UNetLoRA, install_lora, zero_family
-from .losses import alphas_cumprod, csd_loss, l2_loss
-from .lpips import check_lpips_files, load_lpips
-from .model import PromptEncoder, SRGenerator
+from .lora import zero_family
+from .lpips import check_lpips_files
 from .state import (
     checkpoint_stem,
     find_latest_state,
@@ -40,6 +40,7 @@ from .state import (
     state_dir,
     write_weights,
 )
+from .step import build_step
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -60,10 +61,6 @@ def resolve_trackers(report_to: str):
         found = importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
         return "tensorboard" if found else None
     return report_to
-
-
-def _seed_for(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint32)[0])
 
 
 def _worker_init(_):
@@ -99,12 +96,13 @@ class Trainer:
 
         # data first: a bad folder fails before minutes of model loading
         items = build_items(cfg.data, cfg.lq_data, cfg.captions)
+        warning = missing_caption_warning(items) if cfg.lambda_csd > 0 else None
+        if warning and acc.is_main_process:
+            print(warning, file=sys.stderr)
         needs_text = cfg.lambda_csd > 0 or (cfg.null_text_ratio < 1 and any(i.caption for i in items))
 
         # frozen base model (text encoder kept only for captions and the CSD negative prompt)
         base = load_base_model(cfg.base, device="cpu", dtype=torch.float32, keep_text_encoder=needs_text)
-        self.scaling_factor = base.scaling_factor
-        self.abar = alphas_cumprod(base.scheduler_config)
         init = load_pisa_weights(cfg.init) if cfg.init else None
         if init is not None:
             check_compatible(init, base.unet, cfg.init)
@@ -112,46 +110,17 @@ class Trainer:
         self.config = cfg
         self.config_json = cfg.to_json()
 
-        unet = base.unet.to(self.device, self.weight_dtype)
-        vae = base.vae.to(self.device, self.weight_dtype)
-        ranks = {"pix": cfg.rank_pix, "sem": cfg.rank_sem}
-        alphas = {"pix": cfg.alpha_pix, "sem": cfg.alpha_sem}
-        self.lora: UNetLoRA = install_lora(unet, ranks, alphas, seed=cfg.seed)
-        if init is not None:
-            self.lora.load_family("pix", init.pix, cfg.init)
-            if cfg.stage == "sem" and cfg.init_sem:
-                self.lora.load_family("sem", init.sem, cfg.init)
-        self.lora.set_trainable(cfg.stage)
-        self.lora.set_active(pix=True, sem=cfg.stage == "sem")
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            vae.enable_gradient_checkpointing()
-        self.generator_module = SRGenerator(unet, vae, self.scaling_factor, cfg.encode_sample)
-
-        text_encoder = base.text_encoder.to(self.device, self.weight_dtype) if base.text_encoder is not None else None
-        self.prompts = PromptEncoder(text_encoder, base.tokenizer, base.prompt_embeds, self.device, self.weight_dtype)
-        self.negative_embeds = None
-        if cfg.lambda_csd > 0:
-            if not self.prompts.can_encode_text():
-                raise PiSAError(f"The CSD loss needs the tokenizer of '{cfg.base}' for its negative prompt; use a "
-                                f"diffusers folder as --base, or --lambda-csd 0.")
-            self.negative_embeds = self.prompts([cfg.negative_prompt])
-        self.lpips = None
-        if cfg.lambda_lpips > 0:
-            self.lpips = load_lpips(cfg.lpips_weights, device=self.device, dtype=self.weight_dtype)
-
-        # optimizer, LR schedule (constant after an optional linear warm-up)
-        self.params = self.lora.parameters(cfg.stage)
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = max(0, cfg.lr_warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        self.model, self.optimizer = acc.prepare(self.generator_module, optimizer)
-        self.rng = torch.Generator().manual_seed(_seed_for(cfg.seed, 7, acc.process_index))
+        # the trainable families' set is final before accelerate builds the DDP wrapper, which
+        # averages the gradients of exactly those parameters
+        self.step = build_step(cfg, base, init, acc, self.device, self.weight_dtype)
+        self.step.model, self.step.optimizer = acc.prepare(self.step.generator, self.step.optimizer)
+        self.lora = self.step.lora
 
         # data
+        group = cfg.batch_size if cfg.null_text_draw == "batch" else 1
         self.dataset = PairDataset(items, crop_size=cfg.crop_size, seed=cfg.seed, hflip=cfg.hflip, vflip=cfg.vflip,
-                                   null_text_ratio=cfg.null_text_ratio, degradation=DegradationConfig())
+                                   null_text_ratio=cfg.null_text_ratio, null_text_group=group,
+                                   degradation=DegradationConfig())
         self.start_step = 0
         if self.resume_from is not None:
             self._load_state(self.resume_from)
@@ -182,26 +151,17 @@ class Trainer:
         state = load_train_state(folder)
         if state["stage"] != self.config.stage:
             raise PiSAError(f"Resume state '{folder}' is from stage {state['stage']!r}, not {self.config.stage!r}.")
-        for family in ("pix", "sem"):
-            factors = state["lora"][family]
-            if set(factors) != set(self.lora.layers):
-                raise PiSAError(f"Resume state '{folder}' has {family} LoRA modules that do not match this UNet.")
-            with torch.no_grad():
-                for name, layer in self.lora.layers.items():
-                    branch = layer.branches[family]
-                    if factors[name]["A"].shape != branch.A.shape or factors[name]["B"].shape != branch.B.shape:
-                        raise PiSAError(f"Resume state '{folder}': the {family} LoRA of '{name}' has rank "
-                                        f"{factors[name]['A'].shape[0]}, this run {branch.A.shape[0]} "
-                                        f"(keep --rank-{family} as in the interrupted run).")
-                    layer.branches[family].A.copy_(factors[name]["A"])
-                    layer.branches[family].B.copy_(factors[name]["B"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for family in FAMILIES:
+            factors = {name: (pair["A"], pair["B"]) for name, pair in state["lora"][family].items()}
+            saved = LoRAFamily(self.lora.ranks[family], self.lora.alphas[family], factors)
+            self.lora.load_family(family, saved, f"resume state {folder}")
+        self.step.optimizer.load_state_dict(state["optimizer"])
+        self.step.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         snap = load_rng(folder, self.accelerator.process_index)
         if snap is not None:
-            restore_rng(snap, self.rng)
+            restore_rng(snap, self.step.rng)
         self.start_step = int(state["step"])
         self.accelerator.print(f"pisa-sr train: resumed from {folder} at step {self.start_step}.")
 
@@ -213,38 +173,6 @@ class Trainer:
         return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                           collate_fn=collate, pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init,
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-
-    # ------------------------------------------------------------------ losses
-
-    def base_eps(self, z_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """ε of the frozen SD UNet: the same weights with every LoRA branch switched off."""
-        unet = self.generator_module.unet
-        with self.lora.switched(pix=False, sem=False):
-            return unet(z_t.to(self.weight_dtype), t, encoder_hidden_states=embeds.to(self.weight_dtype),
-                        return_dict=False)[0]
-
-    def compute_losses(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        cfg = self.config
-        lq = batch["lq"].to(self.device, non_blocking=True) * 2 - 1
-        hq = batch["hq"].to(self.device, non_blocking=True) * 2 - 1
-        embeds = self.prompts(batch["caption"])
-        noise = None
-        if cfg.encode_sample:
-            shape = (lq.shape[0], 4, lq.shape[2] // 8, lq.shape[3] // 8)
-            noise = torch.randn(shape, generator=self.rng)
-        z_h, sr = self.model(lq, embeds, noise)
-        parts = {"l2": l2_loss(sr, hq)}
-        total = cfg.lambda_l2 * parts["l2"]
-        if self.lpips is not None:
-            parts["lpips"] = self.lpips(sr, hq).mean()
-            total = total + cfg.lambda_lpips * parts["lpips"]
-        if self.negative_embeds is not None:
-            parts["csd"], _ = csd_loss(
-                z_h, self.base_eps, embeds, self.negative_embeds.expand(z_h.shape[0], -1, -1), self.abar,
-                t_range=(cfg.csd_t_min, cfg.csd_t_max), cfg_scale=cfg.cfg_scale, generator=self.rng)
-            total = total + cfg.lambda_csd * parts["csd"]
-        parts["loss"] = total
-        return total, parts
 
     # ------------------------------------------------------------------ outputs
 
@@ -261,11 +189,10 @@ class Trainer:
         folder = state_dir(self.output_dir, step)
         path = None
         if acc.is_main_process:
-            factors = {f: {n: {"A": layer.branches[f].A.detach().cpu().clone(),
-                               "B": layer.branches[f].B.detach().cpu().clone()}
-                           for n, layer in self.lora.layers.items()} for f in ("pix", "sem")}
+            factors = {f: {n: {"A": A, "B": B} for n, (A, B) in self.lora.family(f).factors.items()}
+                       for f in FAMILIES}
             save_train_state(folder, step=step, stage=self.config.stage, config_json=self.config_json,
-                             lora_factors=factors, optimizer=self.optimizer, scheduler=self.scheduler,
+                             lora_factors=factors, optimizer=self.step.optimizer, scheduler=self.step.scheduler,
                              scaler=acc.scaler)
             path = write_weights(self.weights(), checkpoint_stem(self.output_dir, self.config.stage, step),
                                  self.config_json, step)
@@ -273,7 +200,7 @@ class Trainer:
                 path = write_weights(self.weights(), checkpoint_stem(self.output_dir, self.config.stage, None),
                                      self.config_json, step)
         acc.wait_for_everyone()
-        save_rng(folder, acc.process_index, self.rng)
+        save_rng(folder, acc.process_index, self.step.rng)
         acc.wait_for_everyone()
         return path
 
@@ -286,7 +213,7 @@ class Trainer:
         batch = collate(samples)
         lq = batch["lq"].to(self.device) * 2 - 1
         with self.accelerator.autocast():
-            _, sr = self.generator_module(lq, self.prompts([""] * len(samples)))
+            _, sr = self.step.generator(lq, self.step.prompts([""] * len(samples)))
         sr01 = (sr.float().cpu() * 0.5 + 0.5).clamp(0, 1)
         rows = [torch.cat([batch["lq"][i], sr01[i], batch["hq"][i]], dim=-1) for i in range(len(samples))]
         grid = torch.cat(rows, dim=-2)
@@ -317,29 +244,16 @@ class Trainer:
         batches = iter(self._loader(self.start_step))
         bar = tqdm(total=cfg.max_steps, initial=self.start_step, disable=not acc.is_local_main_process,
                    desc=f"pisa-sr {cfg.stage}", unit="step", dynamic_ncols=True)
-        self.model.train()
+        self.step.model.train()
         final_path = None
         step = self.start_step
         tic = time.perf_counter()
         while step < cfg.max_steps:
-            sums: dict[str, float] = {}
-            for micro in range(accum):
-                batch = next(batches)
-                sync = nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
-                with sync:
-                    with acc.autocast():
-                        loss, parts = self.compute_losses(batch)
-                    acc.backward(loss / accum)
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            logged = self.step([next(batches) for _ in range(accum)])
+            sums = {k: sum(float(parts[k]) for parts in logged) / accum for k in logged[0]}
             step += 1
 
-            lr = self.scheduler.get_last_lr()[0]
+            lr = self.step.scheduler.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{lr:.1e}")
             if step % max(1, cfg.log_every) == 0 or step == cfg.max_steps:
@@ -377,7 +291,7 @@ class Trainer:
         destroy_process_group, which releases the GIL."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        self.model = None
+        self.step.model = None
         acc.free_memory()
         acc.end_training()
 
@@ -386,7 +300,7 @@ class Trainer:
         acc = self.accelerator
         if acc.num_processes < 2:
             return
-        total = torch.stack([p.detach().float().sum() for p in self.params]).sum().view(1).to(self.device)
+        total = torch.stack([p.detach().float().sum() for p in self.step.params]).sum().view(1).to(self.device)
         sums = acc.gather(total)
         if not torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-5, atol=1e-6):
             raise PiSAError(f"The {acc.num_processes} training processes ended with different LoRA weights "

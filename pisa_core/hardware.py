@@ -1,0 +1,143 @@
+"""What the machine can do: devices, native half-precision support, free memory.
+
+Probes only read; they never change torch's state. `Probe` bundles the capability questions the
+dtype policy asks (options.auto_dtype), so tests can answer them for a machine they are not on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import PiSAError
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "meta")
+
+
+def default_device() -> torch.device:
+    """CUDA, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def parse_device(name) -> torch.device:
+    """A device that exists on this machine ('cpu', 'cuda', 'cuda:1', 'mps'; 'meta' for shape-only
+    dry runs); PiSAError naming what is available otherwise. None: default_device()."""
+    if name is None or name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise PiSAError(f"device {name!r} is not a device name; expected cpu, cuda, cuda:N or mps.") from None
+    if device.type not in DEVICE_TYPES:
+        raise PiSAError(f"device {name!r} is not supported; expected cpu, cuda, cuda:N or mps.")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise PiSAError(f"device {name!r}: torch sees no CUDA GPU here ({_available()}).")
+        if device.index is not None and device.index >= count:
+            raise PiSAError(f"device {name!r}: there are only {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}).")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "mps" and not _mps_available():
+        raise PiSAError(f"device {name!r}: Apple's MPS backend is not available here ({_available()}).")
+    return device
+
+
+def _available() -> str:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        found.append("mps")
+    return "available: " + ", ".join(found)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (x86: AVX512-BF16 or AMX; Arm: the BF16 extension),
+    as torch's CPU feature detection reports it. Emulated bf16 is slower than fp32."""
+    cpu = torch.cpu
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(cpu, probe, None)
+        if check is not None and check():
+            return True
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "bf16" in _linux_cpu_flags()
+    return False
+
+
+def _linux_cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if re.match(r"^(flags|Features)\s*:", line):
+            flags.update(line.split(":", 1)[1].split())
+    return flags
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of that CUDA device (not of the current one)."""
+    return torch.cuda.get_device_capability(device)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The capability questions of the dtype policy; tests pass their own answers."""
+
+    cpu_native_bf16: callable = cpu_native_bf16
+    cuda_capability: callable = cuda_capability
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can use on `device`: free device memory on CUDA, the allocator's
+    recommended limit minus what is allocated on MPS, available RAM on the CPU; None if unknown."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        reserved_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + reserved_unused)
+    if device.type == "mps":
+        mps = getattr(torch, "mps", None)
+        recommended = getattr(mps, "recommended_max_memory", None)
+        if recommended is None:
+            return None
+        return max(0, int(recommended() - mps.current_allocated_memory()))
+    if device.type == "cpu":
+        return available_ram()
+    return None
+
+
+def available_ram() -> int | None:
+    """MemAvailable (Linux), else psutil's figure when psutil is installed, else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

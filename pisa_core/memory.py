@@ -1,0 +1,108 @@
+"""Memory: how much a stage needs, the automatic VAE tile, and out-of-memory recognition and
+back-off.
+
+The working-memory figures are peak activation bytes per pixel and per byte of the compute dtype,
+measured on the SD2.1-base VAE (CPU, fp32 and bf16, 256² to 768²: decode ~950, encode ~650) with
+a 1.3x margin; the UNet figure is ComfyUI's estimate for an SD UNet with SDPA attention.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+
+import torch
+
+from .errors import PiSAError
+from .options import LATENT_FACTOR, VAE_OVERLAP_PX
+
+log = logging.getLogger(__name__)
+
+# Peak bytes per (pixel x dtype byte): VAE encode per input pixel, VAE decode per output pixel,
+# UNet per latent pixel and batch sample.
+BYTES_PER_PIXEL = {"encode": 850, "decode": 1250, "unet": 0.01 * 2**20}
+MIN_VAE_TILE = 2 * VAE_OVERLAP_PX  # the feathered overlap needs two overlaps per tile
+RESERVE_BYTES = 256 * 2**20        # left free for the allocator, the host and the output buffers' rounding
+
+# Messages of allocation failures that arrive as a plain RuntimeError (older torch, MPS, cuBLAS,
+# cuDNN, the CPU allocator).
+OOM_MESSAGES = (
+    "out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
+    "cudnn_status_not_enough_workspace", "defaultcpuallocator: can't allocate memory",
+    "defaultcpuallocator: not enough memory", "invalid buffer size",
+)
+OOM_TYPES = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                              getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if t is not None)
+
+
+def is_oom(error: BaseException) -> bool:
+    """Whether an exception is an allocation failure, on every torch version the project allows
+    (torch.OutOfMemoryError only exists from 2.4) and every backend."""
+    if isinstance(error, MemoryError) or (OOM_TYPES and isinstance(error, OOM_TYPES)):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OOM_MESSAGES)
+
+
+def release_cached_memory() -> None:
+    """Return cached allocator blocks to the device (after the failed attempt's tensors are gone)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()
+
+
+def with_backoff(run, tile: int, *, minimum: int, what: str, release=release_cached_memory):
+    """run(tile), halving the tile after an out-of-memory error down to `minimum`; then one clear
+    PiSAError. Memory is released outside the `except` block, when the traceback that pins the
+    failed attempt's tensors has been dropped."""
+    while True:
+        try:
+            return run(tile)
+        except Exception as error:  # only allocation failures are handled; the rest propagates
+            if not is_oom(error):
+                raise
+        release()
+        if tile // 2 < minimum:
+            raise PiSAError(f"Out of memory in the {what} even with a tile of {tile}; use a smaller image or "
+                            "upscale factor, or free memory (close other models) and try again.")
+        log.warning("PiSA-SR: out of memory in the %s at tile %d; retrying with %d", what, tile, tile // 2)
+        tile //= 2
+
+
+def working_memory(stage: str, tile: int | None, size_hw, dtype: torch.dtype, batch: int = 1) -> int:
+    """Peak activation bytes of one tile (at most `tile` a side of a `size_hw` input; None =
+    untiled) of a stage. Sizes in image pixels for "encode" and "decode" (the decode's output), in
+    latent pixels for "unet"."""
+    if stage not in BYTES_PER_PIXEL:
+        raise ValueError(f"unknown stage {stage!r}")
+    h, w = (int(s) for s in size_hw)
+    if tile is not None:
+        h, w = min(tile, h), min(tile, w)
+    return int(batch * h * w * dtype.itemsize * BYTES_PER_PIXEL[stage])
+
+
+def auto_vae_tile(stage: str, size_hw, dtype: torch.dtype, free_bytes: int | None) -> int | None:
+    """The VAE tile `vae_tile=0` (auto) means for an image of `size_hw` pixels: None (untiled)
+    when the whole stage fits in `free_bytes` (tiling changes pixels: each tile normalises on its
+    own), else the largest multiple of 64 pixels that fits, at least MIN_VAE_TILE. Unknown free
+    memory counts as enough."""
+    h, w = (int(s) for s in size_hw)
+    # the float32 result buffer and the stage's input live beside the tile's activations
+    buffers = h * w * 4 * (3 + 3 if stage == "decode" else 3 + 8 / LATENT_FACTOR**2)
+    budget = None if free_bytes is None else free_bytes - RESERVE_BYTES - buffers
+    if budget is None or working_memory(stage, None, (h, w), dtype) <= budget:
+        return None
+    per_px = dtype.itemsize * BYTES_PER_PIXEL[stage]
+    side = int(math.sqrt(max(budget, 0) / per_px)) // 64 * 64
+    return max(MIN_VAE_TILE, side)
+
+
+def check_vae_tile(vae_tile: int) -> int:
+    if not isinstance(vae_tile, int) or isinstance(vae_tile, bool) or (
+            vae_tile != 0 and (vae_tile < MIN_VAE_TILE or vae_tile % LATENT_FACTOR)):
+        raise PiSAError(f"vae_tile must be 0 (auto) or a multiple of {LATENT_FACTOR} of at least {MIN_VAE_TILE} "
+                        f"image pixels; got {vae_tile!r}.")
+    return vae_tile

@@ -1,0 +1,173 @@
+"""Every choice the front ends expose, in one place: mode lists, defaults, ranges, help texts, the
+dtype table and the dtype policy. The CLI's arguments and the ComfyUI nodes' input specs are
+built from the `Option` records below, so a default or a range is written exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from . import hardware
+from .errors import PiSAError
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------- constants
+
+LATENT_FACTOR = 8        # the SD VAE's latent is 8x smaller per side (three 2x downsamplings)
+MIN_WORK_SIDE = 64       # 8 latent pixels: the UNet's three 2x downsamplings need at least this
+VAE_OVERLAP_PX = 64      # feathered overlap between VAE tiles, image pixels
+VAE_TILE_AUTO = 0        # vae_tile 0: untiled when it fits in free memory, else the largest tile that does
+MAX_OUTPUT_PIXELS = 64 * 1024 * 1024    # 8192² output: a guard against typos like upscale 80
+# The small-input rule enlarges at most this much beyond the output (area), see geometry.working_size.
+MAX_WORK_AREA_FACTOR = 4.0
+
+COLOR_FIXES = ("adain", "wavelet", "none")
+GEOMETRIES = ("exact", "release")
+RESAMPLING = ("bicubic", "lanczos", "bilinear", "area", "nearest-exact")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")  # the loader node's saved order
+
+
+# ---------------------------------------------------------------------------------- dtype policy
+
+
+def auto_dtype(device: torch.device, probe: hardware.Probe | None = None) -> torch.dtype:
+    """The dtype `auto` means on `device`: bf16 where that device computes it natively (CUDA
+    compute capability >= 8; CPUs with AVX512-BF16/AMX or Arm BF16), else fp16 on GPUs and fp32 on
+    CPUs. cuDNN has no bf16 convolutions below capability 8, and CPUs without native bf16 emulate
+    it more slowly than fp32; fp16 on a CPU is slower than fp32."""
+    probe = probe or hardware.Probe()
+    if device.type == "cuda":
+        return torch.bfloat16 if probe.cuda_capability(device)[0] >= 8 else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    if device.type == "cpu" and probe.cpu_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtype(name, device: torch.device, probe: hardware.Probe | None = None) -> torch.dtype:
+    """'auto' / None / 'fp32' / 'fp16' / 'bf16' / a torch.dtype -> torch.dtype."""
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise PiSAError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {name}.")
+        return name
+    if name in (None, "auto"):
+        return auto_dtype(device, probe)
+    if name not in DTYPES:
+        raise PiSAError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {name!r}.")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def auto_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
+    """NHWC convolutions where they pay: on GPUs, and for bf16 on CPUs (oneDNN's bf16 kernels want
+    channels-last; bf16 in NCHW gains ~1.3x instead of ~4x). fp32 on the CPU stays NCHW, which
+    keeps it bit-comparable with the release's layout."""
+    return device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------- option records
+
+
+@dataclass(frozen=True)
+class Option:
+    """One user-facing setting. `name` is the Python keyword; `node_name` the ComfyUI input name
+    where it differs; min/max/step bound the node widget (and the CLI where set)."""
+
+    name: str
+    kind: type
+    default: object
+    help: str
+    choices: tuple = ()
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    node_name: str | None = None
+    slider: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: dict[str, Option] = {o.name: o for o in (
+    Option("upscale", float, 4.0, "Output size = input size × this factor (rounded). PiSA-SR was trained for 4×.",
+           min=1.0, max=16.0, step=0.05, node_name="upscale_by"),
+    Option("lambda_pix", float, 1.0, "Pixel-level guidance λ_pix: higher removes more degradation (noise, JPEG) "
+           "and sharpens edges; too high over-smooths.", min=0.0, max=3.0, step=0.05, slider=True),
+    Option("lambda_sem", float, 1.0, "Semantic-level guidance λ_sem: higher adds generated detail and texture; "
+           "too high invents content and artifacts. 0 = pixel LoRA only.", min=0.0, max=3.0, step=0.05, slider=True),
+    Option("color_fix", str, "adain", "Colour correction against the enlarged low-quality image: adain (the "
+           "release's default, mean/std per channel), wavelet (keeps the input's low frequencies) or none.",
+           choices=COLOR_FIXES),
+    Option("resampling", str, "bicubic", "How the low-quality image is enlarged before the model "
+           "(the release uses bicubic).", choices=RESAMPLING),
+    Option("latent_tile", int, 96, "UNet tile size in latent pixels (×8 image pixels); tiling starts when the "
+           "latent is larger than tile². Lower it if you run out of memory.", min=16, max=512, step=8),
+    Option("latent_overlap", int, 32, "Overlap between UNet tiles in latent pixels (blended with Gaussian "
+           "weights).", min=0, max=256, step=8),
+    Option("vae_tile", int, VAE_TILE_AUTO, "VAE tile size in image pixels (a multiple of 8, at least 128); 0 = "
+           "auto: untiled when the image fits in free memory, else the largest tile that fits. Tiling "
+           "changes pixels slightly (each tile normalises on its own).", min=0, max=8192, step=64),
+    Option("process_size", int, 512, "Outputs whose short side is below this are computed at this size and "
+           "resized back (the model was trained at 512, as in the release); the enlargement is bounded for "
+           f"thin images (working area at most {MAX_WORK_AREA_FACTOR:g}× process_size²). 0 = always work at "
+           "the output size.", min=0, max=4096, step=8),
+    Option("geometry", str, "exact", "exact: the output is exactly round(upscale × input size); release: the "
+           "authors' Pillow resizing (whole factors only), for numerical parity.", choices=GEOMETRIES),
+    Option("tile_batch", int, 1, "Latent tiles per UNet call (faster on GPUs with memory to spare).", min=1, max=64),
+    Option("dtype", str, "auto", "Weight precision. auto: bf16 where the device computes it natively "
+           "(GPUs of compute capability 8+, CPUs with AVX512-BF16/AMX), else fp16 on GPUs and fp32 on CPUs.",
+           choices=DTYPE_CHOICES),
+    Option("sample", bool, False, "Encode with a seeded posterior sample (as the release does) instead of the "
+           "posterior mean."),
+    Option("seed", int, 0, "Seed of the posterior sample (with sample on).", min=0, max=2**31 - 1),
+)}
+
+# The keyword arguments of PiSAPipeline.__call__ that come from OPTIONS (everything but dtype,
+# which is a property of the loaded model).
+CALL_OPTIONS = tuple(n for n in OPTIONS if n != "dtype")
+
+
+def default(name: str):
+    return OPTIONS[name].default
+
+
+def node_input(name: str, **overrides) -> tuple:
+    """A ComfyUI input spec for the option: (type or choice list, {default, range, tooltip})."""
+    option = OPTIONS[name]
+    spec: dict = {"default": option.default, "tooltip": option.help}
+    for key in ("min", "max", "step"):
+        if getattr(option, key) is not None:
+            spec[key] = getattr(option, key)
+    if option.slider:
+        spec["display"] = "slider"
+    spec.update(overrides)
+    if option.choices:
+        return list(option.choices), spec
+    kind = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}[option.kind]
+    return kind, spec
+
+
+def add_cli_argument(parser: argparse.ArgumentParser, name: str, **overrides) -> None:
+    """`--<name>` with the option's type, default, choices and help."""
+    option = OPTIONS[name]
+    kwargs: dict = {"default": option.default, "help": f"{option.help} (default: {option.default})"}
+    if option.kind is bool:
+        kwargs["action"] = "store_true"
+    else:
+        kwargs["type"] = option.kind
+        if option.choices:
+            kwargs["choices"] = option.choices
+    kwargs.update(overrides)
+    parser.add_argument(option.flag, **kwargs)

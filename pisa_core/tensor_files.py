@@ -1,0 +1,152 @@
+"""The one safe reader of tensor files: `.safetensors` (memory-mapped, tensor by tensor) and
+torch pickles (`.pkl`, `.ckpt`, `.pt`, `.pth`, `.bin`) read only with `weights_only=True`, so no
+pickled code ever runs. Every failure becomes one PiSAError line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .errors import PiSAError
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+def is_safetensors(path: Path) -> bool:
+    """Judge by content: torch.save zips start with 'PK', legacy pickles with 0x80, safetensors
+    with an 8-byte header length then '{'. Files too damaged to tell go by their extension."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if head[:4] == _ZIP_MAGIC or head[:1] == _PICKLE_MAGIC:
+        return False
+    if len(head) == 9 and head[8:9] == b"{":
+        return True
+    return path.suffix.lower() == ".safetensors"
+
+
+# safetensors dtype names -> torch dtypes (the ones SD and PiSA-SR files use, and their kin)
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+class SafetensorsFile:
+    """A safetensors file read tensor by tensor into buffers of their own.
+
+    The safetensors package maps the whole file; a 5 GB fp32 checkpoint then counts in the
+    process's resident memory until the map closes, while loading converts each tensor and drops
+    it. Reading each tensor with a plain read keeps the peak at the converted model's size. The
+    header is validated against the file before any tensor is read."""
+
+    def __init__(self, path, what: str):
+        self.path, self.what = Path(path), what
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as handle:
+                head = handle.read(8)
+                length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+                if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+                    raise ValueError(f"header length {length} does not fit a file of {size} bytes")
+                header = json.loads(handle.read(length))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise PiSAError(f"'{self.path}' is not a readable safetensors file ({what}): truncated or corrupted "
+                            f"({exc}).") from None
+        self.data_start = 8 + length
+        self.metadata = self._check_metadata(header.pop("__metadata__", {}) if isinstance(header, dict) else None)
+        self.entries = self._check_entries(header, size - self.data_start)
+        self.keys = list(self.entries)
+
+    def _fail(self, detail: str):
+        raise PiSAError(f"'{self.path}' is not a readable safetensors file ({self.what}): truncated or corrupted "
+                        f"({detail}).")
+
+    def _check_metadata(self, metadata) -> dict[str, str]:
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            self._fail("its metadata is not a map of strings")
+        return dict(metadata)
+
+    def _check_entries(self, header, data_length: int) -> dict:
+        if not isinstance(header, dict):
+            self._fail("its header is not a JSON object")
+        entries = {}
+        for key, info in header.items():
+            try:
+                dtype = SAFETENSORS_DTYPES[info["dtype"]]
+                shape = [int(s) for s in info["shape"]]
+                start, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                self._fail(f"tensor '{key}' has an unknown dtype or a malformed entry")
+            numel = math.prod(shape)
+            if min(shape, default=0) < 0 or not 0 <= start <= end <= data_length or \
+                    end - start != numel * dtype.itemsize:
+                self._fail(f"tensor '{key}' lies outside the file or does not match its shape")
+            entries[key] = (dtype, shape, start)
+        return entries
+
+    def get(self, key: str) -> torch.Tensor:
+        dtype, shape, start = self.entries[key]
+        tensor = torch.empty(shape, dtype=dtype)
+        view = tensor.reshape(-1).view(torch.uint8).numpy()
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.data_start + start)
+                read = handle.readinto(view)
+        except OSError as exc:
+            raise PiSAError(f"'{self.path}': tensor '{key}' cannot be read ({exc}).") from None
+        if read != view.size:
+            raise PiSAError(f"'{self.path}' is truncated: tensor '{key}' is incomplete.")
+        return tensor
+
+    def items(self, keys=None) -> Iterator[tuple[str, torch.Tensor]]:
+        for key in self.keys if keys is None else keys:
+            yield key, self.get(key)
+
+    def read_all(self) -> dict[str, torch.Tensor]:
+        return dict(self.items())
+
+
+def load_pickle(path, what: str) -> object:
+    """torch.load(weights_only=True) on the CPU (memory-mapped when the file is a zip). A file that
+    would need code to unpickle is refused, never retried unsafely."""
+    path = Path(path)
+    mmap = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - any failure to read untrusted bytes is the file's fault
+        message = str(exc)
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        if code or "weights only" in message.lower():
+            what_runs = f" ('{code[1]}')" if code else ""
+            raise PiSAError(
+                f"'{path}' was refused for safety: it is a pickle that would run code{what_runs}, while "
+                f"{what} hold only tensors (and lists, ints and strings); convert it to .safetensors with a "
+                "tool you trust and load that file instead.") from None
+        raise PiSAError(f"'{path}' could not be read as {what}: it is corrupted or not a torch.save file "
+                        f"({type(exc).__name__}).") from None
+
+
+def read_tensors(path, what: str) -> dict[str, torch.Tensor]:
+    """All tensors of a single-file checkpoint (safetensors or pickle). A top-level `state_dict`
+    wrapper is unwrapped; non-tensor entries (e.g. `global_step`) are dropped."""
+    path = Path(path)
+    if is_safetensors(path):
+        return SafetensorsFile(path, what).read_all()
+    data = load_pickle(path, what)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
+    if not tensors:
+        raise PiSAError(f"'{path}' holds no tensors; expected {what}.")
+    return tensors
