@@ -1,13 +1,24 @@
 """Shared pieces of the benchmarks: the real-size SD2.1-base architecture with random weights,
-random PiSA-SR LoRAs of the release's shape, peak-RSS bookkeeping and timing."""
+random PiSA-SR LoRAs of the release's shape, the pipeline's stages run one by one with a clock and
+a peak-RSS reading each, child processes (one measurement each, failures counted), the machine's
+description and timing helpers.
+
+PISA_BENCH_TINY=1 in the environment (cpu_speed.py --quick sets it, child processes inherit it)
+swaps the real-size architecture for the tests' tiny SD2-structured models: a smoke test of every
+script's plumbing in a minute, with meaningless figures."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,14 +27,21 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the release-structure reference lives with the tests
+sys.path.insert(0, str(ROOT / "tests"))  # the release-structure reference and the file writers live with the tests
 
 from pisa_core.base_model import BaseModel  # noqa: E402
 from pisa_core.checkpoint import PiSAWeights  # noqa: E402
-from pisa_core.lora import LoRAFamily, release_target_modules  # noqa: E402
+from pisa_core.options import LATENT_FACTOR  # noqa: E402
+import tiny_models  # noqa: E402
+from pisa_files import random_pisa_weights  # noqa: E402
 
 CONFIGS = ROOT / "pisa_core" / "configs"
+TINY = os.environ.get("PISA_BENCH_TINY") == "1"
+
+
+# ------------------------------------------------------------------------------ random models
 
 
 def _config(name: str) -> dict:
@@ -31,16 +49,22 @@ def _config(name: str) -> dict:
 
 
 def sd21_unet() -> UNet2DConditionModel:
+    if TINY:
+        return tiny_models.tiny_unet().requires_grad_(False)
     torch.manual_seed(0)
     return UNet2DConditionModel(**_config("unet")).eval().requires_grad_(False)
 
 
 def sd21_vae() -> AutoencoderKL:
+    if TINY:
+        return tiny_models.tiny_vae().requires_grad_(False)
     torch.manual_seed(1)
     return AutoencoderKL(**_config("vae")).eval().requires_grad_(False)
 
 
 def sd21_text_encoder() -> CLIPTextModel:
+    if TINY:
+        return tiny_models.tiny_text_encoder().requires_grad_(False)
     torch.manual_seed(2)
     return CLIPTextModel(CLIPTextConfig(**_config("text_encoder"))).eval().requires_grad_(False)
 
@@ -48,28 +72,73 @@ def sd21_text_encoder() -> CLIPTextModel:
 def sd21_base() -> BaseModel:
     """SD2.1-base architecture, random weights; the empty-prompt embedding is random too (timing
     does not depend on values)."""
-    embeds = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(3))
-    return BaseModel(unet=sd21_unet(), vae=sd21_vae(), prompt_embeds=embeds, scaling_factor=0.18215,
+    unet = sd21_unet()
+    embeds = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(3))
+    return BaseModel(unet=unet, vae=sd21_vae(), prompt_embeds=embeds, scaling_factor=0.18215,
                      source="random SD2.1-base architecture", kind="random")
 
 
-def random_family(unet, rank: int = 4, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    modules = dict(unet.named_modules())
-    factors = {}
-    for name in release_target_modules(unet):
-        w = modules[name].weight
-        a_shape = (rank, w.shape[1], *w.shape[2:]) if w.dim() == 4 else (rank, w.shape[1])
-        b_shape = (w.shape[0], rank, 1, 1) if w.dim() == 4 else (w.shape[0], rank)
-        factors[name] = (torch.randn(a_shape, generator=g) * 0.01, torch.randn(b_shape, generator=g) * 0.01)
-    return factors
-
-
 def random_weights(unet) -> PiSAWeights:
-    """Rank-4 pix and sem LoRAs on the release's 258 target modules."""
-    return PiSAWeights(pix=LoRAFamily(4, 8.0, random_family(unet, seed=10)),
-                       sem=LoRAFamily(4, 8.0, random_family(unet, seed=11)),
-                       format="random", source="random PiSA-SR weights")
+    """Rank-4 pix and sem LoRAs (alpha 8) on the release's 258 target modules, non-zero like trained ones."""
+    return random_pisa_weights(unet, rank=4, seed=10)
+
+
+def lq_image(side: int, batch: int = 1) -> torch.Tensor:
+    """A smooth random RGB image [B, side, side, 3] in [0, 1] (structure, not noise, like a photo)."""
+    coarse = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear").permute(0, 2, 3, 1)
+
+
+# ------------------------------------------------------------------------------ the stages, timed
+
+
+def run_stages(pipe, images, lambda_pix: float = 1.0, lambda_sem: float = 1.0, *, vae_tile: int = 0,
+               latent_tile: int = 96) -> tuple[torch.Tensor, dict]:
+    """One upscale through the pipeline's public stages, one by one (what pipe(...) does), with
+    the seconds and the peak RSS of each stage (the peak restarts at every stage) and the VAE tile
+    each VAE stage runs with (`pipe.vae_tile_for`). Returns (output, {stage: {...}})."""
+    from pisa_core.guidance import plan_passes
+
+    stages: dict[str, dict] = {}
+
+    @contextlib.contextmanager
+    def timed(stage: str, **extra):
+        reset_peak_rss()
+        start = time.perf_counter()
+        yield
+        sync(pipe.device)
+        stages[stage] = {"seconds": time.perf_counter() - start, "peak_rss_gib": current_peak_rss_gib(), **extra}
+
+    with torch.inference_mode():
+        with timed("prepare"):
+            pixels, plan = pipe.prepare(images)
+        with timed("encode", vae_tile=pipe.vae_tile_for("encode", pixels.shape[-2:], vae_tile)):
+            latent = pipe.encode(pixels, vae_tile=vae_tile)
+        del pixels
+        with timed("unet"):
+            eps = pipe.predict_eps(latent, need=plan_passes(lambda_pix, lambda_sem).branches,
+                                   latent_tile=latent_tile)
+        with timed("guide"):
+            z_high = pipe.guide(latent, eps, lambda_pix, lambda_sem)
+        del latent, eps
+        size = [s * LATENT_FACTOR for s in z_high.shape[-2:]]
+        with timed("decode", vae_tile=pipe.vae_tile_for("decode", size, vae_tile)):
+            decoded = pipe.decode(z_high, vae_tile=vae_tile)
+        with timed("finish"):
+            out = pipe.finish(decoded, plan)
+    return out, stages
+
+
+def median_stages(runs: list[dict]) -> dict:
+    """Per stage, the median seconds and the largest peak RSS of several run_stages results."""
+    merged = {}
+    for stage in runs[0]:
+        merged[stage] = {**runs[0][stage], "seconds": statistics.median(r[stage]["seconds"] for r in runs),
+                         "peak_rss_gib": max(r[stage]["peak_rss_gib"] for r in runs)}
+    return merged
+
+
+# ------------------------------------------------------------------------------ memory and time
 
 
 def peak_rss_gib() -> float:
@@ -101,14 +170,94 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn, repeats: int, device: torch.device, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
+# ------------------------------------------------------------------------------ child processes
+
+
+class Children:
+    """Measurements in child processes whose last stdout line is a JSON object. A child that
+    exits non-zero or prints no JSON is reported on stderr and counted in `failed`; the scripts
+    exit with `exit_code()` so that any failed measurement fails the run."""
+
+    def __init__(self):
+        self.failed: list[str] = []
+
+    def run(self, label: str, cmd: list[str], env: dict | None = None) -> dict | None:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if done.returncode == 0:
+            try:
+                return json.loads(done.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                pass
+        self.fail(label, f"exit code {done.returncode}\n{done.stderr[-3000:]}")
+        return None
+
+    def fail(self, label: str, why: str) -> None:
+        print(f"{label}: FAILED ({why})", file=sys.stderr, flush=True)
+        self.failed.append(label)
+
+    def exit_code(self) -> int:
+        if self.failed:
+            print(f"{len(self.failed)} measurement(s) failed: {', '.join(self.failed)}", file=sys.stderr)
+            return 1
+        return 0
+
+
+def measure_process(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a whole process: wall seconds from its start to its exit, its own peak RSS (wait4's
+    ru_maxrss, Linux KiB), exit code, stdout and stderr."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return {"seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20, "returncode": proc.returncode,
+                "stdout": out.read(), "stderr": err.read()}
+
+
+# ------------------------------------------------------------------------------ the machine
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (`uptime`)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info() -> dict:
+    """CPU model and features as torch sees them, torch version, threads, date."""
+    cpu = torch.cpu
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "cpu_model": cpu_model_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "amx_tile": bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
+            "avx512_bf16": bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
+            "logical_cpus": os.cpu_count()}
+    return info
+
+
+def cpu_model_name() -> str:
+    """lscpu's model name (else /proc/cpuinfo's, else platform's)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in text.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_results(name: str, data: dict, out: str | None = None) -> Path:
+    """JSON under benchmarks/results/ (git-ignored), or at `out`."""
+    target = Path(out) if out else RESULTS / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2))
+    return target

@@ -14,7 +14,11 @@ assert torch.cuda.is_available(), "no CUDA device"
 print(torch.cuda.get_device_name(0), "torch", torch.__version__, "bf16:", torch.cuda.is_bf16_supported())
 PY
 date -u +"%Y-%m-%d %H:%M UTC"
+# each script exits non-zero when one of its measurements failed: both still run, and this script
+# then exits non-zero too
+status=0
 python benchmarks/speed.py --device cuda --dtype bf16 --repeats 10 --out "$OUT/speed-cuda.json" --variants \
     ours-default ours-adjustable ours-adjustable-sequential ours-readjust ours-decode peft-unmerged-default \
-    ours-default-compiled ours-batch8
-python benchmarks/memory.py --device cuda --dtype bf16 --sizes 512 1024 4096 --out "$OUT/memory-cuda.json"
+    ours-default-compiled ours-batch8 || status=1
+python benchmarks/memory.py --device cuda --dtype bf16 --sizes 512 1024 4096 --out "$OUT/memory-cuda.json" || status=1
+exit $status

@@ -1,67 +1,53 @@
 """Speed and peak memory of one 128x128 -> 512x512 upscale on the real-size SD2.1-base
 architecture (random weights), ours against naive baselines, side by side in one run.
 
-    python benchmarks/speed.py [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats 3]
+    python benchmarks/speed.py [--device cpu|cuda] [--dtype auto|fp32|bf16|fp16] [--repeats 3]
 
-Each variant runs in its own process, so each peak RSS is its own. Prints a table and writes
-benchmarks/results/speed-<device>.json.
+Each variant runs in its own process, so each peak RSS is its own. Our full upscales run the
+pipeline's public stages one by one and report each stage's time. The release-structure variants
+always run in fp32 on the CPU (the structure of the authors' release, tests/release_reference.py).
+Prints a table, writes benchmarks/results/speed-<device>.json, and exits with 1 when any variant
+failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from common import (ROOT, current_peak_rss_gib, median_time, random_weights, reset_peak_rss, sd21_base,
-                    sd21_text_encoder)
+from common import (Children, current_peak_rss_gib, lq_image, median_stages, random_weights,
+                    reset_peak_rss, run_stages, sd21_base, sd21_text_encoder, sync, write_results)
 
 VARIANTS = {
     "ours-default": "ours, λ=(1,1): one pass on merged weights",
     "ours-adjustable": "ours, λ=(0.8,1.2): pix and pix+sem as one batch of two",
     "ours-adjustable-sequential": "ours, λ=(0.8,1.2): the two passes one after the other",
-    "ours-readjust": "ours: new λ from cached ε (combination + decode + colour fix)",
-    "ours-decode": "ours: VAE decode + colour fix alone (the floor of a re-adjust)",
+    "ours-readjust": "ours: new λ from cached ε (guide + decode + finish)",
+    "ours-decode": "ours: VAE decode + finish alone (the floor of a re-adjust)",
     "ours-default-compiled": "ours, λ=(1,1), torch.compile (compile time excluded)",
     "ours-batch8": "ours, λ=(1,1), a batch of 8 images; seconds per image",
     "peft-unmerged-default": "naive: six peft adapters active, unmerged, one pass",
-    "release-default": "release structure, default: merged PiSA, prompt encoded per image",
-    "release-adjustable": "release structure, λ=(0.8,1.2): 3 weight sets swapped, sequential passes",
+    "release-default": "release structure, default: merged PiSA, prompt encoded per image (fp32)",
+    "release-adjustable": "release structure, λ=(0.8,1.2): 3 weight sets swapped, sequential passes (fp32)",
 }
 
 OPTIONAL = ("ours-default-compiled", "ours-batch8")  # GPU script; slow and uninformative on a CPU
+LQ_SIDE = 128
 
 
-def _lq(device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    coarse = torch.rand(1, 3, 32, 32, generator=g)
-    return torch.nn.functional.interpolate(coarse, size=(128, 128), mode="bilinear").permute(0, 2, 3, 1)
+def _lambdas(variant: str) -> tuple[float, float]:
+    return (0.8, 1.2) if "adjustable" in variant else (1.0, 1.0)
 
 
-def _official_pkl(weights, folder: Path) -> Path:
-    """The random weights in the release's .pkl layout (for the release-structure baselines)."""
-    from pisa_core.lora import module_group
-
-    state = {"state_dict_unet": {}}
-    for kind, family in (("pix", weights.pix), ("sem", weights.sem)):
-        state[f"lora_rank_unet_{kind}"] = family.rank
-        for group in ("encoder", "decoder", "others"):
-            state[f"unet_lora_{group}_modules_{kind}"] = [n for n in family.factors if module_group(n) == group]
-        for name, (down, up) in family.factors.items():
-            adapter = f"default_{module_group(name)}_{kind}"
-            state["state_dict_unet"][f"{name}.lora_A.{adapter}.weight"] = down
-            state["state_dict_unet"][f"{name}.lora_B.{adapter}.weight"] = up
-    path = folder / "pisa_sr.pkl"
-    torch.save(state, path)
-    return path
-
-
-def _ours(variant, device, dtype, repeats):
+def _ours(variant, device, dtype):
+    """(run() -> (output, stages or None), images per run) for one of our variants."""
     from pisa_core.guidance import PISA, PIX
     from pisa_core.pipeline import PiSAPipeline
 
@@ -76,57 +62,56 @@ def _ours(variant, device, dtype, repeats):
     cls = SequentialPasses if variant == "ours-adjustable-sequential" else PiSAPipeline
     pipe = cls(base, random_weights(base.unet), device=device, dtype=dtype,
                compile=variant == "ours-default-compiled")
-    image = _lq(device)
-    if variant == "ours-batch8":
-        batch = image.repeat(8, 1, 1, 1).to(device)
-        return lambda: pipe(batch), 8
+    images = lq_image(LQ_SIDE, batch=8 if variant == "ours-batch8" else 1)
     if variant in ("ours-readjust", "ours-decode"):
-        from pisa_core.colorfix import apply_color_fix
-        from pisa_core.geometry import prepare_exact
-
-        prepared = prepare_exact(image.permute(0, 3, 1, 2).to(device), 4, 512)
-        latent = pipe.encode(prepared.pixels)
-        eps = pipe.predict_eps(latent)
+        with torch.inference_mode():
+            pixels, plan = pipe.prepare(images)
+            latent = pipe.encode(pixels)
+            eps = pipe.predict_eps(latent)  # both branches, as a λ slider has them cached
 
         def run():
-            z = pipe.guided_latent(latent, 0.7, 1.3, eps=eps) if variant == "ours-readjust" else latent
-            out = (pipe.decode(z) * 0.5 + 0.5).clamp(0, 1)
-            return apply_color_fix(out, prepared.reference, "adain")
+            with torch.inference_mode():
+                z = pipe.guide(latent, eps, 0.7, 1.3) if variant == "ours-readjust" else latent
+                return pipe.finish(pipe.decode(z), plan), None
         return run, 1
-    lambdas = (1.0, 1.0) if variant == "ours-default" else (0.8, 1.2)
-    return (lambda: pipe(image.to(device), lambda_pix=lambdas[0], lambda_sem=lambdas[1])), 1
+    return (lambda: run_stages(pipe, images, *_lambdas(variant))), len(images)
 
 
-def _baseline(variant, device, dtype, repeats, tmp: Path):
+def _baseline(variant, device, dtype, tmp: Path):
+    """(run() -> (output, None), 1) for a naive or release-structure baseline."""
     from PIL import Image
 
+    from pisa_core.base_model import empty_prompt_ids
+    from pisa_files import write_official_pkl
     from release_reference import ReleaseStyleSR, adain_reference, attach_unmerged
 
     base = sd21_base()
-    pkl = _official_pkl(random_weights(base.unet), tmp)
+    pkl = tmp / "pisa_sr.pkl"
+    write_official_pkl(base.unet, pkl)
     text_encoder = sd21_text_encoder()
-    lq = Image.fromarray((_lq("cpu")[0].numpy() * 255).round().astype("uint8"))
+    lq = lq_image(LQ_SIDE)
     if variant == "peft-unmerged-default":
         attach_unmerged(base.unet, pkl)
         unet, vae = base.unet.to(device, dtype), base.vae.to(device, dtype)
-        ids = torch.tensor([[49406, 49407] + [0] * 75], device=device)
+        ids = empty_prompt_ids(text_encoder.config.vocab_size).to(device)
         text_encoder.to(device, dtype)
 
         @torch.no_grad()
         def run():
-            ref = torch.nn.functional.interpolate(_lq(device).permute(0, 3, 1, 2).to(device), size=(512, 512),
+            ref = torch.nn.functional.interpolate(lq.permute(0, 3, 1, 2).to(device), scale_factor=4,
                                                   mode="bicubic").clamp(0, 1)
             embeds = text_encoder(ids)[0]
             z = vae.encode((ref * 2 - 1).to(dtype)).latent_dist.mean * 0.18215
             eps = unet(z, torch.tensor([1], device=device), encoder_hidden_states=embeds).sample
             out = (vae.decode((z - eps) / 0.18215).sample.clamp(-1, 1) * 0.5 + 0.5).float()
-            return adain_reference(out, ref.float())
+            return adain_reference(out, ref.float()), None
         return run, 1
-    if device.type != "cpu" or dtype != torch.float32:
-        raise SystemExit("the release-structure baseline runs on CPU in fp32 only")
+    if device.type != "cpu":
+        raise SystemExit("the release-structure baseline runs on the CPU (in fp32) only")
     model = ReleaseStyleSR(base.unet, base.vae, text_encoder, None, pkl, default=(variant == "release-default"),
                            lambda_pix=0.8, lambda_sem=1.2)
-    return (lambda: model.upscale(lq, upscale=4, process_size=512)), 1
+    image = Image.fromarray((lq[0].numpy() * 255).round().astype("uint8"))
+    return (lambda: (model.upscale(image, upscale=4, process_size=512), None)), 1
 
 
 def _device_name(device: torch.device) -> str:
@@ -135,51 +120,72 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
-def run_variant(variant: str, device: str, dtype: str, repeats: int) -> dict:
-    from pisa_core.pipeline import resolve_dtype
+def run_variant(variant: str, device: str, dtype: str, repeats: int, save_output: str | None = None) -> dict:
+    """One variant in this process: a warm-up, then `repeats` timed runs (median); stage times
+    for our full upscales; peak RSS of the timed runs (loading excluded) and of loading."""
+    from pisa_core.options import dtype_name, resolve_dtype
 
     device = torch.device(device)
-    dtype_t = resolve_dtype(dtype, device)
+    dtype_t = torch.float32 if variant.startswith("release") else resolve_dtype(dtype, device)
     with tempfile.TemporaryDirectory() as tmp:
         if variant.startswith("ours"):
-            run, images = _ours(variant, device, dtype_t, repeats)
+            run, images = _ours(variant, device, dtype_t)
         else:
-            run, images = _baseline(variant, device, dtype_t, repeats, Path(tmp))
+            run, images = _baseline(variant, device, dtype_t, Path(tmp))
         load_peak = current_peak_rss_gib()
+        output, _ = run()  # warm-up
         reset_peak_rss()
-        with torch.inference_mode():
-            seconds = median_time(run, repeats, device) / images
-    result = {"variant": variant, "seconds": seconds, "peak_rss_gib": current_peak_rss_gib(),
-              "load_peak_rss_gib": load_peak, "device_name": _device_name(device), "dtype": str(dtype_t)}
+        times, stage_runs = [], []
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            output, stages = run()
+            sync(device)
+            times.append(time.perf_counter() - start)
+            if stages is not None:
+                stage_runs.append(stages)
+    result = {"variant": variant, "seconds": statistics.median(times) / images, "times": times,
+              "peak_rss_gib": current_peak_rss_gib(), "load_peak_rss_gib": load_peak,
+              "device_name": _device_name(device), "dtype": dtype_name(dtype_t)}
+    if stage_runs:
+        result["stages"] = median_stages(stage_runs)
     if device.type == "cuda":
         result["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if save_output:
+        torch.save(output.float().cpu(), save_output)
     return result
 
 
-def main() -> None:
+def variant_command(variant: str, device: str, dtype: str, repeats: int, save_output: str | None = None) -> list:
+    """The command that measures one variant in its own process (its last stdout line is JSON)."""
+    cmd = [sys.executable, __file__, "--variant", variant, "--device", device, "--dtype", dtype,
+           "--repeats", str(repeats)]
+    return cmd + (["--save-output", save_output] if save_output else [])
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--dtype", default="auto", help="our variants' dtype (release structure: always fp32)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed-<device>.json)")
-    parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in OPTIONAL])
+    parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in OPTIONAL],
+                        choices=list(VARIANTS))
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in a child process
+    parser.add_argument("--save-output", help=argparse.SUPPRESS)  # the child saves its output tensor here
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.device, args.dtype, args.repeats)))
-        return
+        print(json.dumps(run_variant(args.variant, args.device, args.dtype, args.repeats, args.save_output)))
+        return 0
+    children = Children()
     results = []
     for variant in args.variants:
-        cmd = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--dtype", args.dtype,
-               "--repeats", str(args.repeats)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            print(f"{variant}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        r = results[-1]
-        print(f"{variant:28s} {r['seconds']:8.3f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
+        r = children.run(variant, variant_command(variant, args.device, args.dtype, args.repeats))
+        if r is not None:
+            results.append(r)
+            print(f"{variant:28s} {r['seconds']:8.3f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
     report(results, args)
+    return children.exit_code()
 
 
 def report(results: list[dict], args) -> None:
@@ -198,20 +204,18 @@ def report(results: list[dict], args) -> None:
                                   if "ours-readjust" in by and "ours-decode" in by else None),
         "compiled / eager default": ratio("ours-default-compiled", "ours-default"),
     }
-    print("\n| variant | what | median s | peak RSS GiB (run) |\n|---|---|---|---|")
+    print("\n| variant | what | dtype | median s | peak RSS GiB (run) |\n|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['variant']} | {VARIANTS[r['variant']]} | {r['seconds']:.3f} | {r['peak_rss_gib']:.2f} |")
+        print(f"| {r['variant']} | {VARIANTS[r['variant']]} | {r['dtype']} | {r['seconds']:.3f} | "
+              f"{r['peak_rss_gib']:.2f} |")
     print("\n| ratio | value |\n|---|---|")
     for name, value in ratios.items():
         if value is not None:
             print(f"| {name} | {value:.2f} |")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
-    target = Path(args.out) if args.out else out / f"speed-{args.device}.json"
-    target.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
+    write_results(f"speed-{args.device}.json", {"meta": meta, "results": results, "ratios": ratios}, args.out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

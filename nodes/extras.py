@@ -17,12 +17,15 @@ from .stages import (
     CATEGORY,
     COLOR_REF_INPUT,
     IMAGE_INPUT,
+    META,
     MODEL_INPUT,
+    REGION_INPUTS,
     branch_eps,
     check_model,
     decode_latent,
     encode_images,
     guided,
+    region_lambdas,
     samples,
 )
 
@@ -52,23 +55,24 @@ class PiSAUpscale:
             "latent_overlap": node_input("latent_overlap"),
             "vae_tile": node_input("vae_tile"),
             "process_size": node_input("process_size"),
-        }}
+        }, "optional": REGION_INPUTS}
 
     def upscale(self, pisa_model, image, upscale_by=options.default("upscale"),
                 lambda_pix=options.default("lambda_pix"), lambda_sem=options.default("lambda_sem"),
                 color_fix=options.default("color_fix"), resampling=options.default("resampling"),
                 latent_tile=options.default("latent_tile"), latent_overlap=options.default("latent_overlap"),
-                vae_tile=options.default("vae_tile"), process_size=options.default("process_size")):
+                vae_tile=options.default("vae_tile"), process_size=options.default("process_size"), mask=None,
+                lambda_pix_masked=options.default("lambda_pix_masked"),
+                lambda_sem_masked=options.default("lambda_sem_masked")):
         check_model(pisa_model)
-        check_options(lambda_pix=lambda_pix, lambda_sem=lambda_sem, color_fix=color_fix, latent_tile=latent_tile,
-                      latent_overlap=latent_overlap, vae_tile=vae_tile)
         images = check_images(image, "the image input")
+        lambdas = region_lambdas(lambda_pix, lambda_sem, mask, lambda_pix_masked, lambda_sem_masked, images.shape[0])
+        check_options(color_fix=color_fix, latent_tile=latent_tile, latent_overlap=latent_overlap, vae_tile=vae_tile)
         progress = host.HOST.progress(images.shape[0] * 3 * STAGE_STEPS)
         latent = encode_images(pisa_model, images, upscale_by, resampling, vae_tile, process_size, progress)
         z = latent["samples"]
-        eps = branch_eps(pisa_model, z, latent_tile, latent_overlap, progress,
-                         branches=plan_passes(lambda_pix, lambda_sem).branches)
-        z_high = guided(pisa_model, z, eps, lambda_pix, lambda_sem)
+        eps = branch_eps(pisa_model, z, latent_tile, latent_overlap, progress, branches=plan_passes(*lambdas).branches)
+        z_high = guided(pisa_model, z, eps, *lambdas, plan=latent[META])
         return (decode_latent(pisa_model, latent, color_fix, vae_tile, None, progress, z=z_high),)
 
 

@@ -2,7 +2,8 @@
 
 `HOST` is a `ComfyHost` inside ComfyUI: the host's device choice, model management, free memory,
 progress bar, Cancel button and model folders. Without ComfyUI (tests, plain Python) it is a
-`PlainHost`: the CPU (or `PISA_SR_DEVICE`), no model management, the device's own free memory,
+`PlainHost`: the CPU (or `PISA_SR_DEVICE`), no model management (the weights stay on that
+device), the device's own free memory,
 no progress bar, Cancel only through `request_interrupt`, and model folders under
 `PISA_SR_MODELS_DIR` (default `./models`) or added with `add_folder`.
 """
@@ -58,7 +59,7 @@ class PlainHost:
         return hardware.parse_device(os.environ.get("PISA_SR_DEVICE", "cpu"))
 
     def offload_device(self) -> torch.device:
-        return torch.device("cpu")
+        return self.compute_device()  # no model management: the weights stay where they compute
 
     def free_memory(self, device: torch.device) -> int | None:
         return hardware.free_memory(device)

@@ -16,7 +16,7 @@ import torch
 from ..pisa_core import options
 from ..pisa_core.errors import PiSAError
 from ..pisa_core.geometry import Plan, check_images
-from ..pisa_core.guidance import PISA, PIX
+from ..pisa_core.guidance import PISA, PIX, masked_lambda
 from ..pisa_core.memory import MIN_VAE_TILE, working_memory
 from ..pisa_core.options import LATENT_FACTOR, node_input
 from ..pisa_core.pipeline import check_options, to_host
@@ -33,6 +33,14 @@ MODEL_INPUT = ("PISA_MODEL", {"tooltip": "The PiSA-SR model from a PiSA-SR Loade
 IMAGE_INPUT = ("IMAGE", {"tooltip": "The low-quality image(s) to super-resolve."})
 COLOR_REF_INPUT = ("IMAGE", {"tooltip": "Optional colour reference (usually the low-quality input image). "
                              "Without it, the image given to PiSA Encode is used."})
+# Region-aware guidance (appended optional inputs: saved workflows and API prompts stay valid)
+REGION_INPUTS = {
+    "mask": ("MASK", {"tooltip": "Optional region (drawn on the low-quality image, any size; 1 inside): there "
+                      "the masked λ apply, elsewhere the node's λ, blended for soft masks. One mask, or one "
+                      "per image of the batch. Changing it runs no UNet pass."}),
+    "lambda_pix_masked": node_input("lambda_pix_masked"),
+    "lambda_sem_masked": node_input("lambda_sem_masked"),
+}
 
 
 # ---------------------------------------------------------------- nodes
@@ -116,18 +124,20 @@ class PiSADualGuidance:
             "lambda_sem": node_input("lambda_sem"),
             "latent_tile": node_input("latent_tile"),
             "latent_overlap": node_input("latent_overlap"),
-        }}
+        }, "optional": REGION_INPUTS}
 
     def guide(self, pisa_model, latent, lambda_pix=options.default("lambda_pix"),
               lambda_sem=options.default("lambda_sem"), latent_tile=options.default("latent_tile"),
-              latent_overlap=options.default("latent_overlap")):
+              latent_overlap=options.default("latent_overlap"), mask=None,
+              lambda_pix_masked=options.default("lambda_pix_masked"),
+              lambda_sem_masked=options.default("lambda_sem_masked")):
         check_model(pisa_model)
         z = samples(latent)
-        check_options(lambda_pix=lambda_pix, lambda_sem=lambda_sem, latent_tile=latent_tile,
-                      latent_overlap=latent_overlap)
+        lambdas = region_lambdas(lambda_pix, lambda_sem, mask, lambda_pix_masked, lambda_sem_masked, z.shape[0])
+        check_options(latent_tile=latent_tile, latent_overlap=latent_overlap)
         progress = host.HOST.progress(z.shape[0] * STAGE_STEPS)
         eps = branch_eps(pisa_model, z, latent_tile, latent_overlap, progress)
-        return (dict(latent, samples=guided(pisa_model, z, eps, lambda_pix, lambda_sem)),)
+        return (dict(latent, samples=guided(pisa_model, z, eps, *lambdas, plan=plan_of(latent, z))),)
 
 
 class PiSADecode:
@@ -220,9 +230,32 @@ def branch_eps(model: PiSAModel, z: torch.Tensor, tile: int, overlap: int, progr
     return results
 
 
-def guided(model: PiSAModel, z: torch.Tensor, eps: list[dict], lambda_pix: float, lambda_sem: float) -> torch.Tensor:
-    """z_H per image from cached ε (pipeline.guide: no UNet pass), on the CPU."""
-    return torch.cat([to_host(model.pipe.guide(one, e, lambda_pix, lambda_sem)) for one, e in zip(z.split(1), eps)])
+def region_lambdas(lambda_pix, lambda_sem, mask, lambda_pix_masked, lambda_sem_masked, batch: int):
+    """(λ_pix, λ_sem): the node's numbers, or maps from a MASK ([H,W] or [B,H,W], 1 = inside)."""
+    check_options(lambda_pix=lambda_pix, lambda_sem=lambda_sem)
+    if mask is None:
+        return lambda_pix, lambda_sem
+    check_options(lambda_pix=lambda_pix_masked, lambda_sem=lambda_sem_masked)
+    if not torch.is_tensor(mask) or mask.dim() not in (2, 3) or (mask.dim() == 3 and mask.shape[0] not in (1, batch)):
+        shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+        raise PiSAError(f"The mask input must be a MASK [H,W] or [B,H,W] with B = 1 or {batch}, got {shape}.")
+    mask = mask.detach().float().cpu()
+    return (masked_lambda(lambda_pix, lambda_pix_masked, mask), masked_lambda(lambda_sem, lambda_sem_masked, mask))
+
+
+def _for_image(value, index: int):
+    """One image's λ: a number, or its slice of a batch of maps."""
+    if torch.is_tensor(value) and value.dim() == 3 and value.shape[0] > 1:
+        return value[index:index + 1]
+    return value
+
+
+def guided(model: PiSAModel, z: torch.Tensor, eps: list[dict], lambda_pix, lambda_sem, plan: Plan | None = None):
+    """z_H per image from cached ε (pipeline.guide: no UNet pass), on the CPU. λ maps are over the
+    low-quality input of `plan`."""
+    return torch.cat([to_host(model.pipe.guide(one, e, _for_image(lambda_pix, i), _for_image(lambda_sem, i),
+                                               plan=None if plan is None else plan.select(i)))
+                      for i, (one, e) in enumerate(zip(z.split(1), eps))])
 
 
 def plan_of(latent: dict, z: torch.Tensor) -> Plan:

@@ -94,7 +94,7 @@ class DualLoRAUNet(nn.Module):
         self.unet = unet
         modules = dict(unet.named_modules())
         self.sem_branches = nn.ModuleDict()
-        self._coef: torch.Tensor | None = None
+        self._chunks: torch.Tensor | None = None  # set for the duration of one forward
         for name, (down, up) in weights.sem.factors.items():
             branch = LowRankBranch(modules[name], down, up, weights.sem.scale)
             self.sem_branches[name.replace(".", "__")] = branch
@@ -102,11 +102,14 @@ class DualLoRAUNet(nn.Module):
 
     def _make_hook(self, branch: LowRankBranch):
         def hook(module, args, output):
-            coef = self._coef
-            if coef is None:
+            chunks = self._chunks
+            if chunks is None:
                 return output
-            shape = (-1,) + (1,) * (output.dim() - 1)
-            return output + coef.view(shape) * branch(args[0])
+            # c_b per chunk of the batch, broadcast over the chunk's samples without naming its size,
+            # so a compiled UNet keeps the batch dimension symbolic
+            n = chunks.numel()
+            coef = chunks.view((n,) + (1,) * output.dim())
+            return (output.unflatten(0, (n, -1)) + coef * branch(args[0]).unflatten(0, (n, -1))).flatten(0, 1)
 
         return hook
 
@@ -132,18 +135,17 @@ class DualLoRAUNet(nn.Module):
         batch = latents.shape[0]
         embeds = prompt_embeds.to(latents.device, latents.dtype).expand(batch, -1, -1)
         t = torch.full((1,), timestep, device=latents.device, dtype=torch.long)
-        self._coef = self._coefficients(sem_off, batch, latents)
+        self._chunks = self._chunk_coefficients(sem_off, batch, latents)
         try:
             return self.unet(latents, t, encoder_hidden_states=embeds, return_dict=False)[0]
         finally:
-            self._coef = None
+            self._chunks = None
 
     @staticmethod
-    def _coefficients(sem_off, batch, like) -> torch.Tensor | None:
+    def _chunk_coefficients(sem_off, batch, like) -> torch.Tensor | None:
+        """c per chunk of the batch: −1 removes Δ_sem (ε_pix), 0 keeps it (ε_PiSA); None: no branch."""
         if sem_off is None or not any(sem_off):
             return None
         if batch % len(sem_off):
             raise ValueError(f"batch {batch} does not split into {len(sem_off)} equal chunks")
-        chunk = batch // len(sem_off)
-        parts = [torch.full((chunk,), -1.0 if off else 0.0, device=like.device, dtype=like.dtype) for off in sem_off]
-        return torch.cat(parts)
+        return torch.tensor([-1.0 if off else 0.0 for off in sem_off], device=like.device, dtype=like.dtype)

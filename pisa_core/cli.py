@@ -1,25 +1,47 @@
-"""`pisa-sr`: upscale images, convert and inspect PiSA-SR weights (and train, with the extra)."""
+"""`pisa-sr`: upscale images, convert and inspect PiSA-SR weights (and train, with the extra).
+
+`pisa-sr upscale` checks everything it can before the model is loaded (options, device, every
+input's header, output names, output and working sizes, the output folder), never writes over an
+input, nor over an existing output unless --overwrite, writes every image whole or not at all,
+goes on past an input it cannot read, and ends with one summary line (SUMMARY below).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import options
 from .errors import PiSAError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under python -m
+
+# The loggers whose INFO lines the CLI shows: the core's modules and the nodes' logger.
+PROJECT_LOGGERS = ("pisa_core", "PiSA-SR")
+STAGE_NAMES = ("VAE encode", "UNet", "VAE decode")  # the three model stages of PiSAPipeline.__call__
+LONG_IMAGE_S = 10.0  # an image running longer than this gets a log line per finished stage
+LISTED_FAILURES = 5  # failed inputs named in the summary line
+
+
+# ----------------------------------------------------------------------------- parser
 
 
 def _add_upscale_parser(sub) -> None:
     p = sub.add_parser("upscale", help="super-resolve images", description=(
-        "Super-resolve images with PiSA-SR. INPUT may be files, folders or glob patterns."))
+        "Super-resolve images with PiSA-SR. INPUT may be files, folders or glob patterns. Existing outputs are "
+        "skipped (an error for a single input) unless --overwrite; an input is never written over."))
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("-o", "--output", required=True,
-                   help="output folder (or a file name when there is a single input)")
+                   help="output folder (<input name>.png per input), or a file name (.png, .tif, .jpg, .webp) "
+                        "when there is a single input")
     p.add_argument("--base", default=os.environ.get("PISA_SR_BASE"),
                    help="SD2.1-base: diffusers folder or single-file .safetensors/.ckpt (env PISA_SR_BASE)")
     p.add_argument("--weights", default=os.environ.get("PISA_SR_WEIGHTS"),
@@ -29,7 +51,10 @@ def _add_upscale_parser(sub) -> None:
         options.add_cli_argument(p, name)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
-                   help="PNG bit depth of the output (default: that of the input)")
+                   help="bit depth of the output; 16 needs a PNG or TIFF output (default: the input's where the "
+                        "output format holds it, else 8)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (inputs are never written over)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet and VAE (slow first image; faster later ones on GPUs)")
     options.add_cli_argument(p, "sample")
@@ -41,6 +66,7 @@ def _add_weights_parsers(sub) -> None:
     p = sub.add_parser("convert", help="convert the official pisa_sr.pkl to .safetensors")
     p.add_argument("source")
     p.add_argument("destination")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination file")
     p.set_defaults(func=_run_convert)
     p = sub.add_parser("info", help="describe a PiSA-SR weights file")
     p.add_argument("file")
@@ -62,41 +88,336 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _output_path(output: Path, source: Path, single: bool) -> Path:
-    if single and output.suffix.lower() in IMAGE_SUFFIXES:
-        return output
-    return output / (source.stem + ".png")
+# ----------------------------------------------------------------------------- logging
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record to the current sys.stderr (looked up per record, so a handler installed
+    once keeps working when the stream is replaced, as test runners do)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)
+
+
+def show_project_logs(level: int = logging.INFO) -> None:
+    """INFO lines of the project's loggers on stderr, as plain messages (they carry their own
+    'pisa-sr:' / 'PiSA-SR:' prefix); third-party loggers are left as they are."""
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+            logger.addHandler(_StderrHandler())
+        logger.setLevel(level)
+
+
+def quiet_libraries() -> None:
+    """No progress bars or INFO/WARNING chatter from transformers, diffusers and the Hugging Face
+    hub while models load: the CLI reports progress itself, one line per image."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    disable_progress_bars()
+
+
+# ----------------------------------------------------------------------------- output planning
+
+
+def file_identity(path: Path) -> tuple:
+    """What makes two paths the same file: device and inode when it exists (hard and symbolic
+    links included), else the absolute path with symbolic links resolved."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ("path", os.path.normcase(os.path.realpath(path)))
+    return ("inode", stat.st_dev, stat.st_ino)
+
+
+def check_targets(pairs: list[tuple[Path, Path]], output_flag: str = "-o") -> None:
+    """Refuse, before any work, an output that is one of the inputs (never written over, even with
+    --overwrite) and two inputs that would be written to the same file."""
+    inputs = {file_identity(source) for source, _ in pairs}
+    claimed: dict[tuple, Path] = {}
+    for source, target in pairs:
+        key = file_identity(target)
+        if key in inputs:
+            raise PiSAError(f"The output {str(target)!r} is an input file; inputs are never written over "
+                            f"(choose another {output_flag}).")
+        if key in claimed:
+            raise PiSAError(f"{str(claimed[key])!r} and {str(source)!r} would both be written to {str(target)!r}; "
+                            "rename one of them or run them separately.")
+        claimed[key] = source
+        if target.exists() and not target.is_file():
+            raise PiSAError(f"The output {str(target)!r} exists and is not a file.")
+
+
+def split_existing(pairs: list[tuple[Path, Path]], overwrite: bool, *, single: bool) -> tuple[list, list]:
+    """(pairs to write, pairs skipped because their output exists); with overwrite nothing is skipped.
+    For a run of a single input an existing output is an error instead of a silent no-op."""
+    if overwrite:
+        return list(pairs), []
+    todo = [pair for pair in pairs if not pair[1].exists()]
+    skipped = [pair for pair in pairs if pair[1].exists()]
+    if single and skipped:
+        raise PiSAError(f"The output {str(skipped[0][1])!r} exists; pass --overwrite to replace it.")
+    for _, target in skipped:
+        log.info("pisa-sr: skipping %s: it exists (--overwrite replaces it)", target)
+    return todo, skipped
+
+
+def _upscale_targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
+    """-o is a file name (by its image extension) for a single input, else a folder of <stem>.png."""
+    from .image_io import IMAGE_EXTENSIONS, WRITE_FORMATS
+
+    as_file = output.suffix.lower() in (*IMAGE_EXTENSIONS, *WRITE_FORMATS) and not output.is_dir()
+    if as_file and len(files) > 1:
+        raise PiSAError(f"-o {output} names one file, but there are {len(files)} inputs; give a folder.")
+    return [(source, output if as_file else output / (source.stem + ".png")) for source in files]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@dataclass
+class Job:
+    """One input and what will be made of it."""
+
+    source: Path
+    target: Path
+    in_size: tuple[int, int]    # (h, w)
+    out_size: tuple[int, int]
+    work_size: tuple[int, int]  # the size the model computes at (the small-input rule)
+    bit_depth: int
+    release_pil: bool           # fed as 8-bit RGB Pillow image (byte-exact with the release geometry)
+
+
+def _check_upscale_options(args) -> None:
+    """The options the core would only refuse after the model is loaded; one line naming the flag."""
+    from .guidance import check_lambda
+    from .pipeline import check_options
+
+    check_lambda(args.lambda_pix, "--lambda-pix")
+    check_lambda(args.lambda_sem, "--lambda-sem")
+    check_options(color_fix=args.color_fix, latent_tile=args.latent_tile, latent_overlap=args.latent_overlap,
+                  vae_tile=args.vae_tile, tile_batch=args.tile_batch)
+    if not (math.isfinite(args.upscale) and args.upscale > 0):
+        raise PiSAError(f"--upscale must be a positive finite number; got {args.upscale:g}.")
+    if args.geometry == "release" and args.upscale != int(args.upscale):
+        raise PiSAError(f"--geometry release takes whole --upscale factors only; got {args.upscale:g}.")
+    for name in ("process_size", "seed"):
+        option, value = options.OPTIONS[name], getattr(args, name)
+        if not option.min <= value <= option.max:
+            raise PiSAError(f"{option.flag} must be between {option.min:g} and {option.max:g}; got {value}.")
+
+
+class _PlanError(PiSAError):
+    """An output the options make impossible (too large, a format that cannot hold it): a flag to
+    change, so it stops the run before any work, unlike an unreadable input."""
+
+
+def _plan_job(source: Path, target: Path, args) -> Job:
+    """Header check (PiSAError: the input cannot be read), then the sizes, format and bit depth of
+    its output (_PlanError)."""
+    from .geometry import output_size, working_size
+    from .image_io import SIXTEEN_BIT_FORMATS, output_format, probe_image
+
+    info, (h, w) = probe_image(source)
+    try:
+        out = output_size(h, w, args.upscale)
+    except PiSAError as error:
+        raise _PlanError(f"{source}: {str(error).rstrip('.')} (--upscale).") from None
+    work = working_size(*out, args.process_size)
+    if work[0] * work[1] > options.MAX_OUTPUT_PIXELS:
+        raise _PlanError(f"{source}: the model would work at {work[1]}x{work[0]} for this {w}x{h} input, above the "
+                         f"{options.MAX_OUTPUT_PIXELS // 2**20} MP limit; lower --process-size.")
+    try:
+        depth = args.bit_depth or info.bit_depth
+        if args.bit_depth is None and output_format(target) not in SIXTEEN_BIT_FORMATS:
+            depth = 8  # the input's 16 bits do not fit this format; only an explicit --bit-depth 16 is an error
+        output_format(target, depth, info.channels)
+    except PiSAError as error:
+        raise _PlanError(str(error)) from None
+    release_pil = args.geometry == "release" and info.bit_depth == 8 and info.channels == 3
+    return Job(source, target, (h, w), out, work, depth, release_pil)
+
+
+@dataclass
+class Tally:
+    """What a run did, for the summary line."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0                     # processing time of the written images, model loading excluded
+    load_seconds: float | None = None
+    model: str | None = None                 # "<dtype> on <device>"
+
+    def fail(self, source: Path, error: BaseException) -> None:
+        message = " ".join(str(error).split())
+        self.failed.append((source, message))
+        log.error("pisa-sr: error: %s", message)
+
+
+def _plan_jobs(pairs: list[tuple[Path, Path]], args, single: bool, tally: Tally) -> list[Job]:
+    """Jobs for the inputs whose header reads; an unreadable input is reported and left out
+    (an error when it is the only input). An impossible output (_PlanError) stops the run here,
+    before the model loads."""
+    jobs = []
+    for source, target in pairs:
+        try:
+            jobs.append(_plan_job(source, target, args))
+        except _PlanError:
+            raise
+        except PiSAError as error:
+            if single:
+                raise
+            tally.fail(source, error)
+    return jobs
+
+
+# ----------------------------------------------------------------------------- running
+
+
+class _StageLog:
+    """progress(done, total) of one image -> a log line per finished model stage, once the image
+    has run longer than LONG_IMAGE_S (short images get only their completion line)."""
+
+    def __init__(self, label: str):
+        self.label, self.start, self.stage = label, time.perf_counter(), 0
+
+    def __call__(self, done: int, total: int) -> None:
+        stage = done * len(STAGE_NAMES) // max(1, total)
+        if stage <= self.stage:
+            return
+        self.stage = stage
+        elapsed = time.perf_counter() - self.start
+        if elapsed >= LONG_IMAGE_S:
+            log.info("pisa-sr: %s: %s done (stage %d of %d), %.0f s", self.label, STAGE_NAMES[stage - 1], stage,
+                     len(STAGE_NAMES), elapsed)
+
+
+def _upscale_one(pipe, job: Job, call: dict, label: str):
+    """Read and super-resolve one input -> [H, W, C] in [0, 1]."""
+    from .image_io import read_image, to_pil_8bit
+
+    image, _ = read_image(job.source)
+    batch = [to_pil_8bit(job.source)] if job.release_pil else image.unsqueeze(0)
+    return pipe(batch, progress=_StageLog(label), **call)[0]
+
+
+def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
+    """Every job in turn. An input that fails (unreadable pixels, out of memory) is reported and
+    the others go on; a failed write stops the run (the next image would fail the same way)."""
+    from . import memory
+    from .image_io import write_image
+
+    call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
+    for number, job in enumerate(jobs, 1):
+        label = f"[{number}/{len(jobs)}] {job.source.name}"
+        if state is not None:
+            print(f"process {state.process_index}: {job.source.name}", flush=True)
+        tic = time.perf_counter()
+        try:
+            result = _upscale_one(pipe, job, call, label)
+        except PiSAError as error:
+            tally.fail(job.source, error)
+            continue
+        except (RuntimeError, MemoryError) as error:
+            if not memory.is_oom(error):
+                raise
+            memory.release_cached_memory()
+            tally.fail(job.source, PiSAError(f"{job.source}: out of memory; lower --latent-tile or --vae-tile."))
+            continue
+        write_image(job.target, result, bit_depth=job.bit_depth, overwrite=args.overwrite)
+        seconds = time.perf_counter() - tic
+        tally.written.append(job.target)
+        tally.seconds += seconds
+        log.info("pisa-sr: %s -> %s (%s%s), %.1f s", label, job.target, _size_text(job.in_size, job.out_size),
+                 _work_text(job), seconds)
+
+
+def _size_text(in_size, out_size) -> str:
+    return f"{in_size[1]}x{in_size[0]} to {out_size[1]}x{out_size[0]}"
+
+
+def _work_text(job: Job) -> str:
+    return "" if job.work_size == job.out_size else f", computed at {job.work_size[1]}x{job.work_size[0]}"
+
+
+def _load_pipeline(args, device, tally: Tally):
+    from .pipeline import PiSAPipeline
+
+    quiet_libraries()
+    tic = time.perf_counter()
+    pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype, compile=args.compile)
+    tally.load_seconds = time.perf_counter() - tic
+    tally.model = f"{options.dtype_name(pipe.dtype)} on {pipe.device}"
+    return pipe
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def summary_line(tally: Tally) -> str:
+    """`pisa-sr: 3 images written, 4.87 s per image, model loaded in 6.2 s (bf16 on cpu)`, then
+    `; N skipped (...)` and `; N failed: names` when there are any. Benchmarks parse the first
+    part: keep its wording."""
+    count = len(tally.written)
+    parts = [f"{count} image{'' if count == 1 else 's'} written"]
+    if count:
+        parts.append(f"{tally.seconds / count:.2f} s per image")
+    if tally.load_seconds is not None:
+        parts.append(f"model loaded in {tally.load_seconds:.1f} s ({tally.model})")
+    line = "pisa-sr: " + ", ".join(parts)
+    if tally.skipped:
+        line += f"; {len(tally.skipped)} skipped (output exists; --overwrite replaces it)"
+    if tally.failed:
+        names = ", ".join(str(source) for source, _ in tally.failed[:LISTED_FAILURES])
+        more = ", ..." if len(tally.failed) > LISTED_FAILURES else ""
+        line += f"; {len(tally.failed)} failed: {names}{more}"
+    return line
+
+
+def _plan_upscale(args, state, tally: Tally) -> list[Job]:
+    """Everything checked before the model loads: options, output names (never an input, no
+    collisions), existing outputs, every input's header and planned sizes, the output folders."""
+    from .image_io import check_output_folder, list_inputs
+
+    _check_upscale_options(args)
+    files = list_inputs(args.inputs)
+    pairs = _upscale_targets(files, Path(args.output))
+    check_targets(pairs)
+    single = len(files) == 1
+    todo, skipped = split_existing(_my_share(pairs, state), args.overwrite, single=single)
+    tally.skipped = [target for _, target in skipped]
+    jobs = _plan_jobs(todo, args, single, tally)
+    for folder in dict.fromkeys(job.target.parent for job in jobs):
+        check_output_folder(folder)
+    return jobs
 
 
 def _run_upscale(args) -> int:
-    from tqdm import tqdm
-
-    from .image_io import list_inputs, read_image, to_pil_8bit, write_image
-    from .pipeline import PiSAPipeline
+    from .hardware import parse_device
 
     if not args.base or not args.weights:
         raise PiSAError("--base and --weights are required (or set PISA_SR_BASE and PISA_SR_WEIGHTS)")
-    files = list_inputs(args.inputs)
-    output = Path(args.output)
-    single = len(files) == 1
     state = _distributed_state()
-    device = args.device if args.device is not None else (state.device if state else None)
-    pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype, compile=args.compile)
-    mine = _my_share(files, state)
-    call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
-    bar = tqdm(mine, unit="img", disable=None, position=state.process_index if state else 0)
-    for path in bar:
-        bar.set_postfix_str(path.name)
-        if state is not None:
-            print(f"process {state.process_index}: {path.name}", flush=True)
-        image, info = read_image(path)
-        if args.geometry == "release" and info.bit_depth == 8 and info.channels == 3:
-            batch = [to_pil_8bit(path)]  # byte-exact with the release's Pillow steps
-        else:
-            batch = image.unsqueeze(0)
-        result = pipe(batch, **call)[0]
-        write_image(_output_path(output, path, single), result, bit_depth=args.bit_depth or info.bit_depth)
-    return 0
+    device = parse_device(args.device if args.device is not None else (state.device if state else None))
+    tally = Tally()
+    jobs = _plan_upscale(args, state, tally)
+    try:
+        if jobs:
+            pipe = _load_pipeline(args, device, tally)
+            _run_jobs(pipe, jobs, args, tally, state)
+    finally:
+        print(summary_line(tally), flush=True)
+    return 2 if tally.failed else 0
 
 
 def _distributed_state():
@@ -110,18 +431,26 @@ def _distributed_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _my_share(files, state):
+def _my_share(items: list, state) -> list:
     if state is None:
-        return files
-    with state.split_between_processes(files) as share:
+        return list(items)
+    with state.split_between_processes(list(items)) as share:
         return list(share)
+
+
+# ----------------------------------------------------------------------------- weights
 
 
 def _run_convert(args) -> int:
     from .checkpoint import convert_pisa_weights
+    from .image_io import check_output_folder
 
-    convert_pisa_weights(args.source, args.destination)
-    print(f"wrote {args.destination}")
+    destination = Path(args.destination)
+    if destination.exists() and not args.overwrite:
+        raise PiSAError(f"The destination {str(destination)!r} exists; pass --overwrite to replace it.")
+    check_output_folder(destination.parent, "destination folder")
+    convert_pisa_weights(args.source, destination)
+    print(f"wrote {destination}")
     return 0
 
 
@@ -142,20 +471,27 @@ def _run_info(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- entry
+
+
+def report_errors(run: Callable[[], int], prog: str = "pisa-sr") -> int:
+    """run() with the CLI's error contract: a PiSAError or an OS error is one line on stderr and
+    exit code 2; Ctrl-C is exit code 130."""
+    try:
+        return run()
+    except (PiSAError, OSError) as error:
+        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except PiSAError as error:
-        print(f"pisa-sr: error: {error}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
-        print(f"pisa-sr: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pisa-sr: interrupted", file=sys.stderr)
-        return 130
+    show_project_logs()
+    return report_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -266,6 +266,25 @@ def to_output_size(out01: torch.Tensor, plan: Plan) -> torch.Tensor:
     return resize(out01, plan.out_size, "bicubic")
 
 
+def map_to_latent(values: torch.Tensor, plan: Plan | None, latent_hw, batch: int) -> torch.Tensor:
+    """A map over the low-quality input ([h,w], [B,h,w] or [B,1,h,w], any resolution; e.g. λ of
+    region-aware guidance) on the latent grid, [B or 1, 1, *latent_hw] float32: enlarged like the
+    image (to the working size, padded like the pixels), then averaged over each latent pixel's
+    8×8 image pixels. Without a plan the map covers the latent as it is. Values are not clamped."""
+    m = values.float()
+    m = m.reshape(1, 1, *m.shape) if m.dim() == 2 else m.unsqueeze(1) if m.dim() == 3 else m
+    if m.shape[0] not in (1, batch):
+        raise PiSAError(f"a map for {m.shape[0]} images was given for a batch of {batch}; give 1 or {batch}.")
+    if plan is None:
+        return F.interpolate(m, size=tuple(latent_hw), mode="area")
+    shrinking = m.shape[-2] > plan.work_size[0] or m.shape[-1] > plan.work_size[1]
+    m = F.interpolate(m, size=plan.work_size, mode="bilinear", align_corners=False, antialias=shrinking)
+    padded = pad_for_vae(m)
+    if tuple(s // LATENT_FACTOR for s in padded.shape[-2:]) != tuple(latent_hw):
+        raise PiSAError(f"the map's plan is for a latent of {tuple(padded.shape[-2:])} // 8, not {tuple(latent_hw)}.")
+    return F.avg_pool2d(padded, LATENT_FACTOR)
+
+
 # --- release geometry -----------------------------------------------------------------------------
 
 

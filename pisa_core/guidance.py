@@ -30,12 +30,16 @@ def residual_latent(z_lq: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return z_lq - eps
 
 
+Lambda = float | torch.Tensor  # a guidance scale: one number, or a map of them (region-aware guidance)
+
+
 @dataclass(frozen=True)
 class PassPlan:
-    """Which ε a (λ_pix, λ_sem) pair needs, and how to combine them."""
+    """Which ε a (λ_pix, λ_sem) pair needs, and how to combine them. A λ is a number or a map
+    [B,1,h,w] on the latent grid; constant maps have been turned into numbers."""
 
-    lambda_pix: float
-    lambda_sem: float
+    lambda_pix: Lambda
+    lambda_sem: Lambda
     branches: tuple[str, ...]
 
     def combine(self, eps: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -49,22 +53,44 @@ class PassPlan:
         return dual_guidance(eps[PIX], eps[PISA], self.lambda_pix, self.lambda_sem)
 
 
-def check_lambda(value, name: str) -> float:
-    """A guidance scale must be a finite number (NaN or ±inf would give a NaN image)."""
+def check_lambda(value, name: str) -> Lambda:
+    """A guidance scale must be a finite number, or a float tensor of finite numbers shaped [h,w],
+    [B,h,w] or [B,1,h,w] (NaN or ±inf would give a NaN image). A constant map becomes its number."""
+    if torch.is_tensor(value):
+        if not value.is_floating_point() or value.dim() not in (2, 3, 4) or (value.dim() == 4 and value.shape[1] != 1) \
+                or value.numel() == 0:
+            raise PiSAError(f"{name} as a map must be a float tensor [h,w], [B,h,w] or [B,1,h,w]; got "
+                            f"{value.dtype} {tuple(value.shape)}.")
+        if not value.is_meta and not torch.isfinite(value).all():
+            raise PiSAError(f"{name} map contains NaN or infinite values.")
+        if not value.is_meta and value.min() == value.max():
+            return float(value.flatten()[0])
+        return value.float()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PiSAError(f"{name} must be a finite number; got {value!r}.")
+        raise PiSAError(f"{name} must be a finite number or a map of them; got {value!r}.")
     return float(value)
 
 
-def plan_passes(lambda_pix: float, lambda_sem: float) -> PassPlan:
+def masked_lambda(outside: float, inside: float, mask: torch.Tensor | None) -> Lambda:
+    """Region-aware guidance from a mask in [0, 1]: `inside` where the mask is 1, `outside` where
+    it is 0, blended linearly in between (soft masks)."""
+    if mask is None:
+        return outside
+    mask = mask.float().clamp(0, 1)
+    return (1 - mask) * outside + mask * inside  # exactly `inside` at 1 and `outside` at 0
+
+
+def plan_passes(lambda_pix: Lambda, lambda_sem: Lambda) -> PassPlan:
     """Which UNet passes a (λ_pix, λ_sem) pair needs:
     λ_pix = λ_sem = 0 → no pass (ε = 0);
     λ_sem = 0 → one pass, λ_pix · ε_pix;
     λ_pix = λ_sem = λ → one pass, λ · ε_PiSA (the release's default when λ = 1);
-    otherwise both passes."""
+    otherwise, and whenever a λ varies over the image, both passes."""
     lambda_pix, lambda_sem = check_lambda(lambda_pix, "lambda_pix"), check_lambda(lambda_sem, "lambda_sem")
-    if lambda_pix == 0.0 and lambda_sem == 0.0:
-        branches: tuple[str, ...] = ()
+    if torch.is_tensor(lambda_pix) or torch.is_tensor(lambda_sem):
+        branches: tuple[str, ...] = (PIX, PISA)
+    elif lambda_pix == 0.0 and lambda_sem == 0.0:
+        branches = ()
     elif lambda_sem == 0.0:
         branches = (PIX,)
     elif lambda_pix == lambda_sem:

@@ -1,21 +1,32 @@
-"""Image files in and out for the CLI: 8/16-bit, gray, alpha, EXIF orientation, input lists.
+"""Image files in and out for the CLI: 8/16-bit, gray, alpha, EXIF orientation, input lists,
+header checks and safe writes.
 
 Images are tensors [H, W, C] float32 in 0..1 with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
-4 (RGBA). Pillow reads and writes everything except 16-bit PNGs: Pillow silently reduces 16-bit
-colour/alpha PNGs to 8 bit (and cannot write them), so every 16-bit PNG goes through pypng.
+4 (RGBA). Pillow reads and writes most of it, but it keeps colour samples in 8 bits: it silently
+reduces 16-bit colour/alpha PNGs and TIFFs to 8 bit and cannot write them. So 16-bit PNGs go
+through pypng, 16-bit colour/alpha TIFFs are decoded by Pillow as a gray 16-bit view of the same
+strips (`_read_tiff16`), and TIFFs are written by the small baseline writer here (`_write_tiff`).
+
+Writes never leave a partial file under the final name: the bytes go to a hidden temporary file
+in the same folder, which is renamed over the target only once it is complete (`atomic_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
+import os
+import secrets
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import png
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from .errors import PiSAError
 
@@ -23,14 +34,28 @@ from .errors import PiSAError
 READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
 #: File extensions picked up from folders and glob patterns by list_inputs.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-#: Output extensions write_image knows -> Pillow format name.
-WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+#: Output extensions write_image knows -> format name.
+WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+#: Output formats that hold 16-bit samples.
+SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 _GLOB_CHARS = frozenset("*?[")
 _ORIENTATION_TAG = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _MAX_16 = 65535
 _MAX_8 = 255
+_STRIP_BYTES = 1 << 20  # raw bytes per strip of the TIFFs we write
+
+
+class _Tag:
+    """TIFF 6.0 tag numbers used here."""
+
+    WIDTH, HEIGHT, BITS, COMPRESSION, PHOTOMETRIC = 256, 257, 258, 259, 262
+    STRIP_OFFSETS, ORIENTATION, SAMPLES, ROWS_PER_STRIP, STRIP_COUNTS = 273, 274, 277, 278, 279
+    PLANAR, PREDICTOR, TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_COUNTS = 284, 317, 322, 323, 324, 325
+    EXTRA_SAMPLES, SAMPLE_FORMAT = 338, 339
 
 
 @dataclass
@@ -151,17 +176,12 @@ def _read_png16(path: Path) -> tuple[torch.Tensor, ImageInfo]:
     return image.contiguous(), _info_for(channels, 16, mode)
 
 
-def _pil_to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, int]:
-    """Pixels of an oriented Pillow image as (uint array [H, W, C], max value, bit depth)."""
+def _pil_layout(im: Image.Image, path: Path) -> tuple[str | None, int, int]:
+    """How a Pillow image is read: (mode to convert to, or None for the 16-bit gray modes; channels;
+    bit depth). Judged from the mode alone, so a header check gives the same answer as a read."""
     mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(im, dtype=np.uint16)[..., None], _MAX_16, 16
-    if mode == "I":
-        data = np.asarray(im)
-        if data.size and (data.min() < 0 or data.max() > _MAX_16):
-            raise PiSAError(f"Image {str(path)!r} has 32-bit integer values outside 0..65535; "
-                            f"expected 8- or 16-bit samples.")
-        return data.astype(np.uint16)[..., None], _MAX_16, 16
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return None, 1, 16
     if mode == "F":
         raise PiSAError(f"Image {str(path)!r} has floating-point samples (mode F); "
                         f"expected 8- or 16-bit integer samples.")
@@ -175,21 +195,195 @@ def _pil_to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, int]:
         target = "RGBA"
     else:  # RGB, RGBX, CMYK, YCbCr, LAB, HSV
         target = "RGB"
+    return target, len(target), 8
+
+
+def _pil_to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, int]:
+    """Pixels of an oriented Pillow image as (uint array [H, W, C], max value, bit depth)."""
+    target, _, bit_depth = _pil_layout(im, path)
+    if target is None:
+        data = np.asarray(im)
+        if im.mode == "I" and data.size and (data.min() < 0 or data.max() > _MAX_16):
+            raise PiSAError(f"Image {str(path)!r} has 32-bit integer values outside 0..65535; "
+                            f"expected 8- or 16-bit samples.")
+        return data.astype(np.uint16)[..., None], _MAX_16, 16
     data = np.asarray(im.convert(target) if im.mode != target else im, dtype=np.uint8)
     if data.ndim == 2:
         data = data[..., None]
-    return data, _MAX_8, 8
+    return data, _MAX_8, bit_depth
+
+
+def _png16_channels(path: Path) -> int:
+    """Channels of a 16-bit PNG as _read_png16 returns them (a tRNS colour key adds alpha), from
+    the chunks before the pixel data."""
+    try:
+        with open(path, "rb") as f:
+            reader = png.Reader(file=f)
+            reader.preamble()
+    except (png.Error, OSError, ValueError) as exc:
+        raise PiSAError(f"Cannot read 16-bit PNG {str(path)!r}: {exc}.") from exc
+    return reader.planes + (1 if reader.trns is not None and not reader.alpha else 0)
+
+
+# --- 16-bit colour/alpha TIFF ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tiff16:
+    """The first image of a TIFF with 16-bit samples and two to four samples per pixel."""
+
+    ifd: TiffImagePlugin.ImageFileDirectory_v2
+    width: int
+    height: int
+    samples: int
+    planar: bool       # PlanarConfiguration 2: one plane per sample
+    tiled: bool
+    predictor: bool    # horizontal differencing (Predictor 2)
+    extra: int         # ExtraSamples of the last sample: 0 unspecified (dropped), 1 premultiplied alpha, 2 alpha
+    orientation: int
+
+    @property
+    def channels(self) -> int:
+        return self.samples - 1 if self.samples in (2, 4) and self.extra == 0 else self.samples
+
+    @property
+    def info(self) -> ImageInfo:
+        return _info_for(self.channels, 16, {1: "L;16", 2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[self.channels])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) after the orientation."""
+        return (self.width, self.height) if self.orientation in _TRANSPOSED else (self.height, self.width)
+
+
+def _tag(ifd, tag: int, default=None) -> tuple:
+    value = ifd.get(tag, default)
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _tiff16(path: Path) -> _Tiff16 | None:
+    """The layout of a 16-bit TIFF with 2..4 samples per pixel (the ones Pillow reduces to 8 bit or
+    cannot open); None for every other file. Unsupported variants are refused by name."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head[:4] not in _TIFF_SIGNATURES:
+            return None
+        try:
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
+            f.seek(ifd.next)
+            ifd.load(f)
+        except (OSError, SyntaxError, ValueError, KeyError, struct.error):
+            return None  # broken directory: Pillow's own reader reports it
+    samples = _tag(ifd, _Tag.SAMPLES, 1)[0]
+    if samples < 2 or any(bits != 16 for bits in _tag(ifd, _Tag.BITS, 1)):
+        return None
+    name = str(path)
+    photometric = _tag(ifd, _Tag.PHOTOMETRIC)[0]
+    if (photometric, samples) not in ((1, 2), (2, 3), (2, 4)):
+        raise PiSAError(f"Image {name!r} is a 16-bit TIFF with {samples} samples per pixel and photometric "
+                        f"interpretation {photometric}; expected gray + alpha, RGB or RGBA.")
+    if any(kind != 1 for kind in _tag(ifd, _Tag.SAMPLE_FORMAT, 1)):
+        raise PiSAError(f"Image {name!r} has signed or floating-point 16-bit samples; expected unsigned integers.")
+    predictor = _tag(ifd, _Tag.PREDICTOR, 1)[0]
+    if predictor not in (1, 2):
+        raise PiSAError(f"Image {name!r} uses TIFF predictor {predictor}; expected none or horizontal "
+                        "differencing (2).")
+    extra = _tag(ifd, _Tag.EXTRA_SAMPLES, 2)[0]  # without the tag, as Pillow: alpha
+    return _Tiff16(ifd=ifd, width=_tag(ifd, _Tag.WIDTH)[0], height=_tag(ifd, _Tag.HEIGHT)[0], samples=samples,
+                   planar=_tag(ifd, _Tag.PLANAR, 1)[0] == 2, tiled=_Tag.TILE_OFFSETS in ifd,
+                   predictor=predictor == 2, extra=extra,
+                   orientation=_tag(ifd, _Tag.ORIENTATION, 1)[0])
+
+
+def _tiff_ifd(entries: dict[int, tuple[str, list[int]]], order: str, at: int) -> bytes:
+    """One TIFF directory placed at byte `at` of its file, no next directory. entries: tag ->
+    (struct code "H" SHORT or "I" LONG, values); values longer than 4 bytes follow the directory."""
+    types = {"H": 3, "I": 4}
+    extra_at = at + 2 + 12 * len(entries) + 4
+    table, extra = [], b""
+    for tag in sorted(entries):
+        code, values = entries[tag]
+        data = struct.pack(f"{order}{len(values)}{code}", *values)
+        if len(data) <= 4:
+            value = data.ljust(4, b"\x00")
+        else:
+            value = struct.pack(order + "I", extra_at + len(extra))
+            extra += data + b"\x00" * (len(data) % 2)
+        table.append(struct.pack(order + "HHI", tag, types[code], len(values)) + value)
+    return struct.pack(order + "H", len(entries)) + b"".join(table) + struct.pack(order + "I", 0) + extra
+
+
+def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
+    """Decode with Pillow (which handles the compressions through libtiff) by describing the same
+    strips or tiles as a gray 16-bit image: with interleaved samples, a row of W pixels of S
+    samples is a row of W·S gray samples; with planar samples, each plane is a gray image. The
+    description is a new directory appended to a copy of the file. Predictor 2 differences each
+    sample with the same sample of the previous pixel, which the gray view would get wrong, so it
+    is undone here."""
+    ifd = tiff.ifd
+    order = "<" if ifd.prefix == b"II" else ">"
+    per_row = 1 if tiff.planar else tiff.samples
+    planes = tiff.samples if tiff.planar else 1
+    if tiff.tiled:
+        offsets, counts = _tag(ifd, _Tag.TILE_OFFSETS), _tag(ifd, _Tag.TILE_COUNTS)
+        segment = _tag(ifd, _Tag.TILE_WIDTH)[0]
+    else:
+        offsets, counts = _tag(ifd, _Tag.STRIP_OFFSETS), _tag(ifd, _Tag.STRIP_COUNTS)
+        segment = tiff.width
+    data = path.read_bytes()
+    at = len(data) + len(data) % 2
+    share = len(offsets) // planes
+    result = []
+    for plane in range(planes):
+        part = slice(plane * share, (plane + 1) * share)
+        entries = {_Tag.WIDTH: ("I", [tiff.width * per_row]), _Tag.HEIGHT: ("I", [tiff.height]),
+                   _Tag.BITS: ("H", [16]), _Tag.COMPRESSION: ("H", [_tag(ifd, _Tag.COMPRESSION, 1)[0]]),
+                   _Tag.PHOTOMETRIC: ("H", [1]), _Tag.SAMPLES: ("H", [1]), _Tag.PLANAR: ("H", [1])}
+        if tiff.tiled:
+            entries.update({_Tag.TILE_WIDTH: ("I", [segment * per_row]),
+                            _Tag.TILE_LENGTH: ("I", [_tag(ifd, _Tag.TILE_LENGTH)[0]]),
+                            _Tag.TILE_OFFSETS: ("I", list(offsets[part])), _Tag.TILE_COUNTS: ("I", list(counts[part]))})
+        else:
+            entries.update({_Tag.ROWS_PER_STRIP: ("I", [_tag(ifd, _Tag.ROWS_PER_STRIP, tiff.height)[0]]),
+                            _Tag.STRIP_OFFSETS: ("I", list(offsets[part])),
+                            _Tag.STRIP_COUNTS: ("I", list(counts[part]))})
+        view = data[:4] + struct.pack(order + "I", at) + data[8:] + b"\x00" * (at - len(data))
+        view += _tiff_ifd(entries, order, at)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit:  # Pillow's decompression-bomb limit counts pixels; the view has per_row samples each
+            Image.MAX_IMAGE_PIXELS = limit * per_row
+        try:
+            with Image.open(io.BytesIO(view)) as im:
+                gray = np.asarray(im).astype(np.uint16)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise PiSAError(f"Cannot decode 16-bit TIFF {str(path)!r}: {exc}.") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        pixels = gray.reshape(tiff.height, tiff.width, per_row)
+        if tiff.predictor:
+            for x in range(0, tiff.width, segment):  # the differencing restarts at each tile's left edge
+                np.cumsum(pixels[:, x:x + segment], axis=1, dtype=np.uint16, out=pixels[:, x:x + segment])
+        result.append(pixels)
+    levels = np.concatenate(result, axis=2) if planes > 1 else result[0]
+    image = torch.from_numpy(levels[..., :tiff.channels].astype(np.float32) / np.float32(_MAX_16))
+    if tiff.channels in (2, 4) and tiff.extra == 1:  # associated alpha: colour was stored multiplied by it
+        alpha = image[..., -1:]
+        image[..., :-1] = torch.where(alpha > 0, image[..., :-1] / alpha.clamp_min(1e-12), 0.0).clamp_(0, 1)
+    return orient_tensor(image, tiff.orientation).contiguous(), tiff.info
 
 
 def read_image(path) -> tuple[torch.Tensor, ImageInfo]:
     """Read an image file as ([H, W, C] float32 in 0..1, ImageInfo), EXIF orientation applied.
 
     PNG, JPEG, WebP, TIFF, BMP. C is 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA); palette
-    images become RGB, or RGBA when they carry transparency. 16-bit samples are divided by 65535,
-    8-bit ones by 255. Multi-frame files give their first frame.
+    images become RGB, or RGBA when they carry transparency. 16-bit samples (PNG, TIFF) are
+    divided by 65535, 8-bit ones by 255. Multi-frame files give their first frame.
     """
     path = Path(path)
     _check_file(path)
+    tiff = _tiff16(path)
+    if tiff is not None:
+        return _read_tiff16(path, tiff)
     header = png_header(path)
     if header is not None and header[0] == 16:
         _open_pil(path).close()  # same format check and errors as every other file
@@ -200,6 +394,30 @@ def read_image(path) -> tuple[torch.Tensor, ImageInfo]:
         data, max_value, bit_depth = _pil_to_array(oriented, path)
     image = torch.from_numpy(data.astype(np.float32) / np.float32(max_value))
     return image.contiguous(), _info_for(data.shape[2], bit_depth, source_mode)
+
+
+def probe_image(path) -> tuple[ImageInfo, tuple[int, int]]:
+    """Check that read_image can read `path` from its header only (no pixel data is decoded):
+    (the ImageInfo read_image reports, (height, width) after the EXIF orientation). PiSAError
+    naming the file otherwise. A file whose pixel data is damaged passes; read_image reports it."""
+    path = Path(path)
+    _check_file(path)
+    tiff = _tiff16(path)
+    if tiff is not None:
+        return tiff.info, tiff.size
+    header = png_header(path)
+    with _open_pil(path) as im:
+        width, height = im.size
+        orientation = _exif_orientation(im)
+        if header is not None and header[0] == 16:
+            channels = _png16_channels(path)
+            info = _info_for(channels, 16, {1: "L;16", 2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[channels])
+        else:
+            _, channels, bit_depth = _pil_layout(im, path)
+            info = _info_for(channels, bit_depth, im.mode)
+    if orientation in _TRANSPOSED:
+        width, height = height, width
+    return info, (height, width)
 
 
 def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
@@ -245,48 +463,149 @@ def quantize(image: np.ndarray, bit_depth: int) -> np.ndarray:
     return levels.astype(np.uint16 if bit_depth == 16 else np.uint8)
 
 
-def write_image(path, image, bit_depth: int = 8, *, quality: int = 95) -> None:
-    """Write [H, W, C] float 0..1 (C 1..4) to PNG (8 or 16 bit), JPEG or WebP (8 bit).
-
-    Values are clamped to 0..1 and rounded. JPEG has no alpha: C = 2 or 4 to JPEG is refused
-    (drop the alpha channel first) rather than flattened onto a guessed background. WebP stores
-    gray as RGB. quality applies to JPEG (4:4:4 chroma) and WebP. Parent folders are created.
-    """
+def output_format(path, bit_depth: int = 8, channels: int | None = None) -> str:
+    """The format write_image uses for `path` (from its extension), once checked that it holds
+    `bit_depth` and `channels` (None: not checked); PiSAError naming the file otherwise. Front ends
+    call it before any work, so an impossible output is refused before minutes of computing."""
     path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise PiSAError(f"Cannot write {str(path)!r}: unknown extension {path.suffix!r}; "
-                        f"expected .png, .jpg, .jpeg or .webp.")
+                        f"expected {', '.join(WRITE_FORMATS)}.")
     if bit_depth not in (8, 16):
         raise PiSAError(f"Cannot write {str(path)!r}: bit depth must be 8 or 16, got {bit_depth!r}.")
-    if bit_depth == 16 and fmt != "PNG":
+    if bit_depth == 16 and fmt not in SIXTEEN_BIT_FORMATS:
         raise PiSAError(f"Cannot write {str(path)!r} with 16 bits: {fmt} holds 8 bits; "
-                        f"use a .png file or bit_depth=8.")
-    data = _check_image(image, path)
-    channels = data.shape[2]
+                        f"use a .png or .tif file or bit depth 8.")
     if fmt == "JPEG" and channels in (2, 4):
         raise PiSAError(f"Cannot write {str(path)!r}: JPEG has no alpha channel and the image has "
-                        f"{channels} channels; drop the alpha or write a .png/.webp file.")
+                        f"{channels} channels; drop the alpha or write a .png/.webp/.tif file.")
+    return fmt
+
+
+def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite: bool = True) -> None:
+    """Write [H, W, C] float 0..1 (C 1..4) to PNG or TIFF (8 or 16 bit), JPEG or WebP (8 bit).
+
+    Values are clamped to 0..1 and rounded. JPEG has no alpha: C = 2 or 4 to JPEG is refused
+    (drop the alpha channel first) rather than flattened onto a guessed background. WebP stores
+    gray as RGB. quality applies to JPEG (4:4:4 chroma) and WebP. Parent folders are created.
+    The file appears whole or not at all (atomic_output); overwrite=False refuses an existing file.
+    """
+    path = Path(path)
+    data = _check_image(image, path)
+    fmt = output_format(path, bit_depth, data.shape[2])
     levels = quantize(data, bit_depth)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if bit_depth == 16:
-        _write_png16(path, levels)
-        return
-    pil = Image.fromarray(levels[..., 0] if channels == 1 else levels)  # uint8: L, LA, RGB, RGBA
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PiSAError(f"Cannot write {str(path)!r}: cannot create its folder ({exc.strerror or exc}).") from None
+    with atomic_output(path, overwrite=overwrite) as f:
+        if fmt == "TIFF":
+            _write_tiff(f, levels)
+        elif bit_depth == 16:
+            _write_png16(f, levels)
+        else:
+            _save_pil(f, levels, fmt, quality)
+
+
+def _save_pil(f, levels: np.ndarray, fmt: str, quality: int) -> None:
+    pil = Image.fromarray(levels[..., 0] if levels.shape[2] == 1 else levels)  # uint8: L, LA, RGB, RGBA
     if fmt == "JPEG":
-        pil.save(path, format="JPEG", quality=quality, subsampling=0)
+        pil.save(f, format="JPEG", quality=quality, subsampling=0)
     elif fmt == "WEBP":
-        pil.save(path, format="WEBP", quality=quality)
+        pil.save(f, format="WEBP", quality=quality)
     else:
-        pil.save(path, format="PNG")
+        pil.save(f, format="PNG")
 
 
-def _write_png16(path: Path, levels: np.ndarray) -> None:
+def _write_png16(f, levels: np.ndarray) -> None:
     height, width, channels = levels.shape
     writer = png.Writer(width, height, greyscale=channels in (1, 2), alpha=channels in (2, 4),
                         bitdepth=16)
-    with open(path, "wb") as f:
-        writer.write_array(f, levels.reshape(-1))
+    writer.write_array(f, levels.reshape(-1))
+
+
+def _write_tiff(f, levels: np.ndarray) -> None:
+    """A baseline little-endian TIFF: 8- or 16-bit samples, interleaved, in strips of about 1 MiB,
+    Adobe deflate with horizontal differencing (what libtiff, Pillow and image editors all read).
+    Gray is photometric 1, colour 2; a last alpha channel is unassociated alpha."""
+    height, width, channels = levels.shape
+    order = "<"
+    samples = levels.astype(levels.dtype.newbyteorder(order))
+    diff = samples.copy()
+    diff[:, 1:] -= samples[:, :-1]  # Predictor 2, modulo 2**bits like the decoder's sum
+    rows = max(1, _STRIP_BYTES // (width * channels * levels.itemsize))
+    strips = [zlib.compress(diff[y:y + rows].tobytes()) for y in range(0, height, rows)]
+    offsets, at = [], 8
+    for strip in strips:
+        offsets.append(at)
+        at += len(strip)
+    at += at % 2
+    entries = {_Tag.WIDTH: ("I", [width]), _Tag.HEIGHT: ("I", [height]),
+               _Tag.BITS: ("H", [8 * levels.itemsize] * channels), _Tag.COMPRESSION: ("H", [8]),
+               _Tag.PHOTOMETRIC: ("H", [1 if channels <= 2 else 2]), _Tag.STRIP_OFFSETS: ("I", offsets),
+               _Tag.SAMPLES: ("H", [channels]), _Tag.ROWS_PER_STRIP: ("I", [rows]),
+               _Tag.STRIP_COUNTS: ("I", [len(strip) for strip in strips]), _Tag.PLANAR: ("H", [1]),
+               _Tag.PREDICTOR: ("H", [2]), _Tag.SAMPLE_FORMAT: ("H", [1] * channels)}
+    if channels in (2, 4):
+        entries[_Tag.EXTRA_SAMPLES] = ("H", [2])
+    f.write(b"II*\x00" + struct.pack(order + "I", at))
+    for strip in strips:
+        f.write(strip)
+    f.write(b"\x00" * (at - offsets[-1] - len(strips[-1])))
+    f.write(_tiff_ifd(entries, order, at))
+
+
+# --- safe writes ----------------------------------------------------------------------------------
+
+
+def _temporary_path(path: Path) -> Path:
+    """A hidden name beside `path` (same filesystem, so the final rename is atomic); list_inputs
+    skips hidden files, so a leftover from a killed process is never taken as an input."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+
+
+@contextlib.contextmanager
+def atomic_output(path, *, overwrite: bool = True):
+    """A binary file object whose bytes become `path` only when the block completes: written to a
+    temporary file in the same folder, flushed to disk and renamed over `path`. On any error or
+    interrupt (Ctrl-C, a full disk) the temporary file is removed and `path` is left as it was.
+    overwrite=False: an existing `path` is an error, checked again just before the rename.
+    OSError becomes a one-line PiSAError naming the file."""
+    path = Path(path)
+    temporary = _temporary_path(path)
+    try:
+        with open(temporary, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if not overwrite and path.exists():
+            raise PiSAError(f"Not writing {str(path)!r}: the file exists (overwriting was not asked for).")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise PiSAError(f"Cannot write {str(path)!r}: {exc.strerror or exc}.") from exc
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def check_output_folder(folder, what: str = "output folder") -> Path:
+    """Create `folder` (with its parents) and prove that files can be written there by creating and
+    removing a temporary file; PiSAError naming the folder otherwise (a read-only filesystem, no
+    permission, a regular file in the way). Front ends call it before any work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PiSAError(f"The {what} {str(folder)!r} is a file, not a folder.")
+    probe = _temporary_path(folder / "write-test")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        raise PiSAError(f"Cannot write to the {what} {str(folder)!r}: {exc.strerror or exc}.") from None
+    return folder
 
 
 def _is_image_file(path: Path) -> bool:

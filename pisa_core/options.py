@@ -107,6 +107,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "and sharpens edges; too high over-smooths.", min=0.0, max=3.0, step=0.05, slider=True),
     Option("lambda_sem", float, 1.0, "Semantic-level guidance λ_sem: higher adds generated detail and texture; "
            "too high invents content and artifacts. 0 = pixel LoRA only.", min=0.0, max=3.0, step=0.05, slider=True),
+    Option("lambda_pix_masked", float, 1.0, "λ_pix inside the mask (where it is 1; blended for soft masks). "
+           "Outside the mask lambda_pix applies.", min=0.0, max=3.0, step=0.05, slider=True),
+    Option("lambda_sem_masked", float, 0.3, "λ_sem inside the mask (where it is 1; blended for soft masks): low "
+           "keeps faces, text and logos faithful. Outside the mask lambda_sem applies.", min=0.0, max=3.0,
+           step=0.05, slider=True),
     Option("color_fix", str, "adain", "Colour correction against the enlarged low-quality image: adain (the "
            "release's default, mean/std per channel), wavelet (keeps the input's low frequencies) or none.",
            choices=COLOR_FIXES),
@@ -134,9 +139,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("seed", int, 0, "Seed of the posterior sample (with sample on).", min=0, max=2**31 - 1),
 )}
 
-# The keyword arguments of PiSAPipeline.__call__ that come from OPTIONS (everything but dtype,
-# which is a property of the loaded model).
-CALL_OPTIONS = tuple(n for n in OPTIONS if n != "dtype")
+# The keyword arguments of PiSAPipeline.__call__ that come from OPTIONS (not dtype, a property of the
+# loaded model, nor the masked λ, which front ends turn into λ maps with guidance.masked_lambda).
+CALL_OPTIONS = tuple(n for n in OPTIONS if n not in ("dtype", "lambda_pix_masked", "lambda_sem_masked"))
 
 
 def default(name: str):

@@ -30,8 +30,8 @@ from .base_model import BaseModel, load_base_model
 from .checkpoint import PiSAWeights, load_pisa_weights
 from .colorfix import apply_color_fix
 from .errors import PiSAError
-from .geometry import Plan, merge_channels, prepare, resize, to_output_size, to_unit_range
-from .guidance import PISA, PIX, check_lambda, plan_passes, residual_latent
+from .geometry import Plan, map_to_latent, merge_channels, prepare, resize, to_output_size, to_unit_range
+from .guidance import PISA, PIX, Lambda, check_lambda, plan_passes, residual_latent
 from .options import LATENT_FACTOR, VAE_OVERLAP_PX, default
 from .progress import STAGE_STEPS, Progress
 from .tiling import tiled_latent_map, vae_decode_tiled, vae_encode_tiled
@@ -184,8 +184,10 @@ class PiSAPipeline:
         whole = max(memory.MIN_VAE_TILE, *(int(s) for s in size_hw))
         return whole + (-whole) % LATENT_FACTOR if auto is None else auto
 
-    def _nhwc(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's memory format, contiguous (tile slices are not): one input layout, so a
+        compiled model is never recompiled for strides."""
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, *, vae_tile: int = default("vae_tile"), sample: bool = False,
@@ -196,7 +198,7 @@ class PiSAPipeline:
         tile = self.vae_tile_for("encode", pixels.shape[-2:], vae_tile)
 
         def moments(part: torch.Tensor) -> torch.Tensor:
-            dist = self.vae.encode(self._nhwc(part.to(self.vae_dtype))).latent_dist
+            dist = self.vae.encode(self._layout(part.to(self.vae_dtype))).latent_dist
             return torch.cat([dist.mean, dist.logvar], dim=1).float()
 
         stats = self._finite("vae", "VAE encode", lambda: vae_encode_tiled(
@@ -223,7 +225,7 @@ class PiSAPipeline:
         sem_off = [n == PIX for n in need]
 
         def run(tiles: torch.Tensor) -> torch.Tensor:
-            batch = self._nhwc(tiles.to(self.unet_dtype).repeat(len(need), 1, 1, 1))
+            batch = self._layout(tiles.to(self.unet_dtype).repeat(len(need), 1, 1, 1))
             eps = self.unet(batch, self.prompt_embeds.to(self.unet_dtype), sem_off=sem_off).float()
             return torch.cat(eps.chunk(len(need), dim=0), dim=1)  # branches side by side in channels
 
@@ -232,18 +234,28 @@ class PiSAPipeline:
         return dict(zip(need, stacked.chunk(len(need), dim=1)))
 
     @torch.no_grad()
-    def guide(self, latent: torch.Tensor, eps: dict[str, torch.Tensor], lambda_pix: float = default("lambda_pix"),
-              lambda_sem: float = default("lambda_sem")) -> torch.Tensor:
-        """z_H (unscaled) for (λ_pix, λ_sem) from already predicted ε: no UNet pass. `eps` must
-        hold the branches plan_passes(λ_pix, λ_sem) names."""
-        plan = plan_passes(lambda_pix, lambda_sem)
-        missing = [b for b in plan.branches if b not in eps]
-        if missing:
-            raise PiSAError(f"guide needs ε {', '.join(missing)} for λ = ({lambda_pix:g}, {lambda_sem:g}); "
-                            "run predict_eps with need=plan_passes(λ_pix, λ_sem).branches first.")
+    def guide(self, latent: torch.Tensor, eps: dict[str, torch.Tensor], lambda_pix: Lambda = default("lambda_pix"),
+              lambda_sem: Lambda = default("lambda_sem"), *, plan: Plan | None = None) -> torch.Tensor:
+        """z_H (unscaled) for (λ_pix, λ_sem) from already predicted ε: no UNet pass. A λ is a number
+        or a map (region-aware guidance: ε(x) = λ_pix(x)·ε_pix(x) + λ_sem(x)·(ε_PiSA(x) − ε_pix(x)));
+        maps are over the low-quality input of `plan` (geometry.map_to_latent), or over the latent
+        without one. `eps` must hold the branches plan_passes(λ_pix, λ_sem) names."""
         z_lq = latent.to(self.device, torch.float32) * self.scaling_factor
-        eps = {b: eps[b].to(self.device, torch.float32) for b in plan.branches}
-        return residual_latent(z_lq, plan.combine(eps, like=z_lq)) / self.scaling_factor
+        lambdas = [self._on_latent(value, name, plan, z_lq) for value, name in
+                   ((lambda_pix, "lambda_pix"), (lambda_sem, "lambda_sem"))]
+        passes = plan_passes(*lambdas)
+        missing = [b for b in passes.branches if b not in eps]
+        if missing:
+            raise PiSAError(f"guide needs ε {', '.join(missing)} for these λ; run predict_eps with "
+                            "need=plan_passes(λ_pix, λ_sem).branches first.")
+        eps = {b: eps[b].to(self.device, torch.float32) for b in passes.branches}
+        return residual_latent(z_lq, passes.combine(eps, like=z_lq)) / self.scaling_factor
+
+    def _on_latent(self, value: Lambda, name: str, plan: Plan | None, z_lq: torch.Tensor) -> Lambda:
+        value = check_lambda(value, name)
+        if not torch.is_tensor(value):
+            return value
+        return map_to_latent(value.cpu(), plan, z_lq.shape[-2:], z_lq.shape[0]).to(self.device)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, *, vae_tile: int = default("vae_tile"),
@@ -253,7 +265,7 @@ class PiSAPipeline:
         tile = self.vae_tile_for("decode", size, vae_tile)
 
         def run(part: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(self._nhwc(part.to(self.vae_dtype))).sample.float()
+            return self.vae.decode(self._layout(part.to(self.vae_dtype))).sample.float()
 
         image = self._finite("vae", "VAE decode", lambda: vae_decode_tiled(
             run, latent.float(), tile=tile // LATENT_FACTOR, overlap=VAE_OVERLAP_PX // LATENT_FACTOR,
@@ -283,8 +295,8 @@ class PiSAPipeline:
     # --- the whole path ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, images, *, upscale: float = default("upscale"), lambda_pix: float = default("lambda_pix"),
-                 lambda_sem: float = default("lambda_sem"), color_fix: str = default("color_fix"),
+    def __call__(self, images, *, upscale: float = default("upscale"), lambda_pix: Lambda = default("lambda_pix"),
+                 lambda_sem: Lambda = default("lambda_sem"), color_fix: str = default("color_fix"),
                  latent_tile: int = default("latent_tile"), latent_overlap: int = default("latent_overlap"),
                  vae_tile: int = default("vae_tile"), geometry: str = default("geometry"),
                  process_size: int = default("process_size"), resampling: str = default("resampling"),
@@ -293,7 +305,9 @@ class PiSAPipeline:
         """images: float tensor [B,H,W,C] in [0,1] with C = 1 (gray), 2 (gray+alpha), 3 or 4
         (RGBA), uint8 in 0..255, or a list of 8-bit RGB Pillow images (the release geometry's
         exact input). Returns [B,H',W',C] float32 in [0,1] on the CPU (C as given; 3 for Pillow
-        input). progress(done, total) counts over the three model stages."""
+        input). λ_pix / λ_sem: numbers, or maps over the input image ([h,w], [B,h,w] or [B,1,h,w], any
+        resolution) for region-aware guidance. progress(done, total) counts over the three model
+        stages."""
         check_options(lambda_pix=lambda_pix, lambda_sem=lambda_sem, color_fix=color_fix, latent_tile=latent_tile,
                       latent_overlap=latent_overlap, vae_tile=vae_tile, tile_batch=tile_batch)
         steps = Progress(3 * STAGE_STEPS, progress)
@@ -303,7 +317,7 @@ class PiSAPipeline:
         del pixels
         eps = self.predict_eps(latent, need=plan_passes(lambda_pix, lambda_sem).branches, latent_tile=latent_tile,
                                latent_overlap=latent_overlap, tile_batch=tile_batch, progress=steps.stage())
-        z_high = self.guide(latent, eps, lambda_pix, lambda_sem)
+        z_high = self.guide(latent, eps, lambda_pix, lambda_sem, plan=plan)
         del latent, eps
         decoded = self.decode(z_high, vae_tile=vae_tile, progress=steps.stage())
         return self.finish(decoded, plan, color_fix=color_fix)

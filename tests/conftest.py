@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_files import write_diffusers_folder, write_single_file
 from pisa_files import write_official_pkl
 from tiny_models import tiny_text_encoder, tiny_unet, tiny_vae

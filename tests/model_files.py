@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel
-
 from tiny_models import TEXT_WIDTH, tiny_text_encoder, tiny_unet, write_tiny_tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
              "prediction_type": "epsilon", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}

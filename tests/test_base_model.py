@@ -5,14 +5,15 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import model_files as mf
 import pytest
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as oracle
+from tiny_models import tiny_unet, tiny_vae
 from transformers import CLIPTextConfig, CLIPTextModel
 
-import model_files as mf
 from pisa_core import ldm_convert as ldm
 from pisa_core.base_model import (
     check_diffusers_folder,
@@ -21,7 +22,6 @@ from pisa_core.base_model import (
     load_base_model,
 )
 from pisa_core.errors import PiSAError
-from tiny_models import tiny_unet, tiny_vae
 
 
 @pytest.fixture(scope="module", autouse=True)

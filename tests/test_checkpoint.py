@@ -24,8 +24,8 @@ from pisa_core.checkpoint import (
     load_pisa_weights,
     save_pisa_weights,
 )
-from pisa_core.lora import GROUPS, lora_delta, module_group, release_target_modules
 from pisa_core.errors import PiSAError
+from pisa_core.lora import GROUPS, lora_delta, module_group, release_target_modules
 
 SD21_BASE_UNET = {
     "act_fn": "silu",

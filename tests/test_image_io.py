@@ -1,6 +1,11 @@
-"""pisa_core.image_io: reading/writing 8/16-bit, gray, alpha, EXIF orientation, input lists."""
+"""pisa_core.image_io: reading/writing 8/16-bit, gray, alpha, EXIF orientation, input lists,
+header checks, 16-bit TIFF, and writes that never leave a partial file."""
 
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import numpy as np
@@ -12,8 +17,12 @@ from PIL import Image, features
 from pisa_core.errors import PiSAError
 from pisa_core.image_io import (
     ImageInfo,
+    atomic_output,
+    check_output_folder,
     list_inputs,
+    output_format,
     png_header,
+    probe_image,
     quantize,
     read_image,
     to_pil_8bit,
@@ -200,6 +209,138 @@ def test_bilevel_image_reads_as_gray(tmp_path):
     image, info = read_image(path)
     assert info.mode == "1" and info.channels == 1
     np.testing.assert_array_equal(levels_of(image, 8)[..., 0], bits * 255)
+
+
+# ---------------------------------------------------------------- 16-bit TIFF
+
+
+def tiff16_bytes(levels, *, order="<", planar=False, tile=None, deflate=False, predictor=False, extra=2):
+    """A 16-bit TIFF encoded here, independently of image_io's writer: strips of 3 rows or square
+    tiles, interleaved or planar samples, optional deflate and horizontal differencing."""
+    h, w, c = levels.shape
+    planes = [levels[..., i:i + 1] for i in range(c)] if planar else [levels]
+    chunks = []
+    for plane in planes:
+        side = tile or w
+        rows = tile or 3
+        for y in range(0, h, rows):
+            for x in range(0, w, side):
+                block = np.zeros((rows if tile else min(rows, h - y), side, plane.shape[2]), np.uint16)
+                part = plane[y:y + rows, x:x + side]
+                block[:part.shape[0], :part.shape[1]] = part
+                if predictor:
+                    block[:, 1:] = block[:, 1:] - block[:, :-1]
+                raw = block.astype(order + "u2").tobytes()
+                chunks.append(zlib.compress(raw) if deflate else raw)
+    offsets, at = [], 8
+    for chunk in chunks:
+        offsets.append(at)
+        at += len(chunk)
+    at += at % 2
+    tags = [(256, 4, [w]), (257, 4, [h]), (258, 3, [16] * c), (259, 3, [8 if deflate else 1]),
+            (262, 3, [2 if c >= 3 else 1]), (277, 3, [c]), (284, 3, [2 if planar else 1]),
+            (317, 3, [2 if predictor else 1])]
+    tags += ([(322, 4, [tile]), (323, 4, [tile]), (324, 4, offsets), (325, 4, [len(x) for x in chunks])] if tile else
+             [(273, 4, offsets), (278, 4, [3]), (279, 4, [len(x) for x in chunks])])
+    if c in (2, 4):
+        tags.append((338, 3, [extra]))
+    tags.sort()
+    values_at = at + 2 + 12 * len(tags) + 4
+    table, values = b"", b""
+    for tag, kind, vals in tags:
+        packed = struct.pack(order + ("H" if kind == 3 else "I") * len(vals), *vals)
+        if len(packed) <= 4:
+            field = packed.ljust(4, b"\0")
+        else:
+            field = struct.pack(order + "I", values_at + len(values))
+            values += packed
+        table += struct.pack(order + "HHI", tag, kind, len(vals)) + field
+    head = (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "I", at)
+    return head + b"".join(chunks) + b"\0" * (at - 8 - sum(map(len, chunks))) + \
+        struct.pack(order + "H", len(tags)) + table + struct.pack(order + "I", 0) + values
+
+
+@pytest.mark.parametrize("layout", [
+    {}, {"order": ">"}, {"planar": True}, {"tile": 16}, {"deflate": True, "predictor": True},
+    {"tile": 16, "deflate": True, "predictor": True, "order": ">"}, {"planar": True, "deflate": True, "predictor": True},
+])
+@pytest.mark.parametrize("channels", [3, 4, 2])
+def test_reads_16bit_tiff_at_16_bits(tmp_path, layout, channels):
+    levels = random_levels((20, 37, channels), 16)
+    assert (levels % 257 != 0).any()
+    path = tmp_path / "in16.tif"
+    path.write_bytes(tiff16_bytes(levels, **layout))
+    if channels >= 3:
+        with Image.open(path) as im:  # the reason for our reader: Pillow gives 8-bit samples here
+            assert np.asarray(im).dtype == np.uint8
+    image, info = read_image(path)
+    assert (info.bit_depth, info.channels, info.has_alpha) == (16, channels, channels in (2, 4))
+    np.testing.assert_array_equal(levels_of(image, 16), levels)
+    assert probe_image(path) == (info, (20, 37))
+
+
+def test_16bit_tiff_extra_samples(tmp_path):
+    levels = random_levels((4, 5, 4), 16)
+    levels[0, 0, 3] = 0
+    path = tmp_path / "x.tif"
+    path.write_bytes(tiff16_bytes(levels, extra=0))  # unspecified extra sample: not alpha
+    image, info = read_image(path)
+    assert info.channels == 3
+    np.testing.assert_array_equal(levels_of(image, 16), levels[..., :3])
+    premultiplied = levels.copy()
+    premultiplied[..., 3] = 32768
+    premultiplied[..., :3] //= 2
+    path.write_bytes(tiff16_bytes(premultiplied, extra=1))
+    image, info = read_image(path)
+    assert info.channels == 4
+    np.testing.assert_allclose(image[..., :3].numpy(), premultiplied[..., :3] / 32768, atol=1e-4)
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_tiff_write_round_trip(tmp_path, bit_depth, channels):
+    levels = random_levels((300, 1100, channels), bit_depth)  # several strips
+    path = tmp_path / "out.tiff"
+    write_image(path, torch.from_numpy(levels / (2 ** bit_depth - 1)).float(), bit_depth=bit_depth)
+    image, info = read_image(path)
+    assert (info.bit_depth, info.channels) == (bit_depth, channels)
+    np.testing.assert_array_equal(levels_of(image, bit_depth), levels)
+    if channels == 2 and bit_depth == 16:
+        return  # Pillow has no 16-bit gray + alpha mode
+    with Image.open(path) as im:  # an independent reader sees the same file
+        pil = np.asarray(im).reshape(levels.shape)
+    np.testing.assert_array_equal(pil, levels >> 8 if bit_depth == 16 and channels >= 3 else levels)
+
+
+# ---------------------------------------------------------------- header checks
+
+
+def test_probe_matches_read_without_decoding(tmp_path):
+    for channels in (1, 2, 3, 4):
+        for bit_depth in (8, 16):
+            path = tmp_path / f"p{channels}_{bit_depth}.png"
+            write_image(path, torch.rand(5, 7, channels), bit_depth=bit_depth)
+            assert probe_image(path) == (read_image(path)[1], (5, 7))
+    im, _, _ = _palette_image(transparent_index=1)
+    im.save(tmp_path / "pal.png", transparency=1)
+    Image.new("RGB", (9, 4)).save(tmp_path / "x.jpg")
+    Image.fromarray(random_levels((3, 8), 16).astype(np.uint16)).save(tmp_path / "g16.tif")
+    for name in ("pal.png", "x.jpg", "g16.tif"):
+        info, size = probe_image(tmp_path / name)
+        image, read_info = read_image(tmp_path / name)
+        assert info == read_info and size == tuple(image.shape[:2])
+    rotated = tmp_path / "rot.png"
+    Image.new("RGB", (6, 2)).save(rotated, exif=exif_bytes(6))
+    assert probe_image(rotated)[1] == (6, 2)
+    good = tmp_path / "good.png"
+    write_image(good, torch.rand(64, 64, 3))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:200])
+    assert probe_image(cut)[1] == (64, 64)  # the header is intact; read_image reports the damage
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(PiSAError, match="notes.png"):
+        probe_image(text)
 
 
 # ---------------------------------------------------------------- palette
@@ -426,3 +567,98 @@ def test_list_inputs_errors(tmp_path):
         list_inputs([empty])
     with pytest.raises(PiSAError, match="No input"):
         list_inputs([])
+
+
+# ---------------------------------------------------------------- safe writes
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_interrupted_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the encoder: no file under the final name, no temporary file, and
+    an existing file is left as it was."""
+    def half_then_interrupt(self, outfile, pixels):
+        outfile.write(b"\x89PNG\r\n\x1a\n partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(png.Writer, "write_array", half_then_interrupt)  # the third-party encoder
+    target = tmp_path / "out.png"
+    with pytest.raises(KeyboardInterrupt):
+        write_image(target, torch.rand(8, 8, 3), bit_depth=16)
+    assert _leftovers(tmp_path) == []
+    target.write_bytes(b"previous")
+    with pytest.raises(KeyboardInterrupt):
+        write_image(target, torch.rand(8, 8, 3), bit_depth=16)
+    assert _leftovers(tmp_path) == ["out.png"] and target.read_bytes() == b"previous"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses RLIMIT_FSIZE and SIGXFSZ (Linux)")
+def test_a_failed_write_is_one_line_and_leaves_nothing_behind(tmp_path):
+    """A write that runs out of room (a file-size limit stands in for a full disk): one-line
+    PiSAError naming the file, no partial file under any name."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        from pisa_core.errors import PiSAError
+        from pisa_core.image_io import write_image
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            write_image({str(tmp_path / "big.png")!r}, torch.rand(256, 256, 3))
+        except PiSAError as error:
+            print(error)
+            sys.exit(3)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "big.png" in done.stdout and len(done.stdout.strip().splitlines()) == 1
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_output_refuses_to_replace_without_overwrite(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(PiSAError, match="exists"), atomic_output(target, overwrite=False) as f:
+        f.write(b"new")
+    assert _leftovers(tmp_path) == ["a.bin"] and target.read_bytes() == b"old"
+    with atomic_output(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new" and _leftovers(tmp_path) == ["a.bin"]
+
+
+def test_check_output_folder(tmp_path):
+    nested = check_output_folder(tmp_path / "a" / "b")
+    assert nested.is_dir() and _leftovers(nested) == []
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(PiSAError, match="is a file"):
+        check_output_folder(blocker)
+    with pytest.raises(PiSAError, match="file.txt"):
+        check_output_folder(blocker / "sub")
+
+
+def test_check_output_folder_read_only(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: permission bits do not stop writes")
+        with pytest.raises(PiSAError, match="ro"):
+            check_output_folder(folder)
+        with pytest.raises(PiSAError, match="Cannot write"):
+            write_image(folder / "x.png", torch.rand(2, 2, 3))
+    finally:
+        folder.chmod(0o755)
+
+
+def test_output_format(tmp_path):
+    assert output_format(tmp_path / "a.TIF", 16, 4) == "TIFF"
+    assert output_format(tmp_path / "a.png", 16, 2) == "PNG"
+    with pytest.raises(PiSAError, match="16 bits"):
+        output_format(tmp_path / "a.webp", 16)
+    with pytest.raises(PiSAError, match="alpha"):
+        output_format(tmp_path / "a.jpeg", 8, 4)
+    with pytest.raises(PiSAError, match="extension"):
+        output_format(tmp_path / "a.bmp")

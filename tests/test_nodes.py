@@ -188,7 +188,7 @@ def _sockets(cls) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("name", ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid"])
+@pytest.mark.parametrize("name", ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid", "pisa_sr_regions"])
 def test_example_workflow_matches_the_node_schemas(name):
     from PIL import Image
 

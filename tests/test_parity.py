@@ -48,17 +48,23 @@ def test_release_parity(model_dir, pipe, case):
     reference = _reference(model_dir, default=(c["lp"] == c["ls"] == 1.0), lambda_pix=c["lp"], lambda_sem=c["ls"],
                            latent_tile=c["tile"][0], latent_overlap=c["tile"][1])
     expected = reference.upscale(image, upscale=4, process_size=c["process"], color_fix=c["fix"])
-    ours = pipe([image], upscale=4, lambda_pix=c["lp"], lambda_sem=c["ls"], color_fix=c["fix"],
-                geometry="release", process_size=c["process"], latent_tile=c["tile"][0],
-                latent_overlap=c["tile"][1])[0].permute(2, 0, 1)
+    tiles = []  # the spatial size of every UNet call of ours
+    hook = pipe.unet.unet.register_forward_pre_hook(lambda module, args: tiles.append(tuple(args[0].shape[-2:])))
+    try:
+        ours = pipe([image], upscale=4, lambda_pix=c["lp"], lambda_sem=c["ls"], color_fix=c["fix"],
+                    geometry="release", process_size=c["process"], latent_tile=c["tile"][0],
+                    latent_overlap=c["tile"][1])[0].permute(2, 0, 1)
+    finally:
+        hook.remove()
     assert ours.shape == expected.shape
     assert (ours - expected).abs().max().item() <= 1e-4
-
-
-def test_the_tiled_case_really_tiles():
-    latent_h, latent_w = 48 * 4 // 8, 64 * 4 // 8
-    assert latent_h * latent_w > 16 * 16
-    assert len(release_tile_offsets(latent_w, 16, 8)) > 1 and len(release_tile_offsets(latent_h, 16, 8)) > 1
+    latent_h, latent_w = (s // 8 for s in expected.shape[-2:])
+    tile, overlap = c["tile"]
+    if latent_h * latent_w > tile * tile:  # the tiled case: one UNet call per tile of the release's grid
+        grid = len(release_tile_offsets(latent_h, tile, overlap)) * len(release_tile_offsets(latent_w, tile, overlap))
+        assert grid > 1 and tiles == [(tile, tile)] * grid
+    else:
+        assert len(tiles) == 1
 
 
 def test_release_geometry_float_input_follows_the_pillow_8bit_path():

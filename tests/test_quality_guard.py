@@ -4,6 +4,7 @@ precision within a documented tolerance of fp32 (README, "Precision")."""
 from __future__ import annotations
 
 import pytest
+from test_precision import skip_without_half_kernels
 
 from pisa_core.pipeline import PiSAPipeline
 
@@ -38,6 +39,6 @@ def test_half_precision_stays_close_to_fp32(model_dir, plain, lq_image, dtype, m
     image = lq_image(16, 24)
     try:
         diff = (_run(half, image) - _run(plain, image)).abs()
-    except RuntimeError as error:  # some CPU builds lack half-precision kernels
-        pytest.skip(f"{dtype} on this CPU: {error}")
+    except RuntimeError as error:
+        skip_without_half_kernels(error)
     assert diff.mean() <= mean_tol and diff.max() <= max_tol, (diff.mean().item(), diff.max().item())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from release_reference import gaussian_weights_release, release_tile_offsets
 from tiny_models import tiny_vae
 
 from pisa_core.errors import PiSAError
@@ -28,30 +29,11 @@ from pisa_core.tiling import (
 # Independent re-statements of the release behaviour (written from the facts, float64 numpy)
 # ---------------------------------------------------------------------------------------------
 
-def release_axis_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """The release's grid loop for one axis, step by step (only valid for length >= tile > overlap)."""
-    count, cur = 0, 0
-    while cur < length:
-        cur = max(count * tile - overlap * count, 0) + tile
-        count += 1
-    starts = [max(i * tile - overlap * i, 0) for i in range(count)]
-    starts[-1] = length - tile
-    return starts
-
-
-def release_weights(size_h: int, size_w: int) -> np.ndarray:
-    """Release Gaussian weights in float64, including its constant factor."""
-    def probs(n):
-        mid = (n - 1) / 2
-        return [np.exp(-((i - mid) ** 2) / (2 * n * n * 0.01)) / np.sqrt(2 * np.pi * 0.01) for i in range(n)]
-    return np.outer(probs(size_h), probs(size_w))
-
-
 def release_tiled(latent: np.ndarray, fn, tile: int, overlap: int) -> np.ndarray:
     """Release stitching in float64: x tiles outer, y tiles inner, square tiles, contributors sum."""
     _, _, h, w = latent.shape
-    ys, xs = release_axis_starts(h, tile, overlap), release_axis_starts(w, tile, overlap)
-    weights = release_weights(tile, tile)
+    ys, xs = release_tile_offsets(h, tile, overlap), release_tile_offsets(w, tile, overlap)
+    weights = gaussian_weights_release(tile, tile).numpy()
     out = None
     contributors = np.zeros((h, w))
     for x0 in xs:
@@ -78,7 +60,7 @@ def expected_thin(latent: np.ndarray, fn, tile: int, overlap: int) -> np.ndarray
         s[-1] = length - t
         return s
 
-    weights = release_weights(th, tw)
+    weights = gaussian_weights_release(tw, th).numpy()
     out, norm = None, np.zeros((h, w))
     for y0 in starts(h, th):
         for x0 in starts(w, tw):
@@ -116,7 +98,7 @@ def test_release_examples():
 @pytest.mark.parametrize("tile,overlap", [(96, 32), (16, 8), (64, 0), (8, 7), (5, 2), (96, 95)])
 def test_layout_matches_release_loop(tile, overlap):
     for length in range(tile, 3 * tile + 40):
-        assert tile_starts(length, tile, overlap) == release_axis_starts(length, tile, overlap), length
+        assert tile_starts(length, tile, overlap) == release_tile_offsets(length, tile, overlap), length
     for length in range(1, tile + 1):
         assert tile_starts(length, tile, overlap) == [0]
 
@@ -139,7 +121,7 @@ def test_grid_thin_and_tiny():
     assert (th, tw) == (96, 96) and corners == [(y, x) for y in (0, 64, 104) for x in (0, 4)]
     assert latent_tile_grid(1, 1, 96, 32) == (1, 1, [(0, 0)])
     th, tw, corners = latent_tile_grid(1, 500, 96, 32)
-    assert (th, tw) == (1, 96) and [c[1] for c in corners] == release_axis_starts(500, 96, 32)
+    assert (th, tw) == (1, 96) and [c[1] for c in corners] == release_tile_offsets(500, 96, 32)
 
 
 def test_needs_tiling_rule():
@@ -165,7 +147,7 @@ def test_bad_overlap_is_a_clear_error(tile, overlap):
 def test_gaussian_weights_match_float64_formula(th, tw):
     got = gaussian_tile_weights(th, tw)
     assert got.dtype == torch.float32 and got.shape == (th, tw)
-    ref = release_weights(th, tw)
+    ref = gaussian_weights_release(tw, th).numpy()
     ref = ref / ref.max() * got.max().item()      # the release's constant factor cancels in the blend
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-6, atol=0)
     assert got.min() > 0

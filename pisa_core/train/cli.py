@@ -33,9 +33,12 @@ def add_train_subparsers(subparsers) -> None:
 
 
 def _run_train(args) -> int:
+    from ..cli import quiet_libraries
     from .trainer import train
 
-    train(config_from_args(args))
+    config = config_from_args(args)
+    quiet_libraries()
+    train(config)
     return 0
 
 
@@ -50,38 +53,80 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resize the LQ back to the HQ size (the training input) instead of 1/4 size")
     parser.add_argument("--hq-output", default=None,
                         help="also write the HQ images cropped to a multiple of 4 here (ground truth of the pairs)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files (default: skip them; inputs are never written over)")
 
 
 def _run_degrade(args) -> int:
     return degrade_files(args.inputs, args.output, seed=args.seed, keep_size=args.keep_size,
-                         hq_output=args.hq_output)
+                         hq_output=args.hq_output, overwrite=args.overwrite)
 
 
-def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_output=None) -> int:
-    """Degrade every listed image; image i (in listing order) uses the random stream (seed, i)."""
-    from ..image_io import write_image
-    from .data import list_images, load_rgb
-    from .degradation import DegradationConfig, degrade
+def _degrade_targets(inputs, output, hq_output) -> list[tuple[Path, Path, Path | None]]:
+    """(image, LQ file, HQ file or None) in listing order: the same relative name as .png."""
+    from .data import list_images
 
-    scale = DegradationConfig().scale
-    output = Path(output)
-    count = 0
+    listed = []
     for source in inputs:
         root = Path(source) if Path(source).is_dir() else None
         for path in list_images(source):
+            rel = (path.relative_to(root) if root is not None else Path(path.name)).with_suffix(".png")
+            listed.append((path, Path(output) / rel, Path(hq_output) / rel if hq_output is not None else None))
+    return listed
+
+
+def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_output=None,
+                  overwrite: bool = False) -> int:
+    """Degrade every listed image; image i (in listing order) uses the random stream (seed, i),
+    whether or not the images before it are written. Outputs are checked before any work (never
+    an input, no two images onto one file, folders writable); existing ones are kept unless
+    `overwrite`; an image that cannot be read is reported and the others go on (exit code 2)."""
+    from ..cli import Tally, check_targets, split_existing
+    from ..image_io import check_output_folder, write_image
+    from .data import load_rgb
+    from .degradation import DegradationConfig, degrade
+
+    scale = DegradationConfig().scale
+    listed = _degrade_targets(inputs, output, hq_output)
+    lq_pairs = [(path, lq) for path, lq, _ in listed]
+    hq_pairs = [(path, hq) for path, _, hq in listed if hq is not None]
+    check_targets(lq_pairs + hq_pairs)
+    single = len(listed) == 1
+    lq_todo, lq_kept = split_existing(lq_pairs, overwrite, single=single)
+    hq_todo, _ = split_existing(hq_pairs, overwrite, single=single)
+    wanted = {*(lq for _, lq in lq_todo), *(hq for _, hq in hq_todo)}
+    for folder in dict.fromkeys(target.parent for target in wanted):
+        check_output_folder(folder)
+    tally = Tally(skipped=[lq for _, lq in lq_kept])
+    for index, (path, lq_target, hq_target) in enumerate(listed):
+        if lq_target not in wanted and hq_target not in wanted:
+            continue
+        try:
             hq = load_rgb(path)
             h, w = (hq.shape[1] // scale) * scale, (hq.shape[2] // scale) * scale
             if h < scale or w < scale:
                 raise PiSAError(f"Image '{path}' is smaller than {scale}x{scale} pixels.")
-            hq = hq[:, :h, :w]
-            lq = degrade(hq, seed=seed, index=count, resize_back=keep_size)
-            rel = path.relative_to(root) if root is not None else Path(path.name)
-            write_image((output / rel).with_suffix(".png"), lq.permute(1, 2, 0))
-            if hq_output is not None:
-                write_image((Path(hq_output) / rel).with_suffix(".png"), hq.permute(1, 2, 0))
-            count += 1
-    print(f"pisa-sr degrade: wrote {count} LQ image(s) to {output}")
-    return 0
+        except PiSAError as error:
+            tally.fail(path, error)
+            continue
+        hq = hq[:, :h, :w]
+        if lq_target in wanted:
+            lq = degrade(hq, seed=seed, index=index, resize_back=keep_size)
+            write_image(lq_target, lq.permute(1, 2, 0), overwrite=overwrite)
+            tally.written.append(lq_target)
+        if hq_target in wanted:
+            write_image(hq_target, hq.permute(1, 2, 0), overwrite=overwrite)
+    print(_degrade_summary(tally, output))
+    return 2 if tally.failed else 0
+
+
+def _degrade_summary(tally, output) -> str:
+    line = f"pisa-sr degrade: wrote {len(tally.written)} LQ image(s) to {output}"
+    if tally.skipped:
+        line += f"; {len(tally.skipped)} skipped (output exists; --overwrite replaces it)"
+    if tally.failed:
+        line += f"; {len(tally.failed)} failed: " + ", ".join(str(path) for path, _ in tally.failed)
+    return line
 
 
 # ----------------------------------------------------------------------------- caption
@@ -99,18 +144,29 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_caption(args) -> int:
+    from ..cli import quiet_libraries
     from .caption import caption_images
 
+    quiet_libraries()
     caption_images(args.inputs, args.model, overwrite=args.overwrite, batch_size=args.batch_size,
                    max_new_tokens=args.max_new_tokens, device=args.device)
     return 0
+
+
+def _stand_alone(parser: argparse.ArgumentParser, run, argv) -> int:
+    """Parse, show the project's logs and keep the CLI's error contract (pisa_core.cli.main's)."""
+    from ..cli import report_errors, show_project_logs
+
+    args = parser.parse_args(argv)
+    show_project_logs()
+    return report_errors(lambda: run(args), parser.prog)
 
 
 def degrade_main(argv=None) -> int:
     """Stand-alone entry of `pisa-sr degrade` (argv without the subcommand name)."""
     parser = argparse.ArgumentParser(prog="pisa-sr degrade", description=DEGRADE_HELP)
     add_degrade_arguments(parser)
-    return _run_degrade(parser.parse_args(argv))
+    return _stand_alone(parser, _run_degrade, argv)
 
 
 def train_main(argv=None) -> int:
@@ -118,4 +174,4 @@ def train_main(argv=None) -> int:
     `accelerate launch -m pisa_core.train`."""
     parser = argparse.ArgumentParser(prog="pisa-sr train", description="Train PiSA-SR's LoRAs.")
     add_config_arguments(parser)
-    return _run_train(parser.parse_args(argv))
+    return _stand_alone(parser, _run_train, argv)

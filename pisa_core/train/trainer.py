@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..base_model import load_base_model
 from ..checkpoint import PiSAWeights, check_compatible, load_pisa_weights
 from ..errors import PiSAError
-from ..image_io import write_image
+from ..image_io import check_output_folder, write_image
 from ..lora import FAMILIES, LoRAFamily
 from .config import TrainConfig
 from .data import PairDataset, PositionSampler, build_items, collate, missing_caption_warning
@@ -63,6 +63,31 @@ def resolve_trackers(report_to: str):
     return report_to
 
 
+# What a run leaves in --output-dir besides checkpoints/ and the weights (see state.py's layout).
+RUN_FILES = ("config.json", "train_log.jsonl")
+
+
+def previous_run(output_dir) -> str | None:
+    """What shows that `output_dir` already holds a training run (a checkpoint, weights, its config
+    or log), or None."""
+    folder = Path(output_dir)
+    checkpoints = folder / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        return str(checkpoints)
+    found = sorted(folder.glob("pisa_sr_*.safetensors")) + [folder / name for name in RUN_FILES]
+    return next((str(path) for path in found if path.exists()), None)
+
+
+def check_output_dir(cfg: TrainConfig) -> None:
+    """Before any model loads: a folder holding a run is continued only with --resume, never
+    trained over; the folder must be writable."""
+    found = None if cfg.resume else previous_run(cfg.output_dir)
+    if found is not None:
+        raise PiSAError(f"--output-dir '{cfg.output_dir}' already holds a training run ({found}); continue it "
+                        "with --resume latest, or choose another --output-dir.")
+    check_output_folder(cfg.output_dir, "--output-dir")
+
+
 def _worker_init(_):
     torch.set_num_threads(1)  # degradation in many workers; no thread oversubscription
 
@@ -75,6 +100,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         cfg = config.resolved()
+        check_output_dir(cfg)
         if cfg.lambda_lpips > 0:  # fail before the minutes of model loading
             check_lpips_files(cfg.lpips_weights)
         self.output_dir = Path(cfg.output_dir)

@@ -25,7 +25,8 @@ NOTE = ("### PiSA-SR\n\nPut the files here (see the pack's README):\n\n"
 SOCKETS = {
     "PiSALoader": ([], [("pisa_model", "PISA_MODEL")]),
     "PiSAEncode": ([("pisa_model", "PISA_MODEL"), ("image", "IMAGE")], [("latent", "LATENT")]),
-    "PiSADualGuidance": ([("pisa_model", "PISA_MODEL"), ("latent", "LATENT")], [("latent", "LATENT")]),
+    "PiSADualGuidance": ([("pisa_model", "PISA_MODEL"), ("latent", "LATENT"), ("mask", "MASK")],
+                         [("latent", "LATENT")]),
     "PiSADecode": ([("pisa_model", "PISA_MODEL"), ("latent", "LATENT"), ("color_reference", "IMAGE")],
                    [("image", "IMAGE")]),
     "PiSAGuidanceGrid": ([("pisa_model", "PISA_MODEL"), ("latent", "LATENT"), ("color_reference", "IMAGE")],
@@ -85,7 +86,7 @@ def _front(g: Graph):
     note = g.node("MarkdownNote", (0, -260), (400, 220), [NOTE])
     loader = g.node("PiSALoader", (0, 0), (400, 110), [BASE, WEIGHTS, "auto", False])
     load = g.node("LoadImage", (0, 170), (400, 330), ["example.png", "image"])
-    enc = g.node("PiSAEncode", (450, 100), (320, 150), [4.0, "bicubic", 1024, 512])
+    enc = g.node("PiSAEncode", (450, 100), (320, 150), [4.0, "bicubic", 0, 512])
     g.link(loader, 0, enc, "pisa_model")
     g.link(load, 0, enc, "image")
     return note, loader, load, enc
@@ -94,8 +95,8 @@ def _front(g: Graph):
 def basic() -> dict:
     g = Graph()
     _, loader, load, enc = _front(g)
-    guide = g.node("PiSADualGuidance", (820, 100), (320, 160), [1.0, 1.0, 96, 32])
-    dec = g.node("PiSADecode", (1190, 100), (300, 120), ["adain", 1024])
+    guide = g.node("PiSADualGuidance", (820, 100), (320, 210), [1.0, 1.0, 96, 32, 1.0, 0.3])
+    dec = g.node("PiSADecode", (1190, 100), (300, 120), ["adain", 0])
     save = g.node("SaveImage", (1540, 100), (500, 560), ["PiSA-SR"])
     g.link(loader, 0, guide, "pisa_model")
     g.link(enc, 0, guide, "latent")
@@ -109,8 +110,9 @@ def basic() -> dict:
 def adjustable() -> dict:
     g = Graph()
     _, loader, load, enc = _front(g)
-    guide = g.node("PiSADualGuidance", (820, 100), (320, 160), [0.8, 1.2, 96, 32], "λ sliders: PiSA-SR Dual Guidance")
-    dec = g.node("PiSADecode", (1190, 100), (300, 120), ["adain", 1024])
+    guide = g.node("PiSADualGuidance", (820, 100), (320, 210), [0.8, 1.2, 96, 32, 1.0, 0.3],
+                   "λ sliders: PiSA-SR Dual Guidance")
+    dec = g.node("PiSADecode", (1190, 100), (300, 120), ["adain", 0])
     bicubic = g.node("ImageScaleBy", (820, 420), (320, 90), ["bicubic", 4.0], "Plain bicubic ×4 (for comparison)")
     stitch = g.node("ImageStitch", (1190, 420), (300, 150), ["right", True, 8, "white"])
     save = g.node("SaveImage", (1540, 100), (700, 480), ["PiSA-SR_vs_bicubic"])
@@ -130,7 +132,7 @@ def grid() -> dict:
     g = Graph()
     _, loader, load, enc = _front(g)
     grid_node = g.node("PiSAGuidanceGrid", (820, 100), (340, 260),
-                       ["0.5, 1.0, 1.5", "0.0, 0.5, 1.0, 1.5", "adain", 512, 96, 32, 1024])
+                       ["0.5, 1.0, 1.5", "0.0, 0.5, 1.0, 1.5", "adain", 512, 96, 32, 0])
     save = g.node("SaveImage", (1210, 100), (600, 600), ["PiSA-SR_grid"])
     preview = g.node("PreviewImage", (1210, 740), (600, 400), [])
     g.link(loader, 0, grid_node, "pisa_model")
@@ -138,6 +140,30 @@ def grid() -> dict:
     g.link(load, 0, grid_node, "color_reference")
     g.link(grid_node, 0, save, "images")
     g.link(grid_node, 1, preview, "images")
+    return g.workflow()
+
+
+REGIONS_NOTE = ("### PiSA-SR: regions\n\nRight-click **Load Image** → *Open in MaskEditor* and paint over what must "
+                "stay faithful (a face, text, a logo). Inside the mask PiSA-SR uses λ_sem 0.3 (little invented "
+                "detail), outside λ_sem 1.3 (more detail). Moving the sliders or repainting runs no UNet pass: "
+                "both ε are cached.")
+
+
+def regions() -> dict:
+    g = Graph()
+    _, loader, load, enc = _front(g)
+    g.node("MarkdownNote", (450, -260), (400, 220), [REGIONS_NOTE])
+    guide = g.node("PiSADualGuidance", (820, 100), (320, 210), [1.0, 1.3, 96, 32, 1.0, 0.3],
+                   "Regions: λ_sem 0.3 in the mask, 1.3 elsewhere")
+    dec = g.node("PiSADecode", (1190, 100), (300, 120), ["adain", 0])
+    save = g.node("SaveImage", (1540, 100), (500, 560), ["PiSA-SR_regions"])
+    g.link(loader, 0, guide, "pisa_model")
+    g.link(enc, 0, guide, "latent")
+    g.link(load, 1, guide, "mask")
+    g.link(loader, 0, dec, "pisa_model")
+    g.link(guide, 0, dec, "latent")
+    g.link(load, 0, dec, "color_reference")
+    g.link(dec, 0, save, "images")
     return g.workflow()
 
 
@@ -171,7 +197,8 @@ def thumbnail(workflow: dict, path: Path, size=(320, 180)) -> None:
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    for name, make in (("pisa_sr_basic", basic), ("pisa_sr_adjustable", adjustable), ("pisa_sr_grid", grid)):
+    for name, make in (("pisa_sr_basic", basic), ("pisa_sr_adjustable", adjustable), ("pisa_sr_grid", grid),
+                       ("pisa_sr_regions", regions)):
         workflow = make()
         (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=1, ensure_ascii=False) + "\n")
         thumbnail(workflow, OUT / f"{name}.jpg")

@@ -25,7 +25,7 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER = "comfyui-pisa-sr"
 NODE_IDS = ["PiSALoader", "PiSAEncode", "PiSADualGuidance", "PiSADecode", "PiSAUpscale", "PiSAGuidanceGrid"]
-TEMPLATES = ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid"]
+TEMPLATES = ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid", "pisa_sr_regions"]
 LQ_SIZE = (24, 32)  # h, w of the test input image
 
 pytestmark = pytest.mark.skipif(

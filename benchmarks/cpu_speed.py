@@ -1,0 +1,389 @@
+"""The CPU targets (issue 9, items 4 and 5), measured side by side in one run on the real-size
+SD2.1-base architecture with random weights, 128² -> 512²:
+
+    python benchmarks/cpu_speed.py [--repeats 3] [--skip image process ops] [--model-dir DIR] [--quick]
+
+  image    per-image time and peak RSS of ours (dtype auto, and fp32; the stages one by one)
+           against the release structure in fp32 (speed.py's variants, each in its own process);
+           bf16/fp32 per stage; the quality guard: PSNR of the auto (bf16) output against the fp32
+           output on the same random model, at least 35 dB on [0, 1]
+  process  whole processes, start to written file, second run: `pisa-sr upscale` with the
+           single-file .safetensors checkpoint and the official-layout .pkl (the first run fills
+           the empty-prompt cache in a temporary PISA_SR_CACHE_DIR) against release_process.py
+           (diffusers folder, from_pretrained in fp32, text encoder and tokenizer); wall time and
+           the process's own peak RSS. The model files are written once to --model-dir.
+  ops      torch.profiler per stage in bf16 and in fp32: the ops that take longer in bf16
+
+Prints the tables (markdown), the targets with PASS/FAIL, the machine (CPU features, torch, date,
+load averages before and after) and writes benchmarks/results/cpu-speed.json. Exit code: 1 when a
+measurement failed, 2 when a target failed (the quality guard included), else 0. --quick runs
+everything on the tests' tiny models (PISA_BENCH_TINY=1): a smoke test, figures meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+import speed
+from common import Children, load_average, lq_image, machine_info, measure_process, write_results
+
+HERE = Path(__file__).resolve().parent
+PARTS = ("image", "process", "ops")
+MIN_PSNR_DB = 35.0
+
+# (variant of speed.py, our dtype); the release structure always runs in fp32
+IMAGE_RUNS = (("ours-default", "auto"), ("ours-adjustable", "auto"), ("ours-readjust", "auto"),
+              ("ours-decode", "auto"), ("ours-default", "fp32"), ("ours-adjustable", "fp32"),
+              ("release-default", "fp32"), ("release-adjustable", "fp32"))
+QUALITY_VARIANTS = ("ours-default", "ours-adjustable")
+STAGES = ("encode", "unet", "decode")
+
+# ops profiled per stage: (stage, how the stage is called); the tiled ones exercise the tile loops
+OPS_STAGES = {"encode": {}, "unet": {"need": ("pisa",)}, "unet-adjustable": {"need": ("pix", "pisa")},
+              "unet-tiled": {"need": ("pisa",), "latent_tile": 48, "latent_overlap": 16},
+              "decode": {}, "decode-tiled": {"vae_tile": 256}}
+OPS_MIN_MS, OPS_MIN_RATIO = 2.0, 1.1  # an op counts as slower in bf16 above both
+
+SUMMARY = re.compile(r"(\d+) images? written, ([\d.]+) s per image, model loaded in ([\d.]+) s \(([^)]*)\)")
+
+
+def label(variant: str, dtype: str) -> str:
+    return f"{variant}@{dtype}"
+
+
+# ------------------------------------------------------------------------------ per image
+
+
+def per_image(children: Children, repeats: int, work: Path) -> dict:
+    """speed.py's variants, each in its own process; our default/adjustable runs save their output."""
+    results = {}
+    for variant, dtype in IMAGE_RUNS:
+        name = label(variant, dtype)
+        save = str(work / f"{name}.pt") if variant in QUALITY_VARIANTS else None
+        r = children.run(name, speed.variant_command(variant, "cpu", dtype, repeats, save_output=save))
+        if r is not None:
+            r["output_file"] = save
+            results[name] = r
+            print(f"  {name:28s} {r['dtype']:5s} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_gib']:5.2f} GiB",
+                  flush=True)
+    return results
+
+
+def stage_ratios(image: dict) -> dict:
+    """bf16 (auto) / fp32 seconds per stage of the default run, and of the adjustable UNet."""
+    ratios = {}
+    for variant, stages in (("ours-default", STAGES), ("ours-adjustable", ("unet",))):
+        auto, fp32 = image.get(label(variant, "auto")), image.get(label(variant, "fp32"))
+        if auto is None or fp32 is None:
+            continue
+        for stage in stages:
+            a, f = auto["stages"][stage]["seconds"], fp32["stages"][stage]["seconds"]
+            key = stage if variant == "ours-default" else f"{stage} (adjustable)"
+            ratios[key] = {"auto_s": a, "fp32_s": f, "ratio": a / f}
+    return ratios
+
+
+def quality(image: dict) -> dict:
+    """The auto-dtype output against the fp32 output of the same random model, on [0, 1]."""
+    found = {}
+    for variant in QUALITY_VARIANTS:
+        auto, fp32 = image.get(label(variant, "auto")), image.get(label(variant, "fp32"))
+        if auto is None or fp32 is None:
+            continue
+        a, f = torch.load(auto["output_file"]), torch.load(fp32["output_file"])
+        diff = (a - f).abs()
+        mse = float(diff.pow(2).mean())
+        found[variant] = {"dtype": auto["dtype"], "psnr_db": 10 * math.log10(1 / mse) if mse > 0 else math.inf,
+                          "mean_abs": float(diff.mean()), "max_abs": float(diff.max())}
+    return found
+
+
+# ------------------------------------------------------------------------------ whole process
+
+
+def write_models(folder: Path) -> None:
+    """Child process: the random-weight model on disk, once: a diffusers folder (with a synthetic
+    CLIP tokenizer of the text encoder's vocabulary size), the single-file LDM .safetensors, the
+    official-layout .pkl, and a 128² input PNG."""
+    from PIL import Image
+
+    import tiny_models
+    from common import sd21_text_encoder, sd21_unet, sd21_vae
+    from model_files import write_diffusers_folder, write_single_file
+    from pisa_files import write_official_pkl
+
+    paths = model_paths(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unet, vae, text_encoder = sd21_unet(), sd21_vae(), sd21_text_encoder()
+    with mock.patch.object(tiny_models, "VOCAB_SIZE", text_encoder.config.vocab_size):
+        write_diffusers_folder(paths["folder"], unet, vae, text_encoder)
+    write_single_file(paths["single"], unet, vae, text_encoder)
+    write_official_pkl(unet, paths["pkl"])
+    lq = (lq_image(speed.LQ_SIDE)[0].numpy() * 255).round().astype("uint8")
+    Image.fromarray(lq).save(paths["input"])
+    paths["done"].write_text("complete\n")
+
+
+def model_paths(folder: Path) -> dict[str, Path]:
+    return {"folder": folder / "sd21-base", "single": folder / "v2-1_512-random.safetensors",
+            "pkl": folder / "pisa_sr.pkl", "input": folder / "lq.png", "done": folder / "complete"}
+
+
+def _pisa_sr() -> list[str]:
+    """The `pisa-sr` console script of this Python (else the module)."""
+    script = shutil.which("pisa-sr", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "pisa_core.cli"]
+
+
+def process_commands(paths: dict) -> dict:
+    """name -> command for an output file; the output differs per run (the CLI keeps existing files)."""
+    def ours(*extra):
+        return lambda target: [*_pisa_sr(), "upscale", str(paths["input"]), "-o", str(target), "--base",
+                               str(paths["single"]), "--weights", str(paths["pkl"]), "--device", "cpu", *extra]
+    return {"ours": ours(), "ours-fp32": ours("--dtype", "fp32"),
+            "release": lambda target: [sys.executable, str(HERE / "release_process.py"), str(paths["folder"]),
+                                       str(paths["pkl"]), str(paths["input"]), str(target)]}
+
+
+def whole_process(children: Children, model_dir: Path, work: Path) -> dict:
+    """Each process twice (the first fills the prompt cache and the page cache), the second measured."""
+    paths = model_paths(model_dir)
+    if not paths["done"].exists():
+        print(f"  writing the random-weight model files to {model_dir} (once)", flush=True)
+        if children.run("write-models", [sys.executable, __file__, "--write-models", str(model_dir)]) is None:
+            return {}
+    env = {**os.environ, "PISA_SR_CACHE_DIR": str(work / "prompt-cache")}
+    results = {}
+    for name, command in process_commands(paths).items():
+        runs = []
+        for attempt in (1, 2):
+            target = work / f"{name}-{attempt}.png"
+            r = measure_process(command(target), env)
+            if r["returncode"] != 0 or not target.exists():
+                children.fail(f"process {name}", f"exit code {r['returncode']}\n{r['stderr'][-3000:]}")
+                break
+            summary = SUMMARY.search(r["stdout"] + r["stderr"])
+            runs.append({"seconds": r["seconds"], "peak_rss_gib": r["peak_rss_gib"],
+                         "summary": summary.group(0) if summary else None,
+                         "per_image_s": float(summary[2]) if summary else None,
+                         "load_s": float(summary[3]) if summary else None})
+        if len(runs) == 2:
+            results[name] = {**runs[1], "first_run": runs[0]}
+            print(f"  {name:10s} {runs[1]['seconds']:7.2f} s  peak RSS {runs[1]['peak_rss_gib']:5.2f} GiB  "
+                  f"(first run {runs[0]['seconds']:.2f} s)  {runs[1]['summary'] or ''}", flush=True)
+    results["files_gib"] = {k: _size_gib(paths[k]) for k in ("folder", "single", "pkl")}
+    return results
+
+
+def _size_gib(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**30
+
+
+# ------------------------------------------------------------------------------ ops slower in bf16
+
+
+def profile_ops(dtype: str) -> dict:
+    """Child process: each stage of OPS_STAGES once to warm up, then once under torch.profiler;
+    self CPU time per (op, input shapes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from common import random_weights, sd21_base
+    from pisa_core.pipeline import PiSAPipeline
+
+    base = sd21_base()
+    pipe = PiSAPipeline(base, random_weights(base.unet), device="cpu", dtype=dtype)
+    found = {"dtype": str(pipe.dtype), "channels_last": pipe.channels_last, "stages": {}}
+    with torch.inference_mode():
+        pixels, _ = pipe.prepare(lq_image(speed.LQ_SIDE))
+        latent = pipe.encode(pixels)
+        z_high = pipe.guide(latent, pipe.predict_eps(latent, need=("pisa",)))
+        calls = {"encode": functools.partial(pipe.encode, pixels), "unet": functools.partial(pipe.predict_eps, latent),
+                 "decode": functools.partial(pipe.decode, z_high)}
+        for stage, options in OPS_STAGES.items():
+            run = functools.partial(calls[stage.split("-")[0]], **options)
+            run()
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                start = time.perf_counter()
+                run()
+                wall = time.perf_counter() - start
+            ops = [[e.key, str(e.input_shapes), e.self_cpu_time_total / 1000, e.count]
+                   for e in prof.key_averages(group_by_input_shape=True) if e.self_cpu_time_total >= 100]
+            found["stages"][stage] = {"wall_s": wall, "ops": ops}
+    return found
+
+
+def _totals(ops: list, by_shape: bool) -> dict:
+    totals: dict = {}
+    for name, shapes, ms, count in ops:
+        key = (name, shapes) if by_shape else (name, "")
+        ms0, count0 = totals.get(key, (0.0, 0))
+        totals[key] = (ms0 + ms, count0 + count)
+    return totals
+
+
+def slower_in_bf16(bf16: dict, fp32: dict, by_shape: bool) -> list[dict]:
+    """Ops whose self time in bf16 exceeds their fp32 time by OPS_MIN_MS and OPS_MIN_RATIO, per
+    stage (an op found only in bf16, e.g. a layout conversion, counts against bf16)."""
+    rows = []
+    for stage, found in bf16["stages"].items():
+        reference = _totals(fp32["stages"].get(stage, {}).get("ops", []), by_shape)
+        for (name, shapes), (ms, count) in _totals(found["ops"], by_shape).items():
+            ms32 = reference.get((name, shapes), (0.0, 0))[0]
+            if ms - ms32 >= OPS_MIN_MS and ms >= OPS_MIN_RATIO * ms32:
+                rows.append({"stage": stage, "op": name, "input_shapes": shapes, "calls": count,
+                             "bf16_ms": ms, "fp32_ms": ms32})
+    return sorted(rows, key=lambda r: r["bf16_ms"] - r["fp32_ms"], reverse=True)
+
+
+def ops(children: Children) -> dict:
+    found = {}
+    for dtype in ("bf16", "fp32"):
+        r = children.run(f"ops {dtype}", [sys.executable, __file__, "--ops-child", dtype])
+        if r is None:
+            return {}
+        found[dtype] = r
+    return {"stage_wall_s": {s: {d: found[d]["stages"][s]["wall_s"] for d in found} for s in OPS_STAGES},
+            "slower_by_op": slower_in_bf16(found["bf16"], found["fp32"], by_shape=False),
+            "slower_by_shape": slower_in_bf16(found["bf16"], found["fp32"], by_shape=True)[:25]}
+
+
+# ------------------------------------------------------------------------------ targets and report
+
+
+def targets(image: dict, process: dict, checks: dict) -> list[dict]:
+    """Each target: the measured ratio (or PSNR) against its bound."""
+    def seconds(name):
+        return image[name]["seconds"] if name in image else None
+
+    def ratio(a, b):
+        return a / b if a is not None and b is not None else None
+
+    rows = [
+        ("per image, λ=(1,1): ours auto / release fp32",
+         ratio(seconds(label("ours-default", "auto")), seconds(label("release-default", "fp32"))), "<=", 0.25),
+        ("per image, λ=(0.8,1.2): ours auto / release fp32",
+         ratio(seconds(label("ours-adjustable", "auto")), seconds(label("release-adjustable", "fp32"))), "<=", 0.22),
+        ("whole process (2nd run): ours auto / release fp32",
+         ratio(process.get("ours", {}).get("seconds"), process.get("release", {}).get("seconds")), "<=", 0.45),
+        ("whole process peak RSS: ours auto / release fp32",
+         ratio(process.get("ours", {}).get("peak_rss_gib"), process.get("release", {}).get("peak_rss_gib")),
+         "<=", 0.35),
+    ]
+    rows += [(f"PSNR auto vs fp32, {v} (dB)", q["psnr_db"], ">=", MIN_PSNR_DB) for v, q in checks.items()]
+    return [{"target": what, "value": value, "bound": f"{op} {bound:g}",
+             "pass": None if value is None else (value <= bound if op == "<=" else value >= bound)}
+            for what, value, op, bound in rows]
+
+
+def report(data: dict) -> None:
+    m = data["machine"]
+    print(f"\n{m['cpu_model']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} ({m['threads']} threads), "
+          f"capability {m['cpu_capability']}, AMX tile {m['amx_tile']}, AVX512-BF16 {m['avx512_bf16']}, "
+          f"{m['date']}; load average before {data['load_before']}, after {data['load_after']}")
+    image = data["image"]
+    if image:
+        print("\n| variant | dtype | median s per image | peak RSS GiB (run) |\n|---|---|---|---|")
+        for name, r in image.items():
+            print(f"| {name} | {r['dtype']} | {r['seconds']:.2f} | {r['peak_rss_gib']:.2f} |")
+    if data["stage_ratios"]:
+        print("\n| stage | auto s | fp32 s | auto / fp32 |\n|---|---|---|---|")
+        for stage, r in data["stage_ratios"].items():
+            print(f"| {stage} | {r['auto_s']:.2f} | {r['fp32_s']:.2f} | {r['ratio']:.2f} |")
+    for variant, q in data["quality"].items():
+        print(f"\nquality {variant}: {q['dtype']} vs fp32 PSNR {q['psnr_db']:.1f} dB, mean |Δ| {q['mean_abs']:.2e}, "
+              f"max |Δ| {q['max_abs']:.2e}")
+    process = {k: v for k, v in data["process"].items() if k != "files_gib"}
+    if process:
+        print("\n| process (2nd run) | wall s | peak RSS GiB | first run s | CLI summary |\n|---|---|---|---|---|")
+        for name, r in process.items():
+            print(f"| {name} | {r['seconds']:.2f} | {r['peak_rss_gib']:.2f} | {r['first_run']['seconds']:.2f} | "
+                  f"{r['summary'] or '-'} |")
+    if data["ops"]:
+        print("\n| profiled stage | bf16 s | fp32 s |\n|---|---|---|")
+        for stage, walls in data["ops"]["stage_wall_s"].items():
+            print(f"| {stage} | {walls['bf16']:.2f} | {walls['fp32']:.2f} |")
+        print("\nops slower in bf16 than in fp32 (self CPU ms, per stage):")
+        for r in data["ops"]["slower_by_op"] or [{"stage": "-", "op": "none", "calls": 0, "bf16_ms": 0, "fp32_ms": 0}]:
+            print(f"  {r['stage']:16s} {r['op']:45s} calls {r['calls']:4d}  bf16 {r['bf16_ms']:8.1f}  "
+                  f"fp32 {r['fp32_ms']:8.1f}")
+        for r in data["ops"]["slower_by_shape"][:10]:
+            print(f"    {r['stage']:14s} {r['op']:35s} {r['input_shapes'][:70]:70s} bf16 {r['bf16_ms']:7.1f} "
+                  f"fp32 {r['fp32_ms']:7.1f}")
+    print("\n| target | measured | bound | |\n|---|---|---|---|")
+    for t in data["targets"]:
+        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
+        value = "-" if t["value"] is None else f"{t['value']:.3f}"
+        print(f"| {t['target']} | {value} | {t['bound']} | {verdict} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant, after one warm-up")
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="where the random-weight model files are written once (default: a folder in $TMPDIR)")
+    parser.add_argument("--quick", action="store_true", help="the tests' tiny models: a smoke test in a minute")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/cpu-speed.json)")
+    parser.add_argument("--write-models", type=Path, help=argparse.SUPPRESS)  # child: write the model files
+    parser.add_argument("--ops-child", help=argparse.SUPPRESS)  # child: profile the stages in one dtype
+    args = parser.parse_args()
+    if args.write_models:
+        write_models(args.write_models)
+        print(json.dumps({"written": str(args.write_models)}))
+        return 0
+    if args.ops_child:
+        print(json.dumps(profile_ops(args.ops_child)))
+        return 0
+    if args.quick:
+        os.environ["PISA_BENCH_TINY"] = "1"  # inherited by every child
+    model_dir = args.model_dir or Path(tempfile.gettempdir()) / f"pisa-sr-bench-models{'-tiny' if args.quick else ''}"
+    children = Children()
+    data = {"machine": machine_info(), "load_before": load_average(), "uptime_before": _uptime(),
+            "quick": args.quick, "repeats": args.repeats, "image": {}, "stage_ratios": {}, "quality": {},
+            "process": {}, "ops": {}}
+    with tempfile.TemporaryDirectory(prefix="pisa-sr-bench-") as tmp:
+        work = Path(tmp)
+        if "image" not in args.skip:
+            print("per image (each variant in its own process):", flush=True)
+            data["image"] = per_image(children, args.repeats, work)
+            data["stage_ratios"] = stage_ratios(data["image"])
+            data["quality"] = quality(data["image"])
+        if "process" not in args.skip:
+            print("whole process:", flush=True)
+            data["process"] = whole_process(children, model_dir, work)
+        if "ops" not in args.skip:
+            print("ops (torch.profiler, bf16 and fp32):", flush=True)
+            data["ops"] = ops(children)
+    data["load_after"], data["uptime_after"] = load_average(), _uptime()
+    data["targets"] = targets(data["image"], data["process"], data["quality"])
+    report(data)
+    print(f"\nwrote {write_results('cpu-speed.json', data, args.out)}")
+    if children.exit_code():
+        return 1
+    return 2 if any(t["pass"] is False for t in data["targets"]) else 0
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Precision rules: what `auto` picks on machines with and without native bf16 (the capability
+probe answered by the test), and what happens when half precision overflows (NaN/inf in the
+encode, the ε or the decode): the part is switched to fp32 (logged, visible, the host told), the
+stage runs again, and an output that stays non-finite is an error, not an image."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from pisa_core import options
+from pisa_core.errors import PiSAError
+from pisa_core.hardware import Probe
+from pisa_core.pipeline import PiSAPipeline
+
+
+def probe(cpu_bf16=False, capability=(8, 0), asked=None):
+    def cuda_capability(device):
+        if asked is not None:
+            asked.append(device)
+        return capability
+    return Probe(cpu_native_bf16=lambda: cpu_bf16, cuda_capability=cuda_capability)
+
+
+@pytest.mark.parametrize("device, machine, expected", [
+    ("cpu", probe(cpu_bf16=True), torch.bfloat16),     # AVX512-BF16 / AMX / Arm BF16
+    ("cpu", probe(cpu_bf16=False), torch.float32),     # emulated bf16 is slower than fp32; fp16 too
+    ("cuda:0", probe(capability=(8, 0)), torch.bfloat16),   # Ampere and later
+    ("cuda:0", probe(capability=(9, 0)), torch.bfloat16),
+    ("cuda:0", probe(capability=(7, 5)), torch.float16),    # T4, RTX 20xx: no bf16 convolutions in cuDNN
+    ("cuda:0", probe(capability=(7, 0)), torch.float16),    # V100
+    ("mps", probe(cpu_bf16=True), torch.float16),
+])
+def test_auto_dtype_follows_what_the_device_computes_natively(device, machine, expected):
+    assert options.auto_dtype(torch.device(device), machine) == expected
+    assert options.resolve_dtype("auto", torch.device(device), machine) == expected
+    assert options.resolve_dtype(None, torch.device(device), machine) == expected
+
+
+def test_auto_dtype_asks_about_the_selected_gpu_not_the_current_one():
+    asked = []
+    options.auto_dtype(torch.device("cuda:1"), probe(capability=(7, 5), asked=asked))
+    assert asked == [torch.device("cuda:1")]
+
+
+def test_explicit_dtypes_are_kept_and_bad_ones_refused():
+    cpu = torch.device("cpu")
+    for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        assert options.resolve_dtype(name, cpu, probe(cpu_bf16=True)) == dtype
+        assert options.resolve_dtype(dtype, cpu) == dtype
+    for bad in ("fp64", "half", torch.float64):
+        with pytest.raises(PiSAError, match="dtype"):
+            options.resolve_dtype(bad, cpu)
+
+
+def test_channels_last_goes_with_bf16_on_the_cpu_and_with_gpus():
+    assert options.auto_channels_last(torch.device("cpu"), torch.bfloat16)
+    assert not options.auto_channels_last(torch.device("cpu"), torch.float32)
+    assert options.auto_channels_last(torch.device("cuda"), torch.float16)
+
+
+def test_this_machine_resolves_auto_by_its_own_probe(model_dir):
+    pipe = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu")
+    assert pipe.dtype == options.auto_dtype(torch.device("cpu"))
+    assert pipe.channels_last == options.auto_channels_last(torch.device("cpu"), pipe.dtype)
+
+
+# ------------------------------------------------------------------ overflow in half precision
+
+
+
+def overflowing(model_dir, part: str, told: list, **options_):
+    """A half-precision pipeline whose `part` overflows fp16: its first conv gets a bias just below
+    fp16's largest value (65504) and larger weights, so its outputs pass it; every weight stays
+    finite in fp16, and the next GroupNorm brings fp32 activations back to normal."""
+    pipe = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp16",
+                                   on_upcast=told.append, **options_)
+    layer = {"encode": pipe.vae.encoder.conv_in, "unet": pipe.unet.unet.conv_in, "decode": pipe.vae.decoder.conv_in}
+    with torch.no_grad():
+        layer[part].bias.fill_(6.5e4)
+        layer[part].weight.mul_(1e3)
+    return pipe
+
+
+@pytest.mark.parametrize("part, stage", [("encode", "vae"), ("unet", "unet"), ("decode", "vae")])
+def test_an_overflow_switches_that_part_to_fp32_and_reruns_the_stage(model_dir, lq_image, caplog, part, stage):
+    told: list[str] = []
+    pipe = overflowing(model_dir, part, told)
+    image = lq_image(16, 16)
+    with caplog.at_level(logging.WARNING, logger="pisa_core.pipeline"):
+        try:
+            out = pipe(image, process_size=0, lambda_pix=0.8, lambda_sem=1.2)
+        except RuntimeError as error:
+            skip_without_half_kernels(error)
+    assert torch.isfinite(out).all() and out.std() > 0.01  # not NaN, not a flat (black) image
+    assert pipe.upcasts == [stage] and told == [stage]
+    assert (pipe.vae_dtype if stage == "vae" else pipe.unet_dtype) == torch.float32
+    assert f"the {stage.upper()} overflowed in fp16" in caplog.text
+
+
+def test_memory_estimates_follow_the_upcast(model_dir, lq_image):
+    told: list[str] = []
+    pipe = overflowing(model_dir, "decode", told, free_memory=lambda: 8 * 2**30)
+    before = pipe.vae_tile_for("decode", (4096, 4096), 0)
+    try:
+        pipe(lq_image(16, 16), process_size=0, vae_tile=128)
+    except RuntimeError as error:
+        skip_without_half_kernels(error)
+    assert pipe.vae_dtype == torch.float32
+    assert pipe.vae_tile_for("decode", (4096, 4096), 0) < before  # twice the bytes per pixel now
+
+
+def test_still_non_finite_in_fp32_is_an_error_not_an_image(model_dir, lq_image):
+    pipe = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32")
+    with torch.no_grad():
+        pipe.vae.decoder.conv_in.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(PiSAError, match="VAE decode produced NaN or infinite values even in float32"):
+        pipe(lq_image(16, 16), process_size=0)
+
+
+def skip_without_half_kernels(error: RuntimeError) -> None:
+    """Some CPU builds lack fp16 kernels ("... not implemented for 'Half'"): skip only for that."""
+    if "not implemented for 'Half'" in str(error) or "not implemented for 'BFloat16'" in str(error):
+        pytest.skip(f"this CPU build lacks half-precision kernels: {error}")
+    raise error
