@@ -31,11 +31,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the release-structure reference and the file writers live with the tests
 
+import tiny_models  # noqa: E402
+from pisa_files import random_pisa_weights  # noqa: E402
+
 from pisa_core.base_model import BaseModel  # noqa: E402
 from pisa_core.checkpoint import PiSAWeights  # noqa: E402
 from pisa_core.options import LATENT_FACTOR  # noqa: E402
-import tiny_models  # noqa: E402
-from pisa_files import random_pisa_weights  # noqa: E402
 
 CONFIGS = ROOT / "pisa_core" / "configs"
 TINY = os.environ.get("PISA_BENCH_TINY") == "1"
@@ -176,7 +177,8 @@ def sync(device: torch.device) -> None:
 class Children:
     """Measurements in child processes whose last stdout line is a JSON object. A child that
     exits non-zero or prints no JSON is reported on stderr and counted in `failed`; the scripts
-    exit with `exit_code()` so that any failed measurement fails the run."""
+    exit with `exit_code()` so that any failed measurement fails the run. Each result gets the
+    load averages at its end (other jobs on the machine inflate the seconds)."""
 
     def __init__(self):
         self.failed: list[str] = []
@@ -185,7 +187,7 @@ class Children:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if done.returncode == 0:
             try:
-                return json.loads(done.stdout.strip().splitlines()[-1])
+                return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_average": load_average()}
             except (IndexError, json.JSONDecodeError):
                 pass
         self.fail(label, f"exit code {done.returncode}\n{done.stderr[-3000:]}")
@@ -214,7 +216,7 @@ def measure_process(cmd: list[str], env: dict | None = None) -> dict:
         out.seek(0)
         err.seek(0)
         return {"seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20, "returncode": proc.returncode,
-                "stdout": out.read(), "stderr": err.read()}
+                "stdout": out.read(), "stderr": err.read(), "load_average": load_average()}
 
 
 # ------------------------------------------------------------------------------ the machine

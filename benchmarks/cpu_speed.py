@@ -36,9 +36,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
-import torch
-
 import speed
+import torch
 from common import Children, load_average, lq_image, machine_info, measure_process, write_results
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +56,7 @@ OPS_STAGES = {"encode": {}, "unet": {"need": ("pisa",)}, "unet-adjustable": {"ne
               "unet-tiled": {"need": ("pisa",), "latent_tile": 48, "latent_overlap": 16},
               "decode": {}, "decode-tiled": {"vae_tile": 256}}
 OPS_MIN_MS, OPS_MIN_RATIO = 2.0, 1.1  # an op counts as slower in bf16 above both
+COPY_OPS = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::to", "aten::_to_copy")
 
 SUMMARY = re.compile(r"(\d+) images? written, ([\d.]+) s per image, model loaded in ([\d.]+) s \(([^)]*)\)")
 
@@ -119,11 +119,10 @@ def write_models(folder: Path) -> None:
     """Child process: the random-weight model on disk, once: a diffusers folder (with a synthetic
     CLIP tokenizer of the text encoder's vocabulary size), the single-file LDM .safetensors, the
     official-layout .pkl, and a 128² input PNG."""
-    from PIL import Image
-
     import tiny_models
     from common import sd21_text_encoder, sd21_unet, sd21_vae
     from model_files import write_diffusers_folder, write_single_file
+    from PIL import Image
     from pisa_files import write_official_pkl
 
     paths = model_paths(folder)
@@ -177,7 +176,7 @@ def whole_process(children: Children, model_dir: Path, work: Path) -> dict:
                 children.fail(f"process {name}", f"exit code {r['returncode']}\n{r['stderr'][-3000:]}")
                 break
             summary = SUMMARY.search(r["stdout"] + r["stderr"])
-            runs.append({"seconds": r["seconds"], "peak_rss_gib": r["peak_rss_gib"],
+            runs.append({"seconds": r["seconds"], "peak_rss_gib": r["peak_rss_gib"], "load_average": r["load_average"],
                          "summary": summary.group(0) if summary else None,
                          "per_image_s": float(summary[2]) if summary else None,
                          "load_s": float(summary[3]) if summary else None})
@@ -199,10 +198,10 @@ def _size_gib(path: Path) -> float:
 
 def profile_ops(dtype: str) -> dict:
     """Child process: each stage of OPS_STAGES once to warm up, then once under torch.profiler;
-    self CPU time per (op, input shapes)."""
+    self CPU time per (op, where a copy comes from, input shapes)."""
+    from common import random_weights, sd21_base
     from torch.profiler import ProfilerActivity, profile
 
-    from common import random_weights, sd21_base
     from pisa_core.pipeline import PiSAPipeline
 
     base = sd21_base()
@@ -221,16 +220,31 @@ def profile_ops(dtype: str) -> dict:
                 start = time.perf_counter()
                 run()
                 wall = time.perf_counter() - start
-            ops = [[e.key, str(e.input_shapes), e.self_cpu_time_total / 1000, e.count]
-                   for e in prof.key_averages(group_by_input_shape=True) if e.self_cpu_time_total >= 100]
-            found["stages"][stage] = {"wall_s": wall, "ops": ops}
+            found["stages"][stage] = {"wall_s": wall, "ops": _op_rows(prof.events())}
     return found
+
+
+def _op_rows(events) -> list:
+    """[op, via, input shapes, self ms, calls] summed over events; `via` names the op a copy was
+    made for (a layout or dtype conversion inside a convolution, a matmul, ...)."""
+    rows: dict = {}
+    for e in events:
+        via = ""
+        if e.name in COPY_OPS:
+            parent = e.cpu_parent
+            while parent is not None and parent.name in COPY_OPS:
+                parent = parent.cpu_parent
+            via = parent.name if parent is not None else ""
+        key = (e.name, via, str(e.input_shapes))
+        ms, calls = rows.get(key, (0.0, 0))
+        rows[key] = (ms + e.self_cpu_time_total / 1000, calls + 1)
+    return [[*key, ms, calls] for key, (ms, calls) in rows.items() if ms >= 0.1]
 
 
 def _totals(ops: list, by_shape: bool) -> dict:
     totals: dict = {}
-    for name, shapes, ms, count in ops:
-        key = (name, shapes) if by_shape else (name, "")
+    for name, via, shapes, ms, count in ops:
+        key = (name, via, shapes if by_shape else "")
         ms0, count0 = totals.get(key, (0.0, 0))
         totals[key] = (ms0 + ms, count0 + count)
     return totals
@@ -242,10 +256,10 @@ def slower_in_bf16(bf16: dict, fp32: dict, by_shape: bool) -> list[dict]:
     rows = []
     for stage, found in bf16["stages"].items():
         reference = _totals(fp32["stages"].get(stage, {}).get("ops", []), by_shape)
-        for (name, shapes), (ms, count) in _totals(found["ops"], by_shape).items():
-            ms32 = reference.get((name, shapes), (0.0, 0))[0]
+        for (name, via, shapes), (ms, count) in _totals(found["ops"], by_shape).items():
+            ms32 = reference.get((name, via, shapes), (0.0, 0))[0]
             if ms - ms32 >= OPS_MIN_MS and ms >= OPS_MIN_RATIO * ms32:
-                rows.append({"stage": stage, "op": name, "input_shapes": shapes, "calls": count,
+                rows.append({"stage": stage, "op": name, "via": via, "input_shapes": shapes, "calls": count,
                              "bf16_ms": ms, "fp32_ms": ms32})
     return sorted(rows, key=lambda r: r["bf16_ms"] - r["fp32_ms"], reverse=True)
 
@@ -318,11 +332,14 @@ def report(data: dict) -> None:
         for stage, walls in data["ops"]["stage_wall_s"].items():
             print(f"| {stage} | {walls['bf16']:.2f} | {walls['fp32']:.2f} |")
         print("\nops slower in bf16 than in fp32 (self CPU ms, per stage):")
-        for r in data["ops"]["slower_by_op"] or [{"stage": "-", "op": "none", "calls": 0, "bf16_ms": 0, "fp32_ms": 0}]:
-            print(f"  {r['stage']:16s} {r['op']:45s} calls {r['calls']:4d}  bf16 {r['bf16_ms']:8.1f}  "
-                  f"fp32 {r['fp32_ms']:8.1f}")
-        for r in data["ops"]["slower_by_shape"][:10]:
-            print(f"    {r['stage']:14s} {r['op']:35s} {r['input_shapes'][:70]:70s} bf16 {r['bf16_ms']:7.1f} "
+        print("| stage | op (copies: for which op) | calls | bf16 ms | fp32 ms |\n|---|---|---|---|---|")
+        for r in data["ops"]["slower_by_op"][:20]:
+            op = f"{r['op']} for {r['via']}" if r["via"] else r["op"]
+            print(f"| {r['stage']} | {op} | {r['calls']} | {r['bf16_ms']:.1f} | {r['fp32_ms']:.1f} |")
+        print("\nthe same by input shapes (largest 12):")
+        for r in data["ops"]["slower_by_shape"][:12]:
+            op = f"{r['op']} for {r['via']}" if r["via"] else r["op"]
+            print(f"  {r['stage']:15s} {op[:48]:48s} {r['input_shapes'][:60]:60s} bf16 {r['bf16_ms']:7.1f} "
                   f"fp32 {r['fp32_ms']:7.1f}")
     print("\n| target | measured | bound | |\n|---|---|---|---|")
     for t in data["targets"]:

@@ -17,8 +17,16 @@ import sys
 import time
 
 import torch
-
-from common import Children, current_peak_rss_gib, load_average, lq_image, random_weights, run_stages, sd21_base, write_results
+from common import (
+    Children,
+    current_peak_rss_gib,
+    load_average,
+    lq_image,
+    random_weights,
+    run_stages,
+    sd21_base,
+    write_results,
+)
 
 
 def run_size(size: int, device: str, dtype: str, vae_tile: int, latent_tile: int) -> dict:

@@ -21,9 +21,19 @@ import time
 from pathlib import Path
 
 import torch
-
-from common import (Children, current_peak_rss_gib, lq_image, median_stages, random_weights,
-                    reset_peak_rss, run_stages, sd21_base, sd21_text_encoder, sync, write_results)
+from common import (
+    Children,
+    current_peak_rss_gib,
+    lq_image,
+    median_stages,
+    random_weights,
+    reset_peak_rss,
+    run_stages,
+    sd21_base,
+    sd21_text_encoder,
+    sync,
+    write_results,
+)
 
 VARIANTS = {
     "ours-default": "ours, λ=(1,1): one pass on merged weights",
@@ -80,10 +90,10 @@ def _ours(variant, device, dtype):
 def _baseline(variant, device, dtype, tmp: Path):
     """(run() -> (output, None), 1) for a naive or release-structure baseline."""
     from PIL import Image
-
-    from pisa_core.base_model import empty_prompt_ids
     from pisa_files import write_official_pkl
     from release_reference import ReleaseStyleSR, adain_reference, attach_unmerged
+
+    from pisa_core.base_model import empty_prompt_ids
 
     base = sd21_base()
     pkl = tmp / "pisa_sr.pkl"

@@ -133,6 +133,11 @@ class ComfyHost(PlainHost):
         ComfyUI moved part of them away for another model, they are loaded fully here (through the
         patcher, so its bookkeeping stays right)."""
         _mm.load_models_gpu([handle], memory_required=memory_required, force_full_load=True)
+        self.ensure_loaded(handle, device)
+
+    def ensure_loaded(self, handle, device: torch.device) -> None:
+        """Complete a partial load (what --lowvram / --novram leave of plain layers) through the
+        patcher's own full load."""
         if not on_device(handle.model, device):
             LOG.info("PiSA-SR: ComfyUI loaded the model only partly (low-VRAM mode); it needs all its weights on "
                      "%s and is loaded fully", device)

@@ -21,7 +21,6 @@ STRUCTURE, never by exact SD2.1 sizes, so tiny SD2-structured test models load t
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from . import ldm_convert as ldm
 from . import prompt_cache
 from .errors import PiSAError
-from .tensor_files import SafetensorsFile, is_safetensors, load_pickle
+from .tensor_files import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, read_tensors
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 EXPECTED = "PiSA-SR needs Stable Diffusion 2.1-base (epsilon prediction)"
@@ -320,67 +319,8 @@ def _from_pretrained(cls, folder: Path, name: str, **kwargs):
 # -------------------------------------------------------------------------------- single file
 
 
-class LazyTensor:
-    """A tensor of a safetensors file that is read only when loaded; shape queries, reshapes and
-    chunks (what key conversion does) cost nothing. Keeps a converted checkpoint from ever being
-    in memory in full."""
-
-    def __init__(self, file: SafetensorsFile, key: str, shape=None, ops=()):
-        self.file, self.key, self.ops = file, key, ops
-        self.shape = torch.Size(file.entries[key][1] if shape is None else shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def reshape(self, *shape) -> LazyTensor:
-        shape = torch.Size(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
-        if math.prod(shape) != math.prod(self.shape):
-            raise PiSAError(f"'{self.file.path}': tensor '{self.key}' of shape {tuple(self.shape)} cannot be "
-                            f"reshaped to {tuple(shape)}.")
-        return LazyTensor(self.file, self.key, shape, (*self.ops, ("reshape", tuple(shape))))
-
-    def chunk(self, chunks: int, dim: int = 0) -> list[LazyTensor]:
-        size = self.shape[dim] // chunks
-        out = []
-        for i in range(chunks):
-            shape = list(self.shape)
-            shape[dim] = size
-            out.append(LazyTensor(self.file, self.key, shape, (*self.ops, ("narrow", dim, i * size, size))))
-        return out
-
-    def contiguous(self) -> LazyTensor:
-        return self
-
-    def float(self) -> torch.Tensor:
-        return self.load().float()
-
-    def load(self) -> torch.Tensor:
-        tensor = self.file.get(self.key)
-        for op, *args in self.ops:
-            tensor = tensor.reshape(args[0]) if op == "reshape" else tensor.narrow(*args)
-        return tensor
-
-
-def read_state_dict(path: Path) -> dict:
-    """Tensors of a single-file checkpoint by key: LazyTensors for safetensors (nothing read yet),
-    memory-mapped tensors for pickles (torch.load weights_only). A top-level ``state_dict``
-    wrapper is unwrapped; non-tensor entries (e.g. ``global_step``) are dropped."""
-    if is_safetensors(path):
-        file = SafetensorsFile(path, WHAT)
-        tensors = {key: LazyTensor(file, key) for key in file.keys}
-    else:
-        data = load_pickle(path, WHAT)
-        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-            data = data["state_dict"]
-        tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
-    if not tensors:
-        raise PiSAError(f"'{path}' holds no tensors; expected a Stable Diffusion checkpoint.")
-    return tensors
-
-
 def _load_single_file(path: Path, device, dtype, keep_text_encoder, unet_transform) -> BaseModel:
-    state_dict = read_state_dict(path)
+    state_dict = read_tensors(path, WHAT, lazy=True)
     check_single_file(state_dict, path)
     unet_sd, vae_sd, text_sd = ldm.split_components(state_dict)
     state_dict.clear()

@@ -141,7 +141,7 @@ def _inferred_rank(pairs: dict, family: str, source: str) -> int:
 
 
 def _weights_from_official_dict(data, source: str) -> PiSAWeights:
-    """Check the 9-key schema of pisa_sr.pkl (facts) and build both families from it."""
+    """Check the 9-key schema of pisa_sr.pkl (docs/release.md, "Weights file") and build both families from it."""
     if not isinstance(data, dict):
         raise PiSAError(f"'{source}' holds a {type(data).__name__}; expected the dict of the official pisa_sr.pkl.")
     missing = [key for key in OFFICIAL_KEYS if key not in data]

@@ -1,9 +1,11 @@
 """`pisa-sr`: upscale images, convert and inspect PiSA-SR weights (and train, with the extra).
 
 `pisa-sr upscale` checks everything it can before the model is loaded (options, device, every
-input's header, output names, output and working sizes, the output folder), never writes over an
-input, nor over an existing output unless --overwrite, writes every image whole or not at all,
-goes on past an input it cannot read, and ends with one summary line (SUMMARY below).
+input's header, masks, output names, output and working sizes, the output folder), never writes
+over an input or a mask, nor over an existing output unless --overwrite, writes every image whole
+or not at all, goes on past an input it cannot read, ends with one summary line (summary_line),
+and records its settings in every PNG it writes (a JSON text chunk, SETTINGS_KEYWORD), which
+`pisa-sr info OUT.png` prints.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ PROJECT_LOGGERS = ("pisa_core", "PiSA-SR")
 STAGE_NAMES = ("VAE encode", "UNet", "VAE decode")  # the three model stages of PiSAPipeline.__call__
 LONG_IMAGE_S = 10.0  # an image running longer than this gets a log line per finished stage
 LISTED_FAILURES = 5  # failed inputs named in the summary line
+SETTINGS_KEYWORD = "pisa-sr"  # the PNG text chunk holding the settings an output was made with
+MASKED_LAMBDAS = {"lambda_pix_masked": "lambda_pix", "lambda_sem_masked": "lambda_sem"}  # inside -> outside
+# A mask may differ from its input's aspect ratio by rounding or by this much (log of the ratios).
+MASK_ASPECT_TOLERANCE = 0.01
 
 
 # ----------------------------------------------------------------------------- parser
@@ -49,6 +55,15 @@ def _add_upscale_parser(sub) -> None:
     for name in ("lambda_pix", "lambda_sem", "upscale", "color_fix", "latent_tile", "latent_overlap", "vae_tile",
                  "tile_batch", "geometry", "process_size", "resampling", "dtype"):
         options.add_cli_argument(p, name)
+    p.add_argument("--mask", metavar="FILE_OR_FOLDER",
+                   help="region-aware guidance: a mask drawn on the input (any size, the input's aspect ratio), or "
+                        "a folder of masks matched to the inputs by file stem (photo.jpg takes masks/photo.png; an "
+                        "input without one is processed without a mask). Inside the mask --lambda-pix-masked and "
+                        "--lambda-sem-masked apply, outside --lambda-pix and --lambda-sem, blended for gray levels. "
+                        "Inside: white in an image without transparency, opaque in one with transparency (an "
+                        "alpha opaque everywhere counts as none)")
+    for name in MASKED_LAMBDAS:  # None: not given (given without --mask is an error)
+        options.add_cli_argument(p, name, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
                    help="bit depth of the output; 16 needs a PNG or TIFF output (default: the input's where the "
@@ -68,8 +83,9 @@ def _add_weights_parsers(sub) -> None:
     p.add_argument("destination")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination file")
     p.set_defaults(func=_run_convert)
-    p = sub.add_parser("info", help="describe a PiSA-SR weights file")
-    p.add_argument("file")
+    p = sub.add_parser("info", help="describe a PiSA-SR weights file, or print the settings a PNG written by "
+                                    "pisa-sr upscale was made with")
+    p.add_argument("file", help="pisa_sr.pkl / .safetensors weights, or a PNG output of pisa-sr upscale")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_info)
 
@@ -181,6 +197,47 @@ def _upscale_targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]
     return [(source, output if as_file else output / (source.stem + ".png")) for source in files]
 
 
+def match_masks(pairs: list[tuple[Path, Path]], mask: str | None) -> dict[Path, Path | None]:
+    """input -> its mask (or None): one --mask file for every input, or from a --mask folder the
+    image of the input's stem. Refused before any work: a --mask that does not exist, a folder
+    without a mask for any input, two masks of one stem, a mask that is an input or an output."""
+    from .image_io import folder_images
+
+    sources = [source for source, _ in pairs]
+    if mask is None:
+        return dict.fromkeys(sources)
+    path = Path(mask)
+    if path.is_file():
+        found = dict.fromkeys(sources, path)
+    elif path.is_dir():
+        by_stem: dict[str, list[Path]] = {}
+        for image in folder_images(path):
+            by_stem.setdefault(image.stem, []).append(image)
+        found = {}
+        for source in sources:
+            candidates = by_stem.get(source.stem, [])
+            if len(candidates) > 1:
+                names = ", ".join(c.name for c in candidates)
+                raise PiSAError(f"--mask folder {str(path)!r} has {len(candidates)} masks for {source.name} "
+                                f"({names}); keep one.")
+            found[source] = candidates[0] if candidates else None
+        if not any(found.values()):
+            raise PiSAError(f"--mask folder {str(path)!r} has no mask for any input (masks are matched by file "
+                            f"stem: {sources[0].name} takes {sources[0].stem}.png, .jpg, ...).")
+    else:
+        raise PiSAError(f"--mask {mask!r} does not exist (expected a mask image or a folder of masks).")
+    inputs = {file_identity(source) for source in sources}
+    masks = {file_identity(m): m for m in found.values() if m is not None}
+    for m in masks.values():
+        if file_identity(m) in inputs:
+            raise PiSAError(f"The mask {str(m)!r} is also an input; move it out of the input folder.")
+    for _, target in pairs:
+        if file_identity(target) in masks:
+            raise PiSAError(f"The output {str(target)!r} is a mask file; masks are never written over "
+                            "(choose another -o).")
+    return found
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -195,6 +252,7 @@ class Job:
     work_size: tuple[int, int]  # the size the model computes at (the small-input rule)
     bit_depth: int
     release_pil: bool           # fed as 8-bit RGB Pillow image (byte-exact with the release geometry)
+    mask: Path | None = None    # region mask of --mask
 
 
 def _check_upscale_options(args) -> None:
@@ -202,8 +260,13 @@ def _check_upscale_options(args) -> None:
     from .guidance import check_lambda
     from .pipeline import check_options
 
-    check_lambda(args.lambda_pix, "--lambda-pix")
-    check_lambda(args.lambda_sem, "--lambda-sem")
+    for name in MASKED_LAMBDAS:
+        if getattr(args, name) is None:
+            setattr(args, name, options.default(name))
+        elif args.mask is None:
+            raise PiSAError(f"{options.OPTIONS[name].flag} applies inside a mask; give --mask FILE or FOLDER.")
+    for name in ("lambda_pix", "lambda_sem", *MASKED_LAMBDAS):
+        check_lambda(getattr(args, name), options.OPTIONS[name].flag)
     check_options(color_fix=args.color_fix, latent_tile=args.latent_tile, latent_overlap=args.latent_overlap,
                   vae_tile=args.vae_tile, tile_batch=args.tile_batch)
     if not (math.isfinite(args.upscale) and args.upscale > 0):
@@ -221,13 +284,15 @@ class _PlanError(PiSAError):
     change, so it stops the run before any work, unlike an unreadable input."""
 
 
-def _plan_job(source: Path, target: Path, args) -> Job:
-    """Header check (PiSAError: the input cannot be read), then the sizes, format and bit depth of
-    its output (_PlanError)."""
+def _plan_job(source: Path, target: Path, mask: Path | None, args, mask_sizes: dict) -> Job:
+    """Header check (PiSAError: the input cannot be read), then its mask, the sizes, format and bit
+    depth of its output (_PlanError)."""
     from .geometry import output_size, working_size
     from .image_io import SIXTEEN_BIT_FORMATS, output_format, probe_image
 
     info, (h, w) = probe_image(source)
+    if mask is not None:
+        _check_mask_shape(mask, source, (h, w), mask_sizes)
     try:
         out = output_size(h, w, args.upscale)
     except PiSAError as error:
@@ -244,7 +309,24 @@ def _plan_job(source: Path, target: Path, args) -> Job:
     except PiSAError as error:
         raise _PlanError(str(error)) from None
     release_pil = args.geometry == "release" and info.bit_depth == 8 and info.channels == 3
-    return Job(source, target, (h, w), out, work, depth, release_pil)
+    return Job(source, target, (h, w), out, work, depth, release_pil, mask)
+
+
+def _check_mask_shape(mask: Path, source: Path, size: tuple[int, int], mask_sizes: dict) -> None:
+    """The mask decodes (read once per file, its size kept in mask_sizes) and has the input's
+    aspect ratio, up to rounding or MASK_ASPECT_TOLERANCE; _PlanError otherwise."""
+    from .image_io import read_mask
+
+    if mask not in mask_sizes:
+        try:
+            mask_sizes[mask] = tuple(read_mask(mask).shape)
+        except PiSAError as error:
+            raise _PlanError(f"--mask: {error}") from None
+    (mh, mw), (h, w) = mask_sizes[mask], size
+    rounding = abs(mh * w - mw * h) <= (h + w) / 2  # a mask resized from the input, sides rounded
+    if not (rounding or abs(math.log((mw / mh) / (w / h))) <= MASK_ASPECT_TOLERANCE):
+        raise _PlanError(f"--mask {mask}: the mask is {mw}x{mh}, which does not have the shape of the input "
+                         f"{source} ({w}x{h}); draw the mask on the input (any size, the same aspect ratio).")
 
 
 @dataclass
@@ -264,14 +346,18 @@ class Tally:
         log.error("pisa-sr: error: %s", message)
 
 
-def _plan_jobs(pairs: list[tuple[Path, Path]], args, single: bool, tally: Tally) -> list[Job]:
+def _plan_jobs(pairs: list[tuple[Path, Path]], masks: dict[Path, Path | None], args, single: bool,
+               tally: Tally) -> list[Job]:
     """Jobs for the inputs whose header reads; an unreadable input is reported and left out
-    (an error when it is the only input). An impossible output (_PlanError) stops the run here,
-    before the model loads."""
-    jobs = []
+    (an error when it is the only input). An impossible output or a bad mask (_PlanError) stops
+    the run here, before the model loads."""
+    jobs, mask_sizes = [], {}
     for source, target in pairs:
+        if args.mask is not None and masks[source] is None:
+            log.info("pisa-sr: note: %s has no mask in %s (no image named %s.*); it is processed without one",
+                     source, args.mask, source.stem)
         try:
-            jobs.append(_plan_job(source, target, args))
+            jobs.append(_plan_job(source, target, masks[source], args, mask_sizes))
         except _PlanError:
             raise
         except PiSAError as error:
@@ -302,13 +388,50 @@ class _StageLog:
                      len(STAGE_NAMES), elapsed)
 
 
-def _upscale_one(pipe, job: Job, call: dict, label: str):
-    """Read and super-resolve one input -> [H, W, C] in [0, 1]."""
-    from .image_io import read_image, to_pil_8bit
+def _upscale_one(pipe, job: Job, call: dict, args, label: str):
+    """Read and super-resolve one input -> [H, W, C] in [0, 1]. With a mask, λ are maps over the
+    input: the masked λ inside, the plain ones outside (the pipeline resizes them like the image)."""
+    from .guidance import masked_lambda
+    from .image_io import read_image, read_mask, to_pil_8bit
 
     image, _ = read_image(job.source)
     batch = [to_pil_8bit(job.source)] if job.release_pil else image.unsqueeze(0)
+    if job.mask is not None:
+        mask = read_mask(job.mask)
+        call = {**call, **{plain: masked_lambda(call[plain], getattr(args, inside), mask)
+                           for inside, plain in MASKED_LAMBDAS.items()}}
     return pipe(batch, progress=_StageLog(label), **call)[0]
+
+
+def _model_file(path) -> dict:
+    """{"file": name, "bytes": size} of a model file, or of a diffusers folder (all its files)."""
+    path = Path(path)
+    if path.is_dir():
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    else:
+        size = path.stat().st_size
+    return {"file": path.name, "bytes": size}
+
+
+def run_settings(args, pipe) -> dict:
+    """What every output of this run shares: software, model files, dtype and device, the options."""
+    import torch
+
+    from . import __version__
+
+    return {"version": __version__, "torch": torch.__version__, "base": _model_file(args.base),
+            "weights": _model_file(args.weights), "dtype": options.dtype_name(pipe.dtype), "device": str(pipe.device),
+            **{name: getattr(args, name) for name in options.CALL_OPTIONS}}
+
+
+def image_settings(shared: dict, job: Job, args) -> dict:
+    """The settings recorded in one output: the run's, plus its input, sizes, bit depth and mask."""
+    settings = {"input": job.source.name, "input_size": [job.in_size[1], job.in_size[0]],
+                "output_size": [job.out_size[1], job.out_size[0]], "bit_depth": job.bit_depth,
+                "mask": None if job.mask is None else job.mask.name}
+    if job.mask is not None:
+        settings.update({name: getattr(args, name) for name in MASKED_LAMBDAS})
+    return {**settings, **shared}
 
 
 def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
@@ -318,13 +441,14 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     from .image_io import write_image
 
     call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
+    shared = run_settings(args, pipe)
     for number, job in enumerate(jobs, 1):
         label = f"[{number}/{len(jobs)}] {job.source.name}"
         if state is not None:
             print(f"process {state.process_index}: {job.source.name}", flush=True)
         tic = time.perf_counter()
         try:
-            result = _upscale_one(pipe, job, call, label)
+            result = _upscale_one(pipe, job, call, args, label)
         except PiSAError as error:
             tally.fail(job.source, error)
             continue
@@ -334,7 +458,8 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
             memory.release_cached_memory()
             tally.fail(job.source, PiSAError(f"{job.source}: out of memory; lower --latent-tile or --vae-tile."))
             continue
-        write_image(job.target, result, bit_depth=job.bit_depth, overwrite=args.overwrite)
+        text = {SETTINGS_KEYWORD: json.dumps(image_settings(shared, job, args), ensure_ascii=False)}
+        write_image(job.target, result, bit_depth=job.bit_depth, overwrite=args.overwrite, text=text)
         seconds = time.perf_counter() - tic
         tally.written.append(job.target)
         tally.seconds += seconds
@@ -393,10 +518,11 @@ def _plan_upscale(args, state, tally: Tally) -> list[Job]:
     files = list_inputs(args.inputs)
     pairs = _upscale_targets(files, Path(args.output))
     check_targets(pairs)
+    masks = match_masks(pairs, args.mask)
     single = len(files) == 1
     todo, skipped = split_existing(_my_share(pairs, state), args.overwrite, single=single)
     tally.skipped = [target for _, target in skipped]
-    jobs = _plan_jobs(todo, args, single, tally)
+    jobs = _plan_jobs(todo, masks, args, single, tally)
     for folder in dict.fromkeys(job.target.parent for job in jobs):
         check_output_folder(folder)
     return jobs
@@ -456,7 +582,10 @@ def _run_convert(args) -> int:
 
 def _run_info(args) -> int:
     from .checkpoint import describe, load_pisa_weights
+    from .image_io import png_header
 
+    if Path(args.file).is_file() and png_header(args.file) is not None:
+        return _print_settings(Path(args.file), args.json)
     info = describe(load_pisa_weights(args.file))
     if args.json:
         print(json.dumps(info, indent=2))
@@ -468,6 +597,45 @@ def _run_info(args) -> int:
         print(f"{name}: rank {fam['rank']}, alpha {fam['alpha']:g} (scale {fam['scale']:g}); "
               f"{fam['modules']} modules ({groups}; {kinds}); {fam['parameters']:,} parameters")
     print(f"parameters: {info['parameters']:,}")
+    return 0
+
+
+def read_settings(path: Path) -> dict:
+    """The settings recorded in a PNG written by `pisa-sr upscale`; PiSAError naming the file when
+    it has none."""
+    from .image_io import png_text
+
+    text = png_text(path).get(SETTINGS_KEYWORD)
+    if text is None:
+        raise PiSAError(f"{str(path)!r} is a PNG image without pisa-sr settings (no {SETTINGS_KEYWORD!r} text "
+                        "chunk): it was not written by pisa-sr upscale, or an editor dropped the chunk.")
+    try:
+        settings = json.loads(text)
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise PiSAError(f"{str(path)!r}: its {SETTINGS_KEYWORD!r} text chunk is not a JSON object of settings.")
+    return settings
+
+
+def _setting_text(value) -> str:
+    if isinstance(value, dict) and set(value) == {"file", "bytes"}:
+        return f"{value['file']} ({value['bytes']:,} bytes)"
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _print_settings(path: Path, as_json: bool) -> int:
+    settings = read_settings(path)
+    if as_json:
+        print(json.dumps(settings, indent=2, ensure_ascii=False))
+        return 0
+    print(f"image: {path}")
+    for key, value in settings.items():
+        print(f"{key}: {_setting_text(value)}")
     return 0
 
 

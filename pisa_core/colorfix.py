@@ -1,4 +1,5 @@
-"""Colour correction of the super-resolved image against the upscaled LQ image (release facts).
+"""Colour correction of the super-resolved image against the enlarged LQ image (docs/release.md,
+"Colour fix").
 
 Works on float tensors [B, C, H, W] in [0, 1], any channel count, each batch image on its own,
 computed in float32 and clamped to [0, 1]. The release converts to 8-bit PIL images around these
@@ -28,7 +29,7 @@ def _check_pair(image, reference, what: str) -> None:
 
 
 def channel_mean_std(x: torch.Tensor, eps: float = ADAIN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel mean and std = sqrt(unbiased variance + eps) (release AdaIN facts).
+    """Per image and channel mean and std = sqrt(unbiased variance + eps) (the release's AdaIN).
 
     A one-pixel image has no unbiased variance; its variance is taken as 0.
     """
@@ -49,7 +50,7 @@ def adain_color_fix(image: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 
 def wavelet_blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
     """One a-trous level: the 3x3 kernel [[1,2,1],[2,4,2],[1,2,1]]/16 at `dilation`, replicate
-    padding of `dilation`, applied to every channel separately (release wavelet facts)."""
+    padding of `dilation`, applied to every channel separately (the release's wavelet fix)."""
     c = x.shape[1]
     k1 = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
     kernel = (k1[:, None] * k1[None, :]).expand(c, 1, 3, 3)

@@ -50,8 +50,10 @@ class Plan:
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        """(h, w) of the latent of the padded working image."""
-        return tuple(padded_side(s) // LATENT_FACTOR for s in self.work_size)
+        """(h, w) of the latent of the working image (padded in exact geometry; the release's is
+        already a multiple of 8)."""
+        pad = padded_side if self.geometry == "exact" else int
+        return tuple(pad(s) // LATENT_FACTOR for s in self.work_size)
 
     @property
     def batch(self) -> int | None:
@@ -279,9 +281,11 @@ def map_to_latent(values: torch.Tensor, plan: Plan | None, latent_hw, batch: int
         return F.interpolate(m, size=tuple(latent_hw), mode="area")
     shrinking = m.shape[-2] > plan.work_size[0] or m.shape[-1] > plan.work_size[1]
     m = F.interpolate(m, size=plan.work_size, mode="bilinear", align_corners=False, antialias=shrinking)
-    padded = pad_for_vae(m)
-    if tuple(s // LATENT_FACTOR for s in padded.shape[-2:]) != tuple(latent_hw):
-        raise PiSAError(f"the map's plan is for a latent of {tuple(padded.shape[-2:])} // 8, not {tuple(latent_hw)}.")
+    pad_h, pad_w = (int(n) * LATENT_FACTOR - s for n, s in zip(latent_hw, plan.work_size))
+    if pad_h < 0 or pad_w < 0:
+        raise PiSAError(f"a map's plan has a working size of {tuple(plan.work_size)}, larger than the latent "
+                        f"{tuple(latent_hw)} covers.")
+    padded = F.pad(m, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else m  # as the pixels were
     return F.avg_pool2d(padded, LATENT_FACTOR)
 
 

@@ -1,5 +1,5 @@
 """Image files in and out for the CLI: 8/16-bit, gray, alpha, EXIF orientation, input lists,
-header checks and safe writes.
+header checks, region masks, PNG text chunks and safe writes.
 
 Images are tensors [H, W, C] float32 in 0..1 with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
 4 (RGBA). Pillow reads and writes most of it, but it keeps colour samples in 8 bits: it silently
@@ -27,6 +27,7 @@ import numpy as np
 import png
 import torch
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from .errors import PiSAError
 
@@ -40,6 +41,8 @@ WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"
 SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights of Pillow's convert("L")
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 _GLOB_CHARS = frozenset("*?[")
 _ORIENTATION_TAG = 0x0112
@@ -349,16 +352,13 @@ def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
                             _Tag.STRIP_COUNTS: ("I", list(counts[part]))})
         view = data[:4] + struct.pack(order + "I", at) + data[8:] + b"\x00" * (at - len(data))
         view += _tiff_ifd(entries, order, at)
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit:  # Pillow's decompression-bomb limit counts pixels; the view has per_row samples each
-            Image.MAX_IMAGE_PIXELS = limit * per_row
+        # Pillow's decompression-bomb check sees per_row× the pixels; it only refuses inputs far
+        # larger than any upscale would take (the output limit), with its own message
         try:
             with Image.open(io.BytesIO(view)) as im:
                 gray = np.asarray(im).astype(np.uint16)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise PiSAError(f"Cannot decode 16-bit TIFF {str(path)!r}: {exc}.") from exc
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
         pixels = gray.reshape(tiff.height, tiff.width, per_row)
         if tiff.predictor:
             for x in range(0, tiff.width, segment):  # the differencing restarts at each tile's left edge
@@ -394,6 +394,26 @@ def read_image(path) -> tuple[torch.Tensor, ImageInfo]:
         data, max_value, bit_depth = _pil_to_array(oriented, path)
     image = torch.from_numpy(data.astype(np.float32) / np.float32(max_value))
     return image.contiguous(), _info_for(data.shape[2], bit_depth, source_mode)
+
+
+def read_mask(path) -> torch.Tensor:
+    """A region mask as [H, W] float32 in 0..1, 1 = inside, EXIF orientation applied.
+
+    An image with transparency (gray + alpha, RGBA, a palette with transparency, 8 or 16 bit):
+    its alpha, opaque = inside (a subject cut out of its background). Otherwise its brightness:
+    white = inside (colour: BT.601 luma, white exactly 1). An alpha channel that is opaque
+    everywhere marks no region (editors often save black-and-white drawings as RGBA), so such an
+    image is judged by its brightness too. Gray levels are soft masks.
+    """
+    image, _ = read_image(path)
+    channels = image.shape[2]
+    if channels in (2, 4) and not bool((image[..., -1] == 1).all()):
+        return image[..., -1].contiguous()
+    if channels in (1, 2):
+        return image[..., 0].contiguous()
+    colour = image[..., :3].double()
+    luma = sum(weight * colour[..., i] for i, weight in enumerate(_LUMA)) / sum(_LUMA)  # white: exactly 1
+    return luma.float().contiguous()
 
 
 def probe_image(path) -> tuple[ImageInfo, tuple[int, int]]:
@@ -483,17 +503,21 @@ def output_format(path, bit_depth: int = 8, channels: int | None = None) -> str:
     return fmt
 
 
-def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite: bool = True) -> None:
+def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite: bool = True,
+                text: dict[str, str] | None = None) -> None:
     """Write [H, W, C] float 0..1 (C 1..4) to PNG or TIFF (8 or 16 bit), JPEG or WebP (8 bit).
 
     Values are clamped to 0..1 and rounded. JPEG has no alpha: C = 2 or 4 to JPEG is refused
     (drop the alpha channel first) rather than flattened onto a guessed background. WebP stores
     gray as RGB. quality applies to JPEG (4:4:4 chroma) and WebP. Parent folders are created.
     The file appears whole or not at all (atomic_output); overwrite=False refuses an existing file.
+    text: keyword -> text, written as iTXt chunks (UTF-8) into PNG files, 8 and 16 bit, before the
+    pixel data; other formats do not carry it (png_text reads it back).
     """
     path = Path(path)
     data = _check_image(image, path)
     fmt = output_format(path, bit_depth, data.shape[2])
+    chunks = [(b"iTXt", _itxt(path, keyword, value)) for keyword, value in (text or {}).items()]
     levels = quantize(data, bit_depth)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -503,26 +527,86 @@ def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite
         if fmt == "TIFF":
             _write_tiff(f, levels)
         elif bit_depth == 16:
-            _write_png16(f, levels)
+            _write_png16(f, levels, chunks)
         else:
-            _save_pil(f, levels, fmt, quality)
+            _save_pil(f, levels, fmt, quality, chunks)
 
 
-def _save_pil(f, levels: np.ndarray, fmt: str, quality: int) -> None:
+def _save_pil(f, levels: np.ndarray, fmt: str, quality: int, chunks: list[tuple[bytes, bytes]]) -> None:
     pil = Image.fromarray(levels[..., 0] if levels.shape[2] == 1 else levels)  # uint8: L, LA, RGB, RGBA
     if fmt == "JPEG":
         pil.save(f, format="JPEG", quality=quality, subsampling=0)
     elif fmt == "WEBP":
         pil.save(f, format="WEBP", quality=quality)
     else:
-        pil.save(f, format="PNG")
+        info = PngInfo()
+        for kind, data in chunks:
+            info.add(kind, data)
+        pil.save(f, format="PNG", pnginfo=info)
 
 
-def _write_png16(f, levels: np.ndarray) -> None:
+class _PngWriter(png.Writer):
+    """pypng's writer plus ancillary chunks after its preamble (IHDR and friends), before IDAT:
+    pypng has no option for text chunks."""
+
+    def __init__(self, *args, chunks: list[tuple[bytes, bytes]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chunks = chunks
+
+    def write_preamble(self, outfile) -> None:
+        super().write_preamble(outfile)
+        for kind, data in self.chunks:
+            png.write_chunk(outfile, kind, data)
+
+
+def _write_png16(f, levels: np.ndarray, chunks: list[tuple[bytes, bytes]]) -> None:
     height, width, channels = levels.shape
-    writer = png.Writer(width, height, greyscale=channels in (1, 2), alpha=channels in (2, 4),
-                        bitdepth=16)
+    writer = _PngWriter(width, height, greyscale=channels in (1, 2), alpha=channels in (2, 4),
+                        bitdepth=16, chunks=chunks)
     writer.write_array(f, levels.reshape(-1))
+
+
+# --- PNG text chunks ------------------------------------------------------------------------------
+
+
+def _itxt(path: Path, keyword: str, text: str) -> bytes:
+    """The data of an uncompressed iTXt chunk (PNG spec. 11.3.4.5): keyword, NUL, compression flag
+    and method 0, empty language tag and translated keyword (each NUL-ended), UTF-8 text."""
+    if not (1 <= len(keyword) <= 79 and keyword == keyword.strip() and keyword.isprintable()
+            and all(ord(c) < 256 for c in keyword)):
+        raise PiSAError(f"Cannot write {str(path)!r}: the PNG text keyword {keyword!r} must be 1 to 79 printable "
+                        "Latin-1 characters without leading or trailing spaces.")
+    return keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8")
+
+
+def _text_entry(kind: bytes, data: bytes) -> tuple[str, str]:
+    """(keyword, text) of a tEXt, zTXt or iTXt chunk's data."""
+    keyword, _, rest = data.partition(b"\0")
+    if kind == b"tEXt":
+        return keyword.decode("latin-1"), rest.decode("latin-1")
+    if kind == b"zTXt":
+        return keyword.decode("latin-1"), zlib.decompress(rest[1:]).decode("latin-1")
+    compressed = rest[:1] == b"\1"
+    _language, _, rest = rest[2:].partition(b"\0")
+    _translated, _, body = rest.partition(b"\0")
+    return keyword.decode("latin-1"), (zlib.decompress(body) if compressed else body).decode("utf-8")
+
+
+def png_text(path) -> dict[str, str]:
+    """The text chunks (tEXt, zTXt, iTXt, wherever they are) of a PNG file: keyword -> text.
+    PiSAError naming the file when it is not a readable PNG."""
+    path = Path(path)
+    _check_file(path)
+    found: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            for kind, data in png.Reader(file=f).chunks():
+                if kind in _PNG_TEXT_CHUNKS:
+                    keyword, text = _text_entry(kind, data)
+                    found.setdefault(keyword, text)
+    except (png.Error, OSError, ValueError, zlib.error) as exc:
+        raise PiSAError(f"Cannot read the PNG chunks of {str(path)!r}: {exc}.") from exc
+    return found
 
 
 def _write_tiff(f, levels: np.ndarray) -> None:
@@ -612,6 +696,11 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def folder_images(folder) -> list[Path]:
+    """The image files of a folder (by extension, not recursive, hidden files skipped), sorted."""
+    return sorted((p for p in Path(folder).iterdir() if not p.name.startswith(".") and _is_image_file(p)), key=str)
+
+
 def list_inputs(patterns) -> list[Path]:
     """Expand files, folders and glob patterns into a sorted-per-pattern, deduplicated file list.
 
@@ -629,8 +718,7 @@ def list_inputs(patterns) -> list[Path]:
         if path.is_file():
             matches = [path]
         elif path.is_dir():
-            matches = sorted((p for p in path.iterdir()
-                              if not p.name.startswith(".") and _is_image_file(p)), key=str)
+            matches = folder_images(path)
             if not matches:
                 raise PiSAError(f"Input folder {text!r} has no image files "
                                 f"(expected {', '.join(IMAGE_EXTENSIONS)}).")

@@ -14,6 +14,13 @@ templates, so that any SD2-structured model (the real one or a tiny test one) lo
 same code. What shapes cannot tell is taken from the template and documented where it is used:
 the number of attention heads (SD2 uses 64-wide heads), GroupNorm groups (32), activations,
 epsilon values and the VAE scaling factor.
+
+Why not diffusers' own single-file loading: it needs a config that matches the file (it cannot
+infer a smaller SD2-structured model's sizes) and materialises the whole checkpoint before it
+converts. Inferring the config from shapes and renaming keys only (tensors stay unread) lets the
+loader stream each tensor into its dtype with the LoRAs merged (see base_model), which keeps the
+peak memory at the converted model's size. `tests/test_base_model.py` checks the renaming against
+diffusers' own converter.
 """
 
 from __future__ import annotations

@@ -340,9 +340,11 @@ def check_options(*, lambda_pix=None, lambda_sem=None, color_fix=None, latent_ti
             check_lambda(value, name)
     if color_fix is not None and color_fix not in options.COLOR_FIXES:
         raise PiSAError(f"color_fix must be one of {', '.join(options.COLOR_FIXES)}; got {color_fix!r}.")
-    if latent_tile is not None and (latent_tile < 1 or not 0 <= (latent_overlap or 0) < latent_tile):
-        raise PiSAError(f"latent tile {latent_tile} / overlap {latent_overlap}: need tile >= 1 and "
-                        "0 <= overlap < tile.")
+    if latent_tile is not None and latent_tile < 1:
+        raise PiSAError(f"latent_tile must be at least 1; got {latent_tile}.")
+    if latent_tile is not None and not 0 <= (latent_overlap or 0) < latent_tile:
+        raise PiSAError(f"latent_overlap ({latent_overlap}) must be smaller than latent_tile ({latent_tile}) "
+                        "and not negative.")
     if vae_tile is not None:
         memory.check_vae_tile(vae_tile)
     if tile_batch is not None and (not isinstance(tile_batch, int) or tile_batch < 1):

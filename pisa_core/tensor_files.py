@@ -137,12 +137,56 @@ def load_pickle(path, what: str) -> object:
                         f"({type(exc).__name__}).") from None
 
 
-def read_tensors(path, what: str) -> dict[str, torch.Tensor]:
+class LazyTensor:
+    """A tensor of a safetensors file that is read only when loaded; shape queries, reshapes and
+    chunks (what key conversion does) cost nothing. Keeps a converted checkpoint from ever being
+    in memory in full."""
+
+    def __init__(self, file: SafetensorsFile, key: str, shape=None, ops=()):
+        self.file, self.key, self.ops = file, key, ops
+        self.shape = torch.Size(file.entries[key][1] if shape is None else shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def reshape(self, *shape) -> LazyTensor:
+        shape = torch.Size(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+        if math.prod(shape) != math.prod(self.shape):
+            raise PiSAError(f"'{self.file.path}': tensor '{self.key}' of shape {tuple(self.shape)} cannot be "
+                            f"reshaped to {tuple(shape)}.")
+        return LazyTensor(self.file, self.key, shape, (*self.ops, ("reshape", tuple(shape))))
+
+    def chunk(self, chunks: int, dim: int = 0) -> list[LazyTensor]:
+        size = self.shape[dim] // chunks
+        out = []
+        for i in range(chunks):
+            shape = list(self.shape)
+            shape[dim] = size
+            out.append(LazyTensor(self.file, self.key, shape, (*self.ops, ("narrow", dim, i * size, size))))
+        return out
+
+    def contiguous(self) -> LazyTensor:
+        return self
+
+    def float(self) -> torch.Tensor:
+        return self.load().float()
+
+    def load(self) -> torch.Tensor:
+        tensor = self.file.get(self.key)
+        for op, *args in self.ops:
+            tensor = tensor.reshape(args[0]) if op == "reshape" else tensor.narrow(*args)
+        return tensor
+
+
+def read_tensors(path, what: str, *, lazy: bool = False) -> dict:
     """All tensors of a single-file checkpoint (safetensors or pickle). A top-level `state_dict`
-    wrapper is unwrapped; non-tensor entries (e.g. `global_step`) are dropped."""
+    wrapper is unwrapped; non-tensor entries (e.g. `global_step`) are dropped. lazy: safetensors
+    entries are LazyTensors (nothing read yet); pickles are memory-mapped either way."""
     path = Path(path)
     if is_safetensors(path):
-        return SafetensorsFile(path, what).read_all()
+        file = SafetensorsFile(path, what)
+        return {key: LazyTensor(file, key) for key in file.keys} if lazy else file.read_all()
     data = load_pickle(path, what)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]

@@ -203,8 +203,8 @@ def tiled_latent_map(latent: torch.Tensor, fn: Callable[[torch.Tensor], torch.Te
 
     fn receives tiles stacked along the batch dimension, tile-major ([n * B, C, th, tw], tile k in
     rows k*B..(k+1)*B-1, n <= max_batch) and must return [n * B, C', th, tw]. Each output tile is
-    weighted by gaussian_tile_weights(th, tw) and the sum divided by the summed weights (release
-    facts). progress(done, total) is called after every tile (once with (1, 1) when untiled) and
+    weighted by gaussian_tile_weights(th, tw) and the sum divided by the summed weights
+    (docs/release.md, "Inference"). progress(done, total) is called after every tile (once with (1, 1) when untiled) and
     may raise to cancel. `device`: where fn computes; the latent moves there once. Returns float32
     [B, C', H, W] on fn's device.
     """

@@ -41,7 +41,7 @@ def _ranks(rank: int, rank_sem: int | None) -> dict:
 
 
 def official_pisa_dict(unet: torch.nn.Module, rank: int = 4, seed: int = 0, rank_sem: int | None = None) -> dict:
-    """The 9-key dict of the release's pisa_sr.pkl (facts, "Weights the users have")."""
+    """The 9-key dict of the release's pisa_sr.pkl (docs/release.md, "Weights file")."""
     generator = torch.Generator().manual_seed(seed)
     ranks = _ranks(rank, rank_sem)
     data: dict = {}

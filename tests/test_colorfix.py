@@ -1,4 +1,4 @@
-"""Colour fix: AdaIN and wavelet (release facts) on float tensors."""
+"""Colour fix: AdaIN and wavelet (docs/release.md, "Colour fix") on float tensors."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """pisa_core.image_io: reading/writing 8/16-bit, gray, alpha, EXIF orientation, input lists,
-header checks, 16-bit TIFF, and writes that never leave a partial file."""
+header checks, 16-bit TIFF, region masks, PNG text chunks, and writes that never leave a partial
+file."""
 
 import os
 import struct
@@ -22,9 +23,11 @@ from pisa_core.image_io import (
     list_inputs,
     output_format,
     png_header,
+    png_text,
     probe_image,
     quantize,
     read_image,
+    read_mask,
     to_pil_8bit,
     write_image,
 )
@@ -458,6 +461,93 @@ def test_to_pil_8bit_scales_16bit_gray_instead_of_clipping(tmp_path):
     Image.fromarray(levels).save(path)
     pil = to_pil_8bit(path)
     np.testing.assert_array_equal(np.asarray(pil)[..., 0], [[0, 100, 255, 1]])
+
+
+# ---------------------------------------------------------------- region masks
+
+
+def test_masks_gray_and_colour_by_brightness_with_white_exactly_one(tmp_path):
+    Image.fromarray(np.array([[0, 128, 255]], np.uint8)).save(tmp_path / "l.png")
+    assert torch.equal(read_mask(tmp_path / "l.png"), torch.tensor([[0.0, 128 / 255, 1.0]]))
+    rgb = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    mask = read_mask(tmp_path / "rgb.png")
+    assert mask[0, 0] == 1.0 and mask[0, 1] == 0.0 and mask[0, 2] == pytest.approx(0.299, abs=1e-6)
+    write_image(tmp_path / "l16.png", torch.tensor([[[0.0], [1.0]]]), bit_depth=16)
+    assert torch.equal(read_mask(tmp_path / "l16.png"), torch.tensor([[0.0, 1.0]]))
+
+
+def test_masks_with_transparency_use_alpha_unless_it_is_opaque_everywhere(tmp_path):
+    black_half_opaque = np.zeros((1, 2, 4), np.uint8)
+    black_half_opaque[0, 0, 3] = 255
+    Image.fromarray(black_half_opaque).save(tmp_path / "rgba.png")
+    assert torch.equal(read_mask(tmp_path / "rgba.png"), torch.tensor([[1.0, 0.0]]))  # opaque = inside
+    write_image(tmp_path / "la16.png", torch.tensor([[[0.0, 0.25], [0.0, 1.0]]]), bit_depth=16)
+    assert torch.equal(read_mask(tmp_path / "la16.png"), torch.tensor([[16384.0, 65535.0]]) / 65535)
+    palette, _, _ = _palette_image(transparent_index=0)
+    palette.save(tmp_path / "p.png")
+    alpha = np.asarray(palette.convert("RGBA"))[..., 3] / 255
+    assert torch.equal(read_mask(tmp_path / "p.png"), torch.from_numpy(alpha).float())
+    drawing = np.zeros((1, 2, 4), np.uint8)  # an editor's RGBA export: opaque everywhere, white on the left
+    drawing[0, 0, :3] = 255
+    drawing[..., 3] = 255
+    Image.fromarray(drawing).save(tmp_path / "opaque.png")
+    assert torch.equal(read_mask(tmp_path / "opaque.png"), torch.tensor([[1.0, 0.0]]))
+
+
+def test_masks_take_the_exif_orientation_like_inputs(tmp_path):
+    upright = np.array([[0, 255, 255]], np.uint8)
+    Image.fromarray(stored_for(upright[..., None], 6)[..., 0]).save(tmp_path / "m.png", exif=exif_bytes(6))
+    assert torch.equal(read_mask(tmp_path / "m.png"), torch.tensor([[0.0, 1.0, 1.0]]))
+
+
+# ---------------------------------------------------------------- PNG text chunks
+
+
+@pytest.mark.parametrize("bit_depth, channels", [(8, 3), (8, 2), (16, 3), (16, 4)])
+def test_png_text_chunks_round_trip_at_8_and_16_bit(tmp_path, bit_depth, channels):
+    levels = random_levels((5, 6, channels), bit_depth)
+    target = tmp_path / "t.png"
+    text = {"pisa-sr": '{"λ_sem": 0.3, "mask": "visage é.png"}', "Comment": "two"}
+    write_image(target, torch.from_numpy(levels / (2**bit_depth - 1)).float(), bit_depth=bit_depth, text=text)
+    assert png_text(target) == text
+    image, info = read_image(target)  # still a valid image with the same pixels
+    assert info.bit_depth == bit_depth and np.array_equal(levels_of(image, bit_depth), levels)
+    with Image.open(target) as im:  # Pillow reads the iTXt chunks too (before IDAT)
+        assert im.text == text
+
+
+def test_png_text_reads_text_and_compressed_chunks_anywhere(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("plain", "a")
+    info.add_text("zipped", "b" * 200, zip=True)
+    info.add_itxt("packed", "ü" * 200, zip=True)
+    info.add(b"tEXt", b"late\0after the pixels", after_idat=True)
+    Image.new("L", (3, 2)).save(tmp_path / "p.png", pnginfo=info)
+    assert png_text(tmp_path / "p.png") == {"plain": "a", "zipped": "b" * 200, "packed": "ü" * 200,
+                                            "late": "after the pixels"}
+    write_image(tmp_path / "none.png", torch.rand(2, 2, 3))
+    assert png_text(tmp_path / "none.png") == {}
+
+
+def test_png_text_errors_name_the_file(tmp_path):
+    with pytest.raises(PiSAError, match="bad keyword"):
+        write_image(tmp_path / "k.png", torch.rand(2, 2, 3), text={" bad keyword": "x"})
+    assert not any(tmp_path.iterdir())
+    good = tmp_path / "good.png"
+    write_image(good, torch.rand(8, 8, 3), text={"k": "v"})
+    broken = tmp_path / "broken.png"
+    data = bytearray(good.read_bytes())
+    data[42] ^= 0xFF  # in the data of the first chunk after IHDR: its CRC no longer matches
+    broken.write_bytes(bytes(data))
+    with pytest.raises(PiSAError, match="broken.png"):
+        png_text(broken)
+    jpeg = tmp_path / "a.jpg"
+    write_image(jpeg, torch.rand(8, 8, 3), text={"k": "v"})  # formats other than PNG carry no text
+    with pytest.raises(PiSAError, match="a.jpg"):
+        png_text(jpeg)
 
 
 # ---------------------------------------------------------------- errors

@@ -26,7 +26,7 @@ from pisa_core.tiling import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Independent re-statements of the release behaviour (written from the facts, float64 numpy)
+# Independent re-statements of the release behaviour (from docs/release.md, float64 numpy)
 # ---------------------------------------------------------------------------------------------
 
 def release_tiled(latent: np.ndarray, fn, tile: int, overlap: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PiSAError
+from ..tensor_files import read_tensors
 
 # VGG16 "features" layout: conv widths, "M" = 2x2 max pool. Conv indices follow torchvision's Sequential.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
@@ -104,20 +105,7 @@ class LPIPS(nn.Module):
 def _read_state(path: Path) -> dict:
     if not path.is_file():
         raise PiSAError(f"LPIPS weights file '{path}' ({LPIPS_OPTION}) does not exist.")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for non-checkpoint files
-        raise PiSAError(f"LPIPS weights file '{path}' ({LPIPS_OPTION}) is not a readable state dict ({error}).") \
-            from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise PiSAError(f"LPIPS weights file '{path}' ({LPIPS_OPTION}) holds a {type(state).__name__}, not a state dict.")
-    return state
+    return read_tensors(path, f"LPIPS weights ({LPIPS_OPTION})")
 
 
 _SLICE_KEY = re.compile(r"^(?:.*\.)?net\.slice\d\.(\d+)\.(weight|bias)$")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from .. import options
 from ..base_model import load_base_model
 from ..checkpoint import PiSAWeights, check_compatible, load_pisa_weights
 from ..errors import PiSAError
@@ -41,8 +42,6 @@ from .state import (
     write_weights,
 )
 from .step import build_step
-
-WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_mixed_precision(cfg: TrainConfig, on_gpu: bool) -> str:
@@ -117,7 +116,7 @@ class Trainer:
         )
         acc = self.accelerator
         self.device = acc.device
-        self.weight_dtype = WEIGHT_DTYPES[mixed] if on_gpu or mixed == "bf16" else torch.float32
+        self.weight_dtype = options.DTYPES.get(mixed, torch.float32) if on_gpu or mixed == "bf16" else torch.float32
         self.resume_from = self._resume_folder(cfg)
 
         # data first: a bad folder fails before minutes of model loading

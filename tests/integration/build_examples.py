@@ -92,19 +92,28 @@ def _front(g: Graph):
     return note, loader, load, enc
 
 
-def basic() -> dict:
+def _chain(guide_widgets, save_prefix, title=None, mask=False) -> dict:
+    """Load Image → Encode → Dual Guidance → Decode (LQ as colour reference) → Save Image."""
     g = Graph()
     _, loader, load, enc = _front(g)
-    guide = g.node("PiSADualGuidance", (820, 100), (320, 210), [1.0, 1.0, 96, 32, 1.0, 0.3])
+    if mask:
+        g.node("MarkdownNote", (450, -260), (400, 220), [REGIONS_NOTE])
+    guide = g.node("PiSADualGuidance", (820, 100), (320, 210), guide_widgets, title)
     dec = g.node("PiSADecode", (1190, 100), (300, 120), ["adain", 0])
-    save = g.node("SaveImage", (1540, 100), (500, 560), ["PiSA-SR"])
+    save = g.node("SaveImage", (1540, 100), (500, 560), [save_prefix])
     g.link(loader, 0, guide, "pisa_model")
     g.link(enc, 0, guide, "latent")
+    if mask:
+        g.link(load, 1, guide, "mask")
     g.link(loader, 0, dec, "pisa_model")
     g.link(guide, 0, dec, "latent")
     g.link(load, 0, dec, "color_reference")
     g.link(dec, 0, save, "images")
     return g.workflow()
+
+
+def basic() -> dict:
+    return _chain([1.0, 1.0, 96, 32, 1.0, 0.3], "PiSA-SR")
 
 
 def adjustable() -> dict:
@@ -150,21 +159,8 @@ REGIONS_NOTE = ("### PiSA-SR: regions\n\nRight-click **Load Image** → *Open in
 
 
 def regions() -> dict:
-    g = Graph()
-    _, loader, load, enc = _front(g)
-    g.node("MarkdownNote", (450, -260), (400, 220), [REGIONS_NOTE])
-    guide = g.node("PiSADualGuidance", (820, 100), (320, 210), [1.0, 1.3, 96, 32, 1.0, 0.3],
-                   "Regions: λ_sem 0.3 in the mask, 1.3 elsewhere")
-    dec = g.node("PiSADecode", (1190, 100), (300, 120), ["adain", 0])
-    save = g.node("SaveImage", (1540, 100), (500, 560), ["PiSA-SR_regions"])
-    g.link(loader, 0, guide, "pisa_model")
-    g.link(enc, 0, guide, "latent")
-    g.link(load, 1, guide, "mask")
-    g.link(loader, 0, dec, "pisa_model")
-    g.link(guide, 0, dec, "latent")
-    g.link(load, 0, dec, "color_reference")
-    g.link(dec, 0, save, "images")
-    return g.workflow()
+    return _chain([1.0, 1.3, 96, 32, 1.0, 0.3], "PiSA-SR_regions", "Regions: λ_sem 0.3 in the mask, 1.3 elsewhere",
+                  mask=True)
 
 
 def thumbnail(workflow: dict, path: Path, size=(320, 180)) -> None:

@@ -22,6 +22,7 @@ import torch
 comfy.cli_args.args.cpu = not torch.cuda.is_available()  # `--cpu` where there is no GPU
 
 import comfy.model_management as mm
+import comfy.model_patcher
 import folder_paths
 
 for kind in ("checkpoints", "diffusers"):
@@ -52,14 +53,14 @@ with torch.inference_mode():  # as ComfyUI executes nodes
     found["handle"] = type(model.handle).__name__
     found["same_model"] = nodes["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "auto")[0] is model
     image = torch.rand(1, 16, 16, 3)
-    latent = nodes["PiSAEncode"]().encode(model, image, 4.0, "bicubic", 1024, 0)[0]
+    latent = nodes["PiSAEncode"]().encode(model, image, 4.0, "bicubic", 0, 0)[0]
     found["registered"] = any(m is model.handle for m in mm.loaded_models())
     found["weights_on_load_device"] = next(model.pipe.unet.parameters()).device == mm.get_torch_device()
     mm.unload_all_models()
     found["after_unload"] = any(m is model.handle for m in mm.loaded_models())
     found["weights_offloaded"] = next(model.pipe.unet.parameters()).device == mm.unet_offload_device()
     z_high = nodes["PiSADualGuidance"]().guide(model, latent, 0.8, 1.2, 96, 32)[0]  # reloads by itself
-    out = nodes["PiSADecode"]().decode(model, z_high, "adain", 1024, image)[0]
+    out = nodes["PiSADecode"]().decode(model, z_high, "adain", 0, image)[0]
     found["reloaded"] = any(m is model.handle for m in mm.loaded_models())
     found["out_shape"] = list(out.shape)
     found["memory_asked_each_stage"] = len(asked) == 3 and all(a > 0 for a in asked)  # encode, guide, decode
@@ -77,4 +78,16 @@ mm.unload_all_models()
 mm.cleanup_models_gc()
 gc.collect()
 found["freed"] = ref() is None
+
+# --lowvram / --novram: ComfyUI's budget (0.1 byte for --novram) leaves plain torch layers on the
+# offload device; the pack completes the load through the patcher. The meta device stands in for
+# the GPU (a fresh fp32 model: its weights do not come back from meta).
+meta = torch.device("meta")
+spare = nodes["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
+patcher = comfy.model_patcher.ModelPatcher(spare.container, load_device=meta, offload_device=torch.device("cpu"))
+patcher.load(meta, lowvram_model_memory=0.1)
+found["novram_left_weights_behind"] = not host.on_device(spare.container, meta)
+host.HOST.ensure_loaded(patcher, meta)
+found["novram_then_all_on_device"] = host.on_device(spare.container, meta)
+found["novram_bookkeeping"] = patcher.model.model_loaded_weight_memory == patcher.model_size()
 print(json.dumps(found))

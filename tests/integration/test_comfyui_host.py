@@ -303,7 +303,9 @@ def test_model_management_hand_off_in_process(model_dir, tmp_path):
     assert found == {"in_comfy": True, "pisa_exts": [".pkl", ".safetensors"], "handle": "ModelPatcher",
                      "same_model": True, "registered": True, "weights_on_load_device": True,
                      "after_unload": False, "weights_offloaded": True, "reloaded": True,
-                     "out_shape": [1, 64, 64, 3], "memory_asked_each_stage": True, "interrupt": "raised", "freed": True}, found
+                     "out_shape": [1, 64, 64, 3], "memory_asked_each_stage": True, "interrupt": "raised", "freed": True,
+                     "novram_left_weights_behind": True, "novram_then_all_on_device": True,
+                     "novram_bookkeeping": True}, found
 
 
 def _chromium() -> str | None:
@@ -343,8 +345,7 @@ def test_template_opens_in_the_real_frontend_without_missing_nodes(server, name,
             pack = page.get_by_text(PACK_FOLDER, exact=True).first
             if not pack.is_visible():  # a first visit opens the template browser by itself
                 page.get_by_text("Templates", exact=True).first.click()
-            pack.scroll_into_view_if_needed()
-            pack.click()
+            pack.click()  # a Locator: re-found, scrolled into view and retried if the list re-renders
             page.get_by_text(name, exact=True).first.click()
             page.wait_for_function("window.app.graph._nodes.some(n => n.type === 'PiSALoader')", timeout=30_000)
             page.wait_for_timeout(1000)
