@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from .atomic import atomic_output
 from .errors import PiSAError
 from .lora import (
     FAMILIES,
@@ -381,19 +382,8 @@ def save_pisa_weights(weights: PiSAWeights, path) -> None:
         metadata[f"{name}.alpha"] = repr(float(checked.alpha))
         metadata[f"{name}.target_modules"] = json.dumps(list(checked.factors))
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so a failed write never leaves a half file under its name.
-    temporary = path.with_name(f".{path.name}.part")
-    try:
-        # safetensors writes 0600 files; give ours the permissions any new file gets here (umask).
-        with open(temporary, "wb"):
-            pass
-        mode = os.stat(temporary).st_mode & 0o777
-        save_file(tensors, temporary, metadata=metadata)
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_output(path) as f:
+        f.write(save(tensors, metadata=metadata))
 
 
 def convert_pisa_weights(src, dst) -> PiSAWeights:

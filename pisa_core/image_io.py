@@ -13,11 +13,8 @@ in the same folder, which is renamed over the target only once it is complete (`
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import io
-import os
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ import torch
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from .atomic import atomic_output, temporary_path
 from .errors import PiSAError
 
 #: Pillow format names we read (MPO is how Pillow opens many phone-camera JPEGs).
@@ -643,37 +641,6 @@ def _write_tiff(f, levels: np.ndarray) -> None:
 # --- safe writes ----------------------------------------------------------------------------------
 
 
-def _temporary_path(path: Path) -> Path:
-    """A hidden name beside `path` (same filesystem, so the final rename is atomic); list_inputs
-    skips hidden files, so a leftover from a killed process is never taken as an input."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-
-
-@contextlib.contextmanager
-def atomic_output(path, *, overwrite: bool = True):
-    """A binary file object whose bytes become `path` only when the block completes: written to a
-    temporary file in the same folder, flushed to disk and renamed over `path`. On any error or
-    interrupt (Ctrl-C, a full disk) the temporary file is removed and `path` is left as it was.
-    overwrite=False: an existing `path` is an error, checked again just before the rename.
-    OSError becomes a one-line PiSAError naming the file."""
-    path = Path(path)
-    temporary = _temporary_path(path)
-    try:
-        with open(temporary, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if not overwrite and path.exists():
-            raise PiSAError(f"Not writing {str(path)!r}: the file exists (overwriting was not asked for).")
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise PiSAError(f"Cannot write {str(path)!r}: {exc.strerror or exc}.") from exc
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def check_output_folder(folder, what: str = "output folder") -> Path:
     """Create `folder` (with its parents) and prove that files can be written there by creating and
     removing a temporary file; PiSAError naming the folder otherwise (a read-only filesystem, no
@@ -681,7 +648,7 @@ def check_output_folder(folder, what: str = "output folder") -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise PiSAError(f"The {what} {str(folder)!r} is a file, not a folder.")
-    probe = _temporary_path(folder / "write-test")
+    probe = temporary_path(folder / "write-test")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(probe, "xb"):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from .atomic import atomic_output
 from .errors import PiSAError
 from .tensor_files import SafetensorsFile
 
@@ -66,14 +66,8 @@ def store(key: str, embeds: torch.Tensor, source: str) -> None:
     path = _path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".empty-prompt-", dir=path.parent)
-        os.close(handle)
-        try:
-            save_file({"embeds": embeds.detach().float().cpu().contiguous()}, temporary,
-                      metadata={"source": source, "version": VERSION})
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-    except OSError as exc:
+        with atomic_output(path) as f:
+            f.write(save({"embeds": embeds.detach().float().cpu().contiguous()},
+                         metadata={"source": source, "version": VERSION}))
+    except (OSError, PiSAError) as exc:
         log.debug("PiSA-SR: prompt cache not written (%s)", exc)

@@ -2,7 +2,6 @@
 header checks, 16-bit TIFF, region masks, PNG text chunks, and writes that never leave a partial
 file."""
 
-import os
 import struct
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import png
 import pytest
 import torch
 from PIL import Image, features
+from readonly import run_python_with_read_only
 
 from pisa_core.errors import PiSAError
 from pisa_core.image_io import (
@@ -730,17 +730,20 @@ def test_check_output_folder(tmp_path):
 
 def test_check_output_folder_read_only(tmp_path):
     folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root: permission bits do not stop writes")
-        with pytest.raises(PiSAError, match="ro"):
-            check_output_folder(folder)
-        with pytest.raises(PiSAError, match="Cannot write"):
-            write_image(folder / "x.png", torch.rand(2, 2, 3))
-    finally:
-        folder.chmod(0o755)
+    code = (f"import torch; from pathlib import Path; from pisa_core.errors import PiSAError\n"
+            f"from pisa_core.image_io import check_output_folder, write_image\n"
+            f"folder = Path({str(folder)!r})\n"
+            f"for attempt in (lambda: check_output_folder(folder), "
+            f"lambda: write_image(folder / 'x.png', torch.rand(2, 2, 3))):\n"
+            f"    try:\n        attempt()\n        print('written')\n"
+            f"    except PiSAError as error:\n        print('PiSAError:', error)\n")
+    done = run_python_with_read_only(folder, code)
+    if done is None:
+        pytest.skip("this machine can make no folder read-only for root (no unshare -m)")
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("PiSAError:") and str(folder) in line for line in lines), \
+        (done.stdout, done.stderr)
+    assert not list(folder.iterdir())
 
 
 def test_output_format(tmp_path):

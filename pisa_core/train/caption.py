@@ -9,13 +9,12 @@ and written beside the images where `pisa-sr train` reads them.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_output
 from ..errors import PiSAError
 from .data import list_images, load_rgb
 
@@ -72,14 +71,8 @@ def caption_path(image: Path) -> Path:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write through a new hidden file in the same folder and rename it into place, so an
     interrupted run never leaves a half-written caption."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temp, "x", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as f:
+        f.write((text + "\n").encode("utf-8"))
 
 
 def caption_images(inputs, model_folder, *, overwrite: bool = False, batch_size: int = 8,

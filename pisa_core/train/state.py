@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_output
 from ..checkpoint import PiSAWeights, save_pisa_weights
 from ..errors import PiSAError
 
@@ -75,14 +76,14 @@ def save_train_state(folder: Path, *, step: int, stage: str, config_json: str, l
     }
     if scaler is not None:
         payload["scaler"] = scaler.state_dict()
-    part = folder / "train.pt.part"
-    torch.save(payload, part)
-    part.replace(folder / "train.pt")
+    with atomic_output(folder / "train.pt") as f:
+        torch.save(payload, f)
 
 
 def save_rng(folder: Path, rank: int, generator: torch.Generator) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_snapshot(generator), folder / f"rng_rank{rank}.pt")
+    with atomic_output(folder / f"rng_rank{rank}.pt") as f:
+        torch.save(rng_snapshot(generator), f)
 
 
 def load_train_state(folder) -> dict:
