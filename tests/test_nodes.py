@@ -236,6 +236,24 @@ def test_loader_lists_checkpoints_diffusers_folders_and_pisa_weights():
     assert spec["pisa_weights"][0] == ["pisa_sr.pkl", "pisa_sr.safetensors"]
 
 
+def test_pisa_weights_in_the_loras_folder_are_recognised_by_their_keys(model_dir, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    loras = tmp_path / "loras"
+    (loras / "sub").mkdir(parents=True)
+    (loras / "renamed.pkl").write_bytes((model_dir / "pisa_sr.pkl").read_bytes())
+    (loras / "sub" / "ours.safetensors").write_bytes((model_dir / "pisa_sr.safetensors").read_bytes())
+    save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 8)}, str(loras / "pisa_sr_style.safetensors"))
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, loras / "pisa_sr_other.pkl")
+    (loras / "broken.safetensors").write_bytes(b"\x00" * 32)
+    (tmp_path / "diffusers").symlink_to(model_dir, target_is_directory=True)
+    monkeypatch.setenv("PISA_SR_MODELS_DIR", str(tmp_path))
+    choices = NODES["PiSALoader"].INPUT_TYPES()["required"]["pisa_weights"][0]
+    assert choices == ["[loras] renamed.pkl", "[loras] sub/ours.safetensors"]  # by contents, not by name
+    model = NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "[loras] renamed.pkl", "fp32")[0]
+    assert model.pipe.weights_source.endswith("renamed.pkl")
+
+
 def test_loader_returns_the_cached_model_for_the_same_files(pisa_model):
     again = NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
     assert again is pisa_model

@@ -277,6 +277,48 @@ def test_templates_are_served_and_run(server):
         assert saved_images(server, entry), name
 
 
+def test_the_real_host_gives_the_clis_pixels_with_every_front_ends_defaults(server, model_dir, tmp_path):
+    """One upscale path: PiSAUpscale and the four-node chain on the real server, each node with
+    the defaults its widgets show, against `pisa-sr upscale` with the CLI's defaults. Both in fp32:
+    in another process (other thread counts) bf16 rounding differs, and the tiny random model
+    magnifies it far beyond what the real one does (README, "Precision")."""
+    import numpy as np
+    from PIL import Image
+
+    from pisa_core.cli import main
+
+    rng = np.random.default_rng(5)
+    photo = Image.fromarray((rng.random((12, 16, 3)) * 255).astype(np.uint8)).resize((100, 75), Image.BICUBIC)
+    photo.save(server.base / "input" / "photo.png")
+    info = server.get("/object_info")
+
+    def node(class_type, **links):
+        spec = info[class_type]["input"]
+        widgets = {name: opts[1]["default"] for name, opts in spec["required"].items()
+                   if len(opts) > 1 and isinstance(opts[1], dict) and "default" in opts[1]}
+        return {"class_type": class_type, "inputs": {**widgets, **links}}
+
+    loader = node("PiSALoader", base_model="[diffusers] sd21-tiny", pisa_weights="pisa_sr.pkl", dtype="fp32")
+    prompt = {"1": loader, "2": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+              "3": node("PiSAUpscale", pisa_model=["1", 0], image=["2", 0]),
+              "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "one_node"}},
+              "5": node("PiSAEncode", pisa_model=["1", 0], image=["2", 0]),
+              "6": node("PiSADualGuidance", pisa_model=["1", 0], latent=["5", 0]),
+              "7": node("PiSADecode", pisa_model=["1", 0], latent=["6", 0]),
+              "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "four_nodes"}}}
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    outputs = {path.name.split("_0")[0]: np.asarray(Image.open(path), dtype=np.int16) for path in saved_images(server, entry)}
+    cli_out = tmp_path / "cli.png"
+    assert main(["upscale", str(server.base / "input" / "photo.png"), "-o", str(cli_out),
+                 "--base", str(model_dir / "sd21-tiny"), "--weights", str(model_dir / "pisa_sr.pkl"),
+                 "--dtype", "fp32"]) == 0
+    expected = np.asarray(Image.open(cli_out), dtype=np.int16)
+    assert set(outputs) == {"one_node", "four_nodes"} and expected.shape == (300, 400, 3)
+    for name, image in outputs.items():
+        assert image.shape == expected.shape and np.abs(image - expected).max() <= 1, name
+
+
 def test_memory_stays_flat_over_repeated_runs(server):
     server.wait(server.queue(api_prompt(lp=0.5, ls=0.5, prefix="warm")))
     start = server.rss_mb()
