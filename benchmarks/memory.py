@@ -49,10 +49,10 @@ def run_size(size: int, device: str, dtype: str, vae_tile: int, latent_tile: int
 
 def _row(r: dict) -> str:
     s = r["stages"]
-    tiles = "/".join("untiled" if s[k]["vae_tile"] >= r["output"] else str(s[k]["vae_tile"]) for k in ("encode", "decode"))
-    return (f"| {r['output']}² | {r['dtype']} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} | {tiles} | "
-            + " | ".join(f"{s[k]['peak_rss_gib']:.2f} GiB {s[k]['seconds']:.1f} s" for k in ("encode", "unet", "decode"))
-            + " |")
+    tiles = "/".join("untiled" if s[k]["vae_tile"] >= r["output"] else str(s[k]["vae_tile"])
+                     for k in ("encode", "decode"))
+    stages = " | ".join(f"{s[k]['peak_rss_gib']:.2f} GiB {s[k]['seconds']:.1f} s" for k in ("encode", "unet", "decode"))
+    return f"| {r['output']}² | {r['dtype']} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} | {tiles} | {stages} |"
 
 
 def main() -> int:

@@ -154,7 +154,7 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, save_output
             times.append(time.perf_counter() - start)
             if stages is not None:
                 stage_runs.append(stages)
-    result = {"variant": variant, "seconds": statistics.median(times) / images, "times": times,
+    result = {"variant": variant, "seconds": statistics.median(times) / images, "times": [t / images for t in times],
               "peak_rss_gib": current_peak_rss_gib(), "load_peak_rss_gib": load_peak,
               "device_name": _device_name(device), "dtype": dtype_name(dtype_t)}
     if stage_runs:

@@ -7,9 +7,9 @@ dtype policy asks (options.auto_dtype), so tests can answer them for a machine t
 from __future__ import annotations
 
 import functools
-import os
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +102,8 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
 class Probe:
     """The capability questions of the dtype policy; tests pass their own answers."""
 
-    cpu_native_bf16: callable = cpu_native_bf16
-    cuda_capability: callable = cuda_capability
+    cpu_native_bf16: Callable[[], bool] = cpu_native_bf16
+    cuda_capability: Callable[[torch.device], tuple[int, int]] = cuda_capability
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -138,6 +138,3 @@ def available_ram() -> int | None:
         return None
     return int(psutil.virtual_memory().available)
 
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

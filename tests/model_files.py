@@ -80,7 +80,7 @@ def write_diffusers_folder(folder, unet, vae, text_encoder, *, prediction_type="
     vae.save_pretrained(folder / "vae", variant=variant)
     text_encoder.save_pretrained(folder / "text_encoder", variant=variant)
     _prefix_text_keys(folder / "text_encoder")
-    write_tiny_tokenizer(folder / "tokenizer")
+    write_tiny_tokenizer(folder / "tokenizer", text_encoder.config.vocab_size)
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
         {"_class_name": "DDPMScheduler", **SCHEDULER, "prediction_type": prediction_type}))

@@ -99,14 +99,15 @@ def _byte_level_alphabet() -> list[str]:
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
-def write_tiny_tokenizer(folder: Path) -> None:
-    """A CLIP BPE tokenizer in the SD2 layout (pad "!" = 0, start/end of text = last two ids)."""
+def write_tiny_tokenizer(folder: Path, vocab_size: int = VOCAB_SIZE) -> None:
+    """A CLIP BPE tokenizer in the SD2 layout (pad "!" = 0, start/end of text = last two ids) with
+    `vocab_size` entries (the real SD2.1 one has 49408)."""
     folder.mkdir(parents=True, exist_ok=True)
     chars = _byte_level_alphabet()
     tokens = ["!"] + [c for c in chars if c != "!"] + [c + "</w>" for c in chars]
-    tokens += [f"tok{i}</w>" for i in range(VOCAB_SIZE - 2 - len(tokens))]
+    tokens += [f"tok{i}</w>" for i in range(vocab_size - 2 - len(tokens))]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
-    assert len(tokens) == VOCAB_SIZE
+    assert len(tokens) == vocab_size
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     (folder / "special_tokens_map.json").write_text(json.dumps(
