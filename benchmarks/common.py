@@ -227,6 +227,23 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def matmul_gflops(side: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Matrix-multiply throughput now, fp32 and bf16 (GFLOP/s, best of `repeats`): on a shared
+    machine the same code runs at different speeds at different times (bf16 on AMX most of all),
+    so each run records how fast the processor was before and after it."""
+    result = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        result[name] = round(2 * side ** 3 / best / 1e9)
+    return result
+
+
 def machine_info() -> dict:
     """CPU model and features as torch sees them, torch version, threads, date."""
     cpu = torch.cpu

@@ -15,8 +15,9 @@ SD2.1-base architecture with random weights, 128² -> 512²:
   ops      torch.profiler per stage in bf16 and in fp32: the ops that take longer in bf16
 
 Prints the tables (markdown), the targets with PASS/FAIL, the machine (CPU features, torch, date,
-load averages before and after) and writes benchmarks/results/cpu-speed.json. Exit code: 1 when a
-measurement failed, 2 when a target failed (the quality guard included), else 0. --quick runs
+load averages and matmul GFLOP/s before and after) and writes benchmarks/results/cpu-speed.json.
+Exit code: 1 when a measurement failed, 2 when a target failed (the quality guard included), else
+0. --quick runs
 everything on the tests' tiny models (PISA_BENCH_TINY=1): a smoke test, figures meaningless.
 """
 
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import speed
 import torch
-from common import Children, load_average, lq_image, machine_info, measure_process, write_results
+from common import Children, load_average, lq_image, machine_info, matmul_gflops, measure_process, write_results
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("image", "process", "ops")
@@ -305,7 +306,8 @@ def report(data: dict) -> None:
     m = data["machine"]
     print(f"\n{m['cpu_model']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} ({m['threads']} threads), "
           f"capability {m['cpu_capability']}, AMX tile {m['amx_tile']}, AVX512-BF16 {m['avx512_bf16']}, "
-          f"{m['date']}; load average before {data['load_before']}, after {data['load_after']}")
+          f"{m['date']}; load average before {data['load_before']}, after {data['load_after']}; "
+          f"matmul GFLOP/s before {data['gflops_before']}, after {data['gflops_after']}")
     image = data["image"]
     if image:
         print("\n| variant | dtype | median s per image | min–max s | peak RSS GiB (run) |\n|---|---|---|---|---|")
@@ -369,6 +371,7 @@ def main() -> int:
     model_dir = args.model_dir or Path(tempfile.gettempdir()) / f"pisa-sr-bench-models{'-tiny' if args.quick else ''}"
     children = Children()
     data = {"machine": machine_info(), "load_before": load_average(), "uptime_before": _uptime(),
+            "gflops_before": matmul_gflops(),
             "quick": args.quick, "repeats": args.repeats, "image": {}, "stage_ratios": {}, "quality": {},
             "process": {}, "ops": {}}
     with tempfile.TemporaryDirectory(prefix="pisa-sr-bench-") as tmp:
@@ -385,6 +388,7 @@ def main() -> int:
             print("ops (torch.profiler, bf16 and fp32):", flush=True)
             data["ops"] = ops(children)
     data["load_after"], data["uptime_after"] = load_average(), _uptime()
+    data["gflops_after"] = matmul_gflops()
     data["targets"] = targets(data["image"], data["process"], data["quality"])
     report(data)
     print(f"\nwrote {write_results('cpu-speed.json', data, args.out)}")
