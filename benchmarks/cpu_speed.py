@@ -17,8 +17,8 @@ SD2.1-base architecture with random weights, 128² -> 512²:
 Prints the tables (markdown), the targets with PASS/FAIL, the machine (CPU features, torch, date,
 load averages and matmul GFLOP/s before and after) and writes benchmarks/results/cpu-speed.json.
 Exit code: 1 when a measurement failed, 2 when a target failed (the quality guard included), else
-0. --quick runs
-everything on the tests' tiny models (PISA_BENCH_TINY=1): a smoke test, figures meaningless.
+0. --quick runs everything on the tests' tiny models (PISA_BENCH_TINY=1): a smoke test, figures
+meaningless.
 """
 
 from __future__ import annotations
@@ -302,6 +302,11 @@ def targets(image: dict, process: dict, checks: dict) -> list[dict]:
             for what, value, op, bound in rows]
 
 
+def _op_label(row: dict) -> str:
+    """An op's name; a copy names the op it was made for."""
+    return f"{row['op']} for {row['via']}" if row["via"] else row["op"]
+
+
 def report(data: dict) -> None:
     m = data["machine"]
     print(f"\n{m['cpu_model']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} ({m['threads']} threads), "
@@ -334,12 +339,10 @@ def report(data: dict) -> None:
         print("\nops slower in bf16 than in fp32 (self CPU ms, per stage):")
         print("| stage | op (copies: for which op) | calls | bf16 ms | fp32 ms |\n|---|---|---|---|---|")
         for r in data["ops"]["slower_by_op"][:20]:
-            op = f"{r['op']} for {r['via']}" if r["via"] else r["op"]
-            print(f"| {r['stage']} | {op} | {r['calls']} | {r['bf16_ms']:.1f} | {r['fp32_ms']:.1f} |")
+            print(f"| {r['stage']} | {_op_label(r)} | {r['calls']} | {r['bf16_ms']:.1f} | {r['fp32_ms']:.1f} |")
         print("\nthe same by input shapes (largest 12):")
         for r in data["ops"]["slower_by_shape"][:12]:
-            op = f"{r['op']} for {r['via']}" if r["via"] else r["op"]
-            print(f"  {r['stage']:15s} {op[:48]:48s} {r['input_shapes'][:60]:60s} bf16 {r['bf16_ms']:7.1f} "
+            print(f"  {r['stage']:15s} {_op_label(r)[:48]:48s} {r['input_shapes'][:60]:60s} bf16 {r['bf16_ms']:7.1f} "
                   f"fp32 {r['fp32_ms']:7.1f}")
     print("\n| target | measured | bound | |\n|---|---|---|---|")
     for t in data["targets"]:

@@ -109,7 +109,8 @@ class DualLoRAUNet(nn.Module):
             # so a compiled UNet keeps the batch dimension symbolic
             n = chunks.numel()
             coef = chunks.view((n,) + (1,) * output.dim())
-            return torch.addcmul(output.unflatten(0, (n, -1)), coef, branch(args[0]).unflatten(0, (n, -1))).flatten(0, 1)
+            update = branch(args[0]).unflatten(0, (n, -1))
+            return torch.addcmul(output.unflatten(0, (n, -1)), coef, update).flatten(0, 1)
 
         return hook
 
