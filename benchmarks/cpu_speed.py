@@ -3,15 +3,20 @@ SD2.1-base architecture with random weights, 128² -> 512²:
 
     python benchmarks/cpu_speed.py [--repeats 3] [--skip image process ops] [--model-dir DIR] [--quick]
 
-  image    per-image time and peak RSS of ours (dtype auto, and fp32; the stages one by one)
-           against the release structure in fp32 (speed.py's variants, each in its own process);
-           bf16/fp32 per stage; the quality guard: PSNR of the auto (bf16) output against the fp32
-           output on the same random model, at least 35 dB on [0, 1]
-  process  whole processes, start to written file, second run: `pisa-sr upscale` with the
-           single-file .safetensors checkpoint and the official-layout .pkl (the first run fills
-           the empty-prompt cache in a temporary PISA_SR_CACHE_DIR) against release_process.py
-           (diffusers folder, from_pretrained in fp32, text encoder and tokenizer); wall time and
-           the process's own peak RSS. The model files are written once to --model-dir.
+  image    per-image time and peak RSS of ours (dtype auto, and fp32; the stages one by one),
+           each variant in its own process (speed.py); bf16/fp32 per stage; the quality guard:
+           PSNR of the auto (bf16) output against the fp32 output on the same random model, at
+           least 35 dB on [0, 1]. The per-image targets: ours (auto) and the release structure
+           (fp32) in one process, timed in turn (ours, release, ours, ...) for --repeats rounds
+           after a warm-up each; the target is the median of the per-round ratios, so that a
+           machine whose speed drifts (a shared virtual machine) slows both sides alike
+  process  whole processes, start to written file: `pisa-sr upscale` with the single-file
+           .safetensors checkpoint and the official-layout .pkl, in bf16 (auto) and fp32, against
+           release_process.py (diffusers folder, from_pretrained in fp32, text encoder and
+           tokenizer). Each once to fill the empty-prompt cache (a temporary PISA_SR_CACHE_DIR)
+           and the page cache, then --repeats rounds of all three in turn; wall time (median, and
+           the ratio per round) and the process's own peak RSS. The model files are written once
+           to --model-dir.
   ops      torch.profiler per stage in bf16 and in fp32: the ops that take longer in bf16
 
 Prints the tables (markdown), the targets with PASS/FAIL, the machine (CPU features, torch, date,
@@ -30,6 +35,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,10 +50,12 @@ HERE = Path(__file__).resolve().parent
 PARTS = ("image", "process", "ops")
 MIN_PSNR_DB = 35.0
 
-# (variant of speed.py, our dtype); the release structure always runs in fp32
+# (variant of speed.py, our dtype), each in its own process: stage times, peak RSS, outputs
 IMAGE_RUNS = (("ours-default", "auto"), ("ours-adjustable", "auto"), ("ours-readjust", "auto"),
-              ("ours-decode", "auto"), ("ours-default", "fp32"), ("ours-adjustable", "fp32"),
-              ("release-default", "fp32"), ("release-adjustable", "fp32"))
+              ("ours-decode", "auto"), ("ours-default", "fp32"), ("ours-adjustable", "fp32"))
+# the per-image targets: ours (auto) and the release structure (always fp32) timed in turn in one
+# process, so that a machine whose speed drifts slows both sides of the ratio alike
+TARGET_PAIRS = (("ours-default", "release-default"), ("ours-adjustable", "release-adjustable"))
 QUALITY_VARIANTS = ("ours-default", "ours-adjustable")
 STAGES = ("encode", "unet", "decode")
 
@@ -70,7 +78,7 @@ def label(variant: str, dtype: str) -> str:
 
 def per_image(children: Children, repeats: int, work: Path) -> dict:
     """speed.py's variants, each in its own process; our default/adjustable runs save their output."""
-    results = {}
+    results: dict = {}
     for variant, dtype in IMAGE_RUNS:
         name = label(variant, dtype)
         save = str(work / f"{name}.pt") if variant in QUALITY_VARIANTS else None
@@ -81,6 +89,20 @@ def per_image(children: Children, repeats: int, work: Path) -> dict:
             print(f"  {name:28s} {r['dtype']:5s} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_gib']:5.2f} GiB",
                   flush=True)
     return results
+
+
+def interleaved(children: Children, rounds: int) -> dict:
+    """Per target pair, ours (auto) and the release structure (fp32) in turn in one process."""
+    found = {}
+    for ours, release in TARGET_PAIRS:
+        specs = [(ours, "auto"), (release, "fp32")]
+        r = children.run(f"{ours} / {release}", speed.interleaved_command(specs, "cpu", rounds))
+        if r is not None:
+            found[ours] = {"ours": r[label(*specs[0])], "release": r[label(*specs[1])]}
+            print(f"  {ours:20s} {found[ours]['ours']['seconds']:6.2f} s / {release} "
+                  f"{found[ours]['release']['seconds']:6.2f} s  ratio by round "
+                  f"{', '.join(f'{x:.3f}' for x in found[ours]['ours']['round_ratios'])}", flush=True)
+    return found
 
 
 def stage_ratios(image: dict) -> dict:
@@ -156,32 +178,45 @@ def process_commands(paths: dict) -> dict:
                                        str(paths["pkl"]), str(paths["input"]), str(target)]}
 
 
-def whole_process(children: Children, model_dir: Path, work: Path) -> dict:
-    """Each process twice (the first fills the prompt cache and the page cache), the second measured."""
+def whole_process(children: Children, model_dir: Path, work: Path, rounds: int) -> dict:
+    """Each process once to fill the prompt cache and the page cache, then `rounds` rounds of all
+    of them in turn (ours, ours in fp32, release, ours, ...), measured: per process the median wall
+    time and the largest peak RSS, and for ours the ratio to the release structure per round."""
     paths = model_paths(model_dir)
     if not paths["done"].exists():
         print(f"  writing the random-weight model files to {model_dir} (once)", flush=True)
         if children.run("write-models", [sys.executable, __file__, "--write-models", str(model_dir)]) is None:
             return {}
     env = {**os.environ, "PISA_SR_CACHE_DIR": str(work / "prompt-cache")}
-    results = {}
-    for name, command in process_commands(paths).items():
-        runs = []
-        for attempt in (1, 2):
+    commands = process_commands(paths)
+    runs: dict[str, list] = {name: [] for name in commands}
+    for attempt in range(rounds + 1):
+        for name, command in commands.items():
+            if len(runs[name]) < attempt:
+                continue  # failed before
             target = work / f"{name}-{attempt}.png"
             r = measure_process(command(target), env)
             if r["returncode"] != 0 or not target.exists():
                 children.fail(f"process {name}", f"exit code {r['returncode']}\n{r['stderr'][-3000:]}")
-                break
+                continue
             summary = SUMMARY.search(r["stdout"] + r["stderr"])
-            runs.append({"seconds": r["seconds"], "peak_rss_gib": r["peak_rss_gib"], "load_average": r["load_average"],
-                         "summary": summary.group(0) if summary else None,
-                         "per_image_s": float(summary[2]) if summary else None,
-                         "load_s": float(summary[3]) if summary else None})
-        if len(runs) == 2:
-            results[name] = {**runs[1], "first_run": runs[0]}
-            print(f"  {name:10s} {runs[1]['seconds']:7.2f} s  peak RSS {runs[1]['peak_rss_gib']:5.2f} GiB  "
-                  f"(first run {runs[0]['seconds']:.2f} s)  {runs[1]['summary'] or ''}", flush=True)
+            runs[name].append({"seconds": r["seconds"], "peak_rss_gib": r["peak_rss_gib"],
+                               "load_average": r["load_average"], "summary": summary.group(0) if summary else None,
+                               "per_image_s": float(summary[2]) if summary else None,
+                               "load_s": float(summary[3]) if summary else None})
+            print(f"  {'first run' if attempt == 0 else f'round {attempt}':9s} {name:10s} {r['seconds']:7.2f} s  "
+                  f"peak RSS {r['peak_rss_gib']:5.2f} GiB  {runs[name][-1]['summary'] or ''}", flush=True)
+    results: dict = {}
+    for name, found in runs.items():
+        if len(found) == rounds + 1:
+            measured = found[1:]
+            results[name] = {"seconds": statistics.median(r["seconds"] for r in measured),
+                             "times": [r["seconds"] for r in measured],
+                             "peak_rss_gib": max(r["peak_rss_gib"] for r in measured),
+                             "summary": measured[-1]["summary"], "rounds": measured, "first_run": found[0]}
+    if "ours" in results and "release" in results:
+        ratios = [a / b for a, b in zip(results["ours"]["times"], results["release"]["times"])]
+        results["ours"]["round_ratios"], results["ours"]["median_ratio"] = ratios, statistics.median(ratios)
     results["files_gib"] = {k: _size_gib(paths[k]) for k in ("folder", "single", "pkl")}
     return results
 
@@ -277,24 +312,21 @@ def ops(children: Children) -> dict:
 # ------------------------------------------------------------------------------ targets and report
 
 
-def targets(image: dict, process: dict, checks: dict) -> list[dict]:
-    """Each target: the measured ratio (or PSNR) against its bound."""
-    def seconds(name):
-        return image[name]["seconds"] if name in image else None
+def targets(paired: dict, process: dict, checks: dict) -> list[dict]:
+    """Each target: the measured ratio (median over the interleaved rounds) or PSNR against its bound."""
+    def median_ratio(found):
+        return found.get("median_ratio") if found else None
 
-    def ratio(a, b):
-        return a / b if a is not None and b is not None else None
-
+    ours = process.get("ours", {})
+    rss = ours.get("peak_rss_gib"), process.get("release", {}).get("peak_rss_gib")
     rows = [
         ("per image, λ=(1,1): ours auto / release fp32",
-         ratio(seconds(label("ours-default", "auto")), seconds(label("release-default", "fp32"))), "<=", 0.25),
+         median_ratio(paired.get("ours-default", {}).get("ours")), "<=", 0.25),
         ("per image, λ=(0.8,1.2): ours auto / release fp32",
-         ratio(seconds(label("ours-adjustable", "auto")), seconds(label("release-adjustable", "fp32"))), "<=", 0.22),
-        ("whole process (2nd run): ours auto / release fp32",
-         ratio(process.get("ours", {}).get("seconds"), process.get("release", {}).get("seconds")), "<=", 0.45),
+         median_ratio(paired.get("ours-adjustable", {}).get("ours")), "<=", 0.22),
+        ("whole process (cached prompt): ours auto / release fp32", median_ratio(ours), "<=", 0.45),
         ("whole process peak RSS: ours auto / release fp32",
-         ratio(process.get("ours", {}).get("peak_rss_gib"), process.get("release", {}).get("peak_rss_gib")),
-         "<=", 0.35),
+         rss[0] / rss[1] if None not in rss else None, "<=", 0.35),
     ]
     rows += [(f"PSNR auto vs fp32, {v} (dB)", q["psnr_db"], ">=", MIN_PSNR_DB) for v, q in checks.items()]
     return [{"target": what, "value": value, "bound": f"{op} {bound:g}",
@@ -319,6 +351,12 @@ def report(data: dict) -> None:
         for name, r in image.items():
             print(f"| {name} | {r['dtype']} | {r['seconds']:.2f} | {min(r['times']):.2f}–{max(r['times']):.2f} | "
                   f"{r['peak_rss_gib']:.2f} |")
+    if data["interleaved"]:
+        print("\n| interleaved in one process | ours auto s (median) | release fp32 s (median) | ours / release, "
+              "round by round | median |\n|---|---|---|---|---|")
+        for variant, r in data["interleaved"].items():
+            print(f"| {variant} | {r['ours']['seconds']:.2f} | {r['release']['seconds']:.2f} | "
+                  f"{', '.join(f'{x:.3f}' for x in r['ours']['round_ratios'])} | {r['ours']['median_ratio']:.3f} |")
     if data["stage_ratios"]:
         print("\n| stage | auto s | fp32 s | auto / fp32 |\n|---|---|---|---|")
         for stage, r in data["stage_ratios"].items():
@@ -328,10 +366,11 @@ def report(data: dict) -> None:
               f"max |Δ| {q['max_abs']:.2e}")
     process = {k: v for k, v in data["process"].items() if k != "files_gib"}
     if process:
-        print("\n| process (2nd run) | wall s | peak RSS GiB | first run s | CLI summary |\n|---|---|---|---|---|")
+        print("\n| process | wall s, median of the rounds (min–max) | peak RSS GiB | first run s | CLI summary (last round) |"
+              "\n|---|---|---|---|---|")
         for name, r in process.items():
-            print(f"| {name} | {r['seconds']:.2f} | {r['peak_rss_gib']:.2f} | {r['first_run']['seconds']:.2f} | "
-                  f"{r['summary'] or '-'} |")
+            print(f"| {name} | {r['seconds']:.2f} ({min(r['times']):.2f}–{max(r['times']):.2f}) | "
+                  f"{r['peak_rss_gib']:.2f} | {r['first_run']['seconds']:.2f} | {r['summary'] or '-'} |")
     if data["ops"]:
         print("\n| profiled stage | bf16 s | fp32 s |\n|---|---|---|")
         for stage, walls in data["ops"]["stage_wall_s"].items():
@@ -353,7 +392,8 @@ def report(data: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant, after one warm-up")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per variant after one warm-up; rounds of the interleaved measurements")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="where the random-weight model files are written once (default: a folder in $TMPDIR)")
@@ -375,7 +415,8 @@ def main() -> int:
     children = Children()
     data = {"machine": machine_info(), "load_before": load_average(), "uptime_before": _uptime(),
             "gflops_before": matmul_gflops(),
-            "quick": args.quick, "repeats": args.repeats, "image": {}, "stage_ratios": {}, "quality": {},
+            "quick": args.quick, "repeats": args.repeats, "image": {}, "interleaved": {}, "stage_ratios": {},
+            "quality": {},
             "process": {}, "ops": {}}
     with tempfile.TemporaryDirectory(prefix="pisa-sr-bench-") as tmp:
         work = Path(tmp)
@@ -384,15 +425,17 @@ def main() -> int:
             data["image"] = per_image(children, args.repeats, work)
             data["stage_ratios"] = stage_ratios(data["image"])
             data["quality"] = quality(data["image"])
+            print("per image, ours and the release structure in turn:", flush=True)
+            data["interleaved"] = interleaved(children, args.repeats)
         if "process" not in args.skip:
             print("whole process:", flush=True)
-            data["process"] = whole_process(children, model_dir, work)
+            data["process"] = whole_process(children, model_dir, work, args.repeats)
         if "ops" not in args.skip:
             print("ops (torch.profiler, bf16 and fp32):", flush=True)
             data["ops"] = ops(children)
     data["load_after"], data["uptime_after"] = load_average(), _uptime()
     data["gflops_after"] = matmul_gflops()
-    data["targets"] = targets(data["image"], data["process"], data["quality"])
+    data["targets"] = targets(data["interleaved"], data["process"], data["quality"])
     report(data)
     print(f"\nwrote {write_results('cpu-speed.json', data, args.out)}")
     if children.exit_code():

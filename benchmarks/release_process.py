@@ -49,7 +49,7 @@ def main() -> int:
     out = model.upscale(Image.open(args.input).convert("RGB"), upscale=4, process_size=512)
     levels = (out.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(levels).save(args.output)
-    print(f"release-structure: 1 images written, {time.perf_counter() - start:.2f} s per image, "
+    print(f"release-structure: 1 image written, {time.perf_counter() - start:.2f} s per image, "
           f"model loaded in {loaded:.1f} s (fp32 on cpu)", flush=True)
     return 0
 

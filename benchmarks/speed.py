@@ -166,6 +166,48 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, save_output
     return result
 
 
+def run_interleaved(specs: list[tuple[str, str]], device: str, rounds: int) -> dict:
+    """Several variants in this process, (variant, dtype) each, timed in turn (a, b, a, b, ...)
+    after one warm-up each: on a machine whose speed drifts from one minute to the next (a shared
+    virtual machine) both sides of a ratio then run under the same conditions. Per variant the
+    median seconds and the times; per round the ratio of each variant to the last one."""
+    from pisa_core.options import dtype_name, resolve_dtype
+
+    device_t = torch.device(device)
+    runs, found = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant, dtype in specs:
+            name = f"{variant}@{dtype}"
+            dtype_t = torch.float32 if variant.startswith("release") else resolve_dtype(dtype, device_t)
+            if variant.startswith("ours"):
+                runs[name], _ = _ours(variant, device_t, dtype_t)
+            else:
+                (Path(tmp) / name).mkdir()
+                runs[name], _ = _baseline(variant, device_t, dtype_t, Path(tmp) / name)
+            found[name] = {"variant": variant, "dtype": dtype_name(dtype_t), "times": []}
+        for run in runs.values():
+            run()  # warm-up
+        for _ in range(rounds):
+            for name, run in runs.items():
+                sync(device_t)
+                start = time.perf_counter()
+                run()
+                sync(device_t)
+                found[name]["times"].append(time.perf_counter() - start)
+    last = found[list(found)[-1]]["times"]
+    for r in found.values():
+        r["seconds"] = statistics.median(r["times"])
+        r["round_ratios"] = [t / u for t, u in zip(r["times"], last)]
+        r["median_ratio"] = statistics.median(r["round_ratios"])
+    return found
+
+
+def interleaved_command(specs: list[tuple[str, str]], device: str, rounds: int) -> list:
+    """The command that measures variants interleaved in one process (its last stdout line is JSON)."""
+    return [sys.executable, __file__, "--interleave", *(f"{v}@{d}" for v, d in specs), "--device", device,
+            "--repeats", str(rounds)]
+
+
 def variant_command(variant: str, device: str, dtype: str, repeats: int, save_output: str | None = None) -> list:
     """The command that measures one variant in its own process (its last stdout line is JSON)."""
     cmd = [sys.executable, __file__, "--variant", variant, "--device", device, "--dtype", dtype,
@@ -183,7 +225,12 @@ def main() -> int:
                         choices=list(VARIANTS))
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in a child process
     parser.add_argument("--save-output", help=argparse.SUPPRESS)  # the child saves its output tensor here
+    parser.add_argument("--interleave", nargs="+", help=argparse.SUPPRESS)  # child: variant@dtype ... in turn
     args = parser.parse_args()
+    if args.interleave:
+        specs = [tuple(spec.rsplit("@", 1)) for spec in args.interleave]
+        print(json.dumps(run_interleaved(specs, args.device, args.repeats)))
+        return 0
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.device, args.dtype, args.repeats, args.save_output)))
         return 0

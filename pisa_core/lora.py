@@ -61,25 +61,37 @@ def lora_scale(alpha: float, rank: int) -> float:
 
 def lora_delta(A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
     """ΔW = s · B @ A in the base weight's full shape, float32 (Linear or Conv2d pair)."""
-    if A.ndim == 2 and B.ndim == 2 and B.shape[1] == A.shape[0]:
-        return scale * (B.float() @ A.float())
-    if A.ndim == 4 and B.ndim == 4 and B.shape[1] == A.shape[0] and tuple(B.shape[2:]) == (1, 1):
-        rank, in_channels, kh, kw = A.shape
-        mixed = B.float()[:, :, 0, 0] @ A.float().reshape(rank, in_channels * kh * kw)
-        return scale * mixed.reshape(B.shape[0], in_channels, kh, kw)
-    raise PiSAError(
-        f"LoRA factors of shapes A {tuple(A.shape)} and B {tuple(B.shape)} do not fit together; expected "
-        "A (r, in) with B (out, r), or A (r, in, kh, kw) with B (out, r, 1, 1)."
-    )
+    down, up = _flat_factors(A, B)
+    return (scale * (up @ down)).reshape(adapted_weight_shape(A, B))
 
 
 def merged_weight(weight: torch.Tensor, pairs, dtype: torch.dtype | None = None) -> torch.Tensor:
     """W0 + Σ s·B@A over `pairs` [(A, B, s), ...], summed in float32 and rounded once to `dtype`
-    (default: the weight's own dtype)."""
-    total = weight.float()
-    for A, B, scale in pairs:
-        total = total + lora_delta(A, B, scale).to(total.device)
-    return total.to(dtype or weight.dtype)
+    (default: the weight's own dtype). All pairs go in as one product of rank Σr added to W0 by
+    one addmm: a single pass over the weight instead of one full-size ΔW per pair."""
+    if not pairs:
+        return weight.to(dtype=dtype or weight.dtype, copy=True)
+    for A, B, _ in pairs:
+        if adapted_weight_shape(A, B) != tuple(weight.shape):
+            raise PiSAError(f"a LoRA pair for a weight of shape {adapted_weight_shape(A, B)} was given a weight "
+                            f"of shape {tuple(weight.shape)}.")
+    flats = [(*_flat_factors(A, B), scale) for A, B, scale in pairs]
+    downs = torch.cat([down for down, _, _ in flats], dim=0).to(weight.device)
+    ups = torch.cat([scale * up for _, up, scale in flats], dim=1).to(weight.device)
+    total = torch.addmm(weight.float().reshape(weight.shape[0], -1), ups, downs)
+    return total.reshape(weight.shape).to(dtype or weight.dtype)
+
+
+def _flat_factors(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A as (r, in·kh·kw) and B as (out, r), float32, after checking that the pair fits together."""
+    if A.ndim == 2 and B.ndim == 2 and B.shape[1] == A.shape[0]:
+        return A.float(), B.float()
+    if A.ndim == 4 and B.ndim == 4 and B.shape[1] == A.shape[0] and tuple(B.shape[2:]) == (1, 1):
+        return A.float().reshape(A.shape[0], -1), B.float()[:, :, 0, 0]
+    raise PiSAError(
+        f"LoRA factors of shapes A {tuple(A.shape)} and B {tuple(B.shape)} do not fit together; expected "
+        "A (r, in) with B (out, r), or A (r, in, kh, kw) with B (out, r, 1, 1)."
+    )
 
 
 def lora_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, conv: dict | None = None) -> torch.Tensor:

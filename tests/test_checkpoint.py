@@ -25,7 +25,7 @@ from pisa_core.checkpoint import (
     save_pisa_weights,
 )
 from pisa_core.errors import PiSAError
-from pisa_core.lora import GROUPS, lora_delta, module_group, release_target_modules
+from pisa_core.lora import GROUPS, lora_delta, merged_weight, module_group, release_target_modules
 
 SD21_BASE_UNET = {
     "act_fn": "silu",
@@ -240,6 +240,30 @@ def test_stride2_conv_delta_on_random_factors():
     torch.testing.assert_close(merged, peft, rtol=1e-5, atol=1e-5)
     with pytest.raises(PiSAError, match="do not fit"):
         lora_delta(A, torch.randn(6, 3, 3, 3), 0.5)
+
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (6, 5, 3, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_weight_sums_pairs_of_different_ranks_once(shape, dtype):
+    """Both LoRAs in one product (ranks 3 and 2 here) equal W0 + Σ s·ΔW summed in float32, rounded
+    once to the weight's dtype; the weight itself is left alone; a pair of another shape is refused."""
+    torch.manual_seed(1)
+    W = torch.randn(shape).to(dtype)
+    kernel = shape[2:]
+    pairs = [(torch.randn(r, shape[1], *kernel), torch.randn(shape[0], r, *([1, 1] if kernel else [])), s)
+             for r, s in ((3, 2.0), (2, -0.5))]
+    before = W.clone()
+    merged = merged_weight(W, pairs)
+    expected = (W.float() + sum(lora_delta(A, B, s) for A, B, s in pairs)).to(dtype)
+    assert merged.dtype == dtype and merged.shape == W.shape
+    tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16: at most one unit in the last place apart
+    torch.testing.assert_close(merged, expected, rtol=tol, atol=tol)
+    assert torch.equal(W, before)
+    assert merged_weight(W, pairs, torch.float32).dtype == torch.float32
+    assert merged_weight(W, []).data_ptr() != W.data_ptr()
+    with pytest.raises(PiSAError, match="shape"):
+        merged_weight(torch.randn(7, *shape[1:]), pairs)
 
 
 # ---------------------------------------------------------------- bad inputs
