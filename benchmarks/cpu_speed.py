@@ -366,8 +366,8 @@ def report(data: dict) -> None:
               f"max |Δ| {q['max_abs']:.2e}")
     process = {k: v for k, v in data["process"].items() if k != "files_gib"}
     if process:
-        print("\n| process | wall s, median of the rounds (min–max) | peak RSS GiB | first run s | CLI summary (last round) |"
-              "\n|---|---|---|---|---|")
+        print("\n| process | wall s, median of the rounds (min–max) | peak RSS GiB | first run s | "
+              "CLI summary (last round) |\n|---|---|---|---|---|")
         for name, r in process.items():
             print(f"| {name} | {r['seconds']:.2f} ({min(r['times']):.2f}–{max(r['times']):.2f}) | "
                   f"{r['peak_rss_gib']:.2f} | {r['first_run']['seconds']:.2f} | {r['summary'] or '-'} |")

@@ -3,9 +3,11 @@ architecture (random weights), ours against naive baselines, side by side in one
 
     python benchmarks/speed.py [--device cpu|cuda] [--dtype auto|fp32|bf16|fp16] [--repeats 3]
 
-Each variant runs in its own process, so each peak RSS is its own. Our full upscales run the
-pipeline's public stages one by one and report each stage's time. The release-structure variants
-always run in fp32 on the CPU (the structure of the authors' release, tests/release_reference.py).
+Each variant runs in its own process, so each peak RSS is its own (cpu_speed.py also times
+pairs of variants in turn in one process, `run_interleaved`, for ratios on a drifting machine).
+Our full upscales run the pipeline's public stages one by one and report each stage's time. The
+release-structure variants always run in fp32 on the CPU (the structure of the authors' release,
+tests/release_reference.py).
 Prints a table, writes benchmarks/results/speed-<device>.json, and exits with 1 when any variant
 failed.
 """
