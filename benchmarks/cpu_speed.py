@@ -416,8 +416,7 @@ def main() -> int:
     data = {"machine": machine_info(), "load_before": load_average(), "uptime_before": _uptime(),
             "gflops_before": matmul_gflops(),
             "quick": args.quick, "repeats": args.repeats, "image": {}, "interleaved": {}, "stage_ratios": {},
-            "quality": {},
-            "process": {}, "ops": {}}
+            "quality": {}, "process": {}, "ops": {}}
     with tempfile.TemporaryDirectory(prefix="pisa-sr-bench-") as tmp:
         work = Path(tmp)
         if "image" not in args.skip:
