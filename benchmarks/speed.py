@@ -132,28 +132,44 @@ def _device_name(device: torch.device) -> str:
     return "cpu"
 
 
+def _variant_dtype(variant: str, dtype: str, device: torch.device) -> torch.dtype:
+    """The release structure always runs in fp32; our variants in `dtype` resolved for `device`."""
+    from pisa_core.options import resolve_dtype
+
+    return torch.float32 if variant.startswith("release") else resolve_dtype(dtype, device)
+
+
+def _build(variant: str, device: torch.device, dtype: torch.dtype, tmp: Path):
+    """(run() -> (output, stages or None), images per run) for any variant; a baseline writes its
+    weight file into `tmp`."""
+    return _ours(variant, device, dtype) if variant.startswith("ours") else _baseline(variant, device, dtype, tmp)
+
+
+def _timed(run, device: torch.device):
+    """(seconds, what run() returned), the device synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    result = run()
+    sync(device)
+    return time.perf_counter() - start, result
+
+
 def run_variant(variant: str, device: str, dtype: str, repeats: int, save_output: str | None = None) -> dict:
     """One variant in this process: a warm-up, then `repeats` timed runs (median); stage times
     for our full upscales; peak RSS of the timed runs (loading excluded) and of loading."""
-    from pisa_core.options import dtype_name, resolve_dtype
+    from pisa_core.options import dtype_name
 
     device = torch.device(device)
-    dtype_t = torch.float32 if variant.startswith("release") else resolve_dtype(dtype, device)
+    dtype_t = _variant_dtype(variant, dtype, device)
     with tempfile.TemporaryDirectory() as tmp:
-        if variant.startswith("ours"):
-            run, images = _ours(variant, device, dtype_t)
-        else:
-            run, images = _baseline(variant, device, dtype_t, Path(tmp))
+        run, images = _build(variant, device, dtype_t, Path(tmp))
         load_peak = current_peak_rss_gib()
         output, _ = run()  # warm-up
         reset_peak_rss()
         times, stage_runs = [], []
         for _ in range(repeats):
-            sync(device)
-            start = time.perf_counter()
-            output, stages = run()
-            sync(device)
-            times.append(time.perf_counter() - start)
+            seconds, (output, stages) = _timed(run, device)
+            times.append(seconds)
             if stages is not None:
                 stage_runs.append(stages)
     result = {"variant": variant, "seconds": statistics.median(times) / images, "times": [t / images for t in times],
@@ -173,29 +189,22 @@ def run_interleaved(specs: list[tuple[str, str]], device: str, rounds: int) -> d
     after one warm-up each: on a machine whose speed drifts from one minute to the next (a shared
     virtual machine) both sides of a ratio then run under the same conditions. Per variant the
     median seconds and the times; per round the ratio of each variant to the last one."""
-    from pisa_core.options import dtype_name, resolve_dtype
+    from pisa_core.options import dtype_name
 
     device_t = torch.device(device)
     runs, found = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant, dtype in specs:
             name = f"{variant}@{dtype}"
-            dtype_t = torch.float32 if variant.startswith("release") else resolve_dtype(dtype, device_t)
-            if variant.startswith("ours"):
-                runs[name], _ = _ours(variant, device_t, dtype_t)
-            else:
-                (Path(tmp) / name).mkdir()
-                runs[name], _ = _baseline(variant, device_t, dtype_t, Path(tmp) / name)
+            dtype_t = _variant_dtype(variant, dtype, device_t)
+            (Path(tmp) / name).mkdir()
+            runs[name], _ = _build(variant, device_t, dtype_t, Path(tmp) / name)
             found[name] = {"variant": variant, "dtype": dtype_name(dtype_t), "times": []}
         for run in runs.values():
             run()  # warm-up
         for _ in range(rounds):
             for name, run in runs.items():
-                sync(device_t)
-                start = time.perf_counter()
-                run()
-                sync(device_t)
-                found[name]["times"].append(time.perf_counter() - start)
+                found[name]["times"].append(_timed(run, device_t)[0])
     last = found[list(found)[-1]]["times"]
     for r in found.values():
         r["seconds"] = statistics.median(r["times"])

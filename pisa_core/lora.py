@@ -72,9 +72,9 @@ def merged_weight(weight: torch.Tensor, pairs, dtype: torch.dtype | None = None)
     if not pairs:
         return weight.to(dtype=dtype or weight.dtype, copy=True)
     for A, B, _ in pairs:
-        if adapted_weight_shape(A, B) != tuple(weight.shape):
-            raise PiSAError(f"a LoRA pair for a weight of shape {adapted_weight_shape(A, B)} was given a weight "
-                            f"of shape {tuple(weight.shape)}.")
+        if (needed := adapted_weight_shape(A, B)) != tuple(weight.shape):
+            raise PiSAError(f"a LoRA pair for a weight of shape {needed} was given a weight of shape "
+                            f"{tuple(weight.shape)}.")
     flats = [(*_flat_factors(A, B), scale) for A, B, scale in pairs]
     downs = torch.cat([down for down, _, _ in flats], dim=0).to(weight.device)
     ups = torch.cat([scale * up for _, up, scale in flats], dim=1).to(weight.device)

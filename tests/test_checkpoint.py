@@ -242,7 +242,6 @@ def test_stride2_conv_delta_on_random_factors():
         lora_delta(A, torch.randn(6, 3, 3, 3), 0.5)
 
 
-
 @pytest.mark.parametrize("shape", [(6, 5), (6, 5, 3, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_merged_weight_sums_pairs_of_different_ranks_once(shape, dtype):
