@@ -165,7 +165,7 @@ def model_paths(folder: Path) -> dict[str, Path]:
 def _pisa_sr() -> list[str]:
     """The `pisa-sr` console script of this Python (else the module)."""
     script = shutil.which("pisa-sr", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "pisa_core.cli"]
+    return [script] if script else [sys.executable, "-m", "pisa_core"]
 
 
 def process_commands(paths: dict) -> dict:

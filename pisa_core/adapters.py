@@ -7,9 +7,12 @@ module gets a small low-rank side branch that can subtract Δ_sem per batch samp
     y_b = W_PiSA x_b + c_b · s · B(A(x_b)),   c_b = 0 → ε_PiSA,   c_b = −1 → ε_pix.
 
 So the default mode runs plain merged weights (no branch at all), and the adjustable mode runs the
-pix and pix+sem passes as one batch of two with c = (−1, 0). Measured on the real-size model this
-is faster than peft's unmerged layers (README, "Performance"), which is why inference keeps its own
-layer code here while training uses peft.
+pix and pix+sem passes as one batch of two with c = (−1, 0). In eager inference the branch runs
+only on the chunks whose c is not 0 and is added into the layer's output in place, the up
+projection fused into that addition (one addmm); with autograd on or under torch.compile it runs
+on the whole batch out of place. Measured on the real-size model this is faster than peft's
+unmerged layers (README, "Performance"), which is why inference keeps its own layer code here
+while training uses peft.
 
 The merge happens either on a loaded UNet (merge_family) or while its weights are read (LoRAMerge,
 used by PiSAPipeline.from_files): each targeted weight is summed in float32 and rounded once.
@@ -24,7 +27,7 @@ from torch import nn
 
 from .checkpoint import PiSAWeights, check_compatible
 from .errors import PiSAError
-from .lora import LoRAFamily, adapted_weight_shape, conv_settings, lora_forward, merged_weight
+from .lora import LoRAFamily, adapted_weight_shape, conv_settings, lora_down, lora_forward, lora_up, merged_weight
 
 
 class LowRankBranch(nn.Module):
@@ -38,6 +41,20 @@ class LowRankBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lora_forward(x, self.down, self.up, self.conv)
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor, alpha: float) -> None:
+        """out += alpha · s·B(A(x)) in place. B's product is accumulated straight into `out` (one
+        addmm) when the output's channels are its last, dense dimension: a contiguous Linear
+        output or a channels-last conv output; otherwise B runs on its own and is added."""
+        hidden = lora_down(x, self.down, self.conv)
+        if self.conv is None and out.is_contiguous():
+            rows, hidden_rows, up = out, hidden, self.up
+        elif self.conv is not None and out.is_contiguous(memory_format=torch.channels_last):
+            rows, hidden_rows, up = out.permute(0, 2, 3, 1), hidden.permute(0, 2, 3, 1), self.up[:, :, 0, 0]
+        else:
+            out.add_(lora_up(hidden, self.up), alpha=alpha)
+            return
+        rows.view(-1, rows.shape[-1]).addmm_(hidden_rows.reshape(-1, hidden_rows.shape[-1]), up.t(), alpha=alpha)
 
 
 def merge_family(unet: nn.Module, family: LoRAFamily) -> None:
@@ -95,6 +112,7 @@ class DualLoRAUNet(nn.Module):
         modules = dict(unet.named_modules())
         self.sem_branches = nn.ModuleDict()
         self._chunks: torch.Tensor | None = None  # set for the duration of one forward
+        self._chunk_values: list[float] = []  # the same coefficients as numbers, for the eager path
         for name, (down, up) in weights.sem.factors.items():
             branch = LowRankBranch(modules[name], down, up, weights.sem.scale)
             self.sem_branches[name.replace(".", "__")] = branch
@@ -105,9 +123,16 @@ class DualLoRAUNet(nn.Module):
             chunks = self._chunks
             if chunks is None:
                 return output
+            n = chunks.numel()
+            if not (torch.is_grad_enabled() or _compiling()):
+                # eager inference: only the chunks whose c is not 0, in place
+                inputs, outputs = args[0].unflatten(0, (n, -1)), output.unflatten(0, (n, -1))
+                for i, c in enumerate(self._chunk_values):
+                    if c:
+                        branch.add_to(outputs[i], inputs[i], c)
+                return output
             # c_b per chunk of the batch, broadcast over the chunk's samples without naming its size,
             # so a compiled UNet keeps the batch dimension symbolic
-            n = chunks.numel()
             coef = chunks.view((n,) + (1,) * output.dim())
             update = branch(args[0]).unflatten(0, (n, -1))
             return torch.addcmul(output.unflatten(0, (n, -1)), coef, update).flatten(0, 1)
@@ -136,17 +161,25 @@ class DualLoRAUNet(nn.Module):
         batch = latents.shape[0]
         embeds = prompt_embeds.to(latents.device, latents.dtype).expand(batch, -1, -1)
         t = torch.full((1,), timestep, device=latents.device, dtype=torch.long)
-        self._chunks = self._chunk_coefficients(sem_off, batch, latents)
+        self._chunk_values = self._chunk_coefficients(sem_off, batch)
+        self._chunks = (torch.tensor(self._chunk_values, device=latents.device, dtype=latents.dtype)
+                        if self._chunk_values else None)
         try:
             return self.unet(latents, t, encoder_hidden_states=embeds, return_dict=False)[0]
         finally:
-            self._chunks = None
+            self._chunks, self._chunk_values = None, []
 
     @staticmethod
-    def _chunk_coefficients(sem_off, batch, like) -> torch.Tensor | None:
-        """c per chunk of the batch: −1 removes Δ_sem (ε_pix), 0 keeps it (ε_PiSA); None: no branch."""
+    def _chunk_coefficients(sem_off, batch) -> list[float]:
+        """c per chunk of the batch: −1 removes Δ_sem (ε_pix), 0 keeps it (ε_PiSA); []: no branch."""
         if sem_off is None or not any(sem_off):
-            return None
+            return []
         if batch % len(sem_off):
             raise ValueError(f"batch {batch} does not split into {len(sem_off)} equal chunks")
-        return torch.tensor([-1.0 if off else 0.0 for off in sem_off], device=like.device, dtype=like.dtype)
+        return [-1.0 if off else 0.0 for off in sem_off]
+
+
+def _compiling() -> bool:
+    """Whether torch.compile is tracing (torch.compiler.is_compiling from torch 2.3 on)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return bool(is_compiling())

@@ -97,9 +97,17 @@ def _flat_factors(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch
 def lora_forward(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, conv: dict | None = None) -> torch.Tensor:
     """B(A(x)) without the scale (fold it into B once). A 4-D A is a conv pair: A runs with the
     base layer's `conv` settings (stride, padding, dilation), B as a 1x1 conv."""
-    if A.ndim == 4:
-        return F.conv2d(F.conv2d(x, A, **(conv or {})), B)
-    return F.linear(F.linear(x, A), B)
+    return lora_up(lora_down(x, A, conv), B)
+
+
+def lora_down(x: torch.Tensor, A: torch.Tensor, conv: dict | None = None) -> torch.Tensor:
+    """A(x): the rank-r hidden of a pair (a conv with the base layer's settings for a 4-D A)."""
+    return F.conv2d(x, A, **(conv or {})) if A.ndim == 4 else F.linear(x, A)
+
+
+def lora_up(hidden: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """B(hidden): a 1x1 conv for a 4-D B, else a linear map."""
+    return F.conv2d(hidden, B) if B.ndim == 4 else F.linear(hidden, B)
 
 
 def conv_settings(layer: nn.Module) -> dict | None:

@@ -84,7 +84,7 @@ def test_convert_and_info(model_dir, tmp_path, capsys):
 def test_accelerate_launch_splits_files_between_processes(model_dir, photos, tmp_path):
     out = tmp_path / "dist"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [*accelerate_two_processes(), "-m", "pisa_core.cli", "upscale", str(photos), "-o", str(out), *model_args(model_dir, device=None)]
+    cmd = [*accelerate_two_processes(), "-m", "pisa_core", "upscale", str(photos), "-o", str(out), *model_args(model_dir, device=None)]
     result = run_launched(cmd, env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["photo0.png", "photo1.png"]

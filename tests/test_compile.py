@@ -17,7 +17,7 @@ KINDS = [(batch, 48, 40, *lambdas) for batch in (1, 2) for lambdas in ((1.0, 1.0
 NEW = [(1, 56, 44, 1.0, 1.0), (3, 52, 60, 0.8, 1.2), (1, 64, 52, 0.5, 1.5), (4, 44, 52, 1.0, 0.0), (1, 48, 48, 1.0, 1.0)]
 
 
-def test_mixed_sizes_and_batches_stay_within_the_first_graphs(model_dir):
+def test_mixed_sizes_and_batches_stay_within_the_first_graphs(model_dir, pipe):
     graphs = []
 
     def counting_backend(graph_module, example_inputs):
@@ -25,12 +25,12 @@ def test_mixed_sizes_and_batches_stay_within_the_first_graphs(model_dir):
         return graph_module.forward
 
     torch._dynamo.reset()
-    pipe = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32",
-                                   compile=counting_backend)
+    compiled = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu",
+                                       dtype="fp32", compile=counting_backend)
 
     def run(calls):
         for batch, h, w, lambda_pix, lambda_sem in calls:
-            pipe(torch.rand(batch, h, w, 3), lambda_pix=lambda_pix, lambda_sem=lambda_sem, process_size=0)
+            compiled(torch.rand(batch, h, w, 3), lambda_pix=lambda_pix, lambda_sem=lambda_sem, process_size=0)
 
     run(KINDS)
     first = len(graphs)
@@ -38,3 +38,7 @@ def test_mixed_sizes_and_batches_stay_within_the_first_graphs(model_dir):
     assert 3 <= first <= 10, first
     run(NEW)
     assert len(graphs) == first
+    # the compiled side branch (whole batch, out of place) gives what the eager one (in place) gives
+    image = torch.rand(2, 48, 40, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(compiled(image, lambda_pix=0.8, lambda_sem=1.2, process_size=0),
+                               pipe(image, lambda_pix=0.8, lambda_sem=1.2, process_size=0), rtol=1e-5, atol=1e-5)
