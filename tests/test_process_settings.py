@@ -19,16 +19,19 @@ PAGES_4K = 256 * 2**20 // 4096
 
 # a fresh interpreter: the command's settings, then torch, then the page faults of touching 256 MiB
 CHILD = """
-import json, os, resource, sys
-from pisa_core.__main__ import prepare_process
+import json
+import os
+import resource
+import sys
+from pisa_core.__main__ import HUGE_PAGES, prepare_process
 was_imported = "torch" in sys.modules
 set_names = prepare_process()
 import torch
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 torch.empty(256 * 2**20, dtype=torch.uint8).fill_(1)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"was_imported": was_imported, "set": set_names, "value": os.environ.get("%s"), "faults": faults}))
-""" % HUGE_PAGES
+print(json.dumps({"was_imported": was_imported, "set": set_names, "value": os.environ.get(HUGE_PAGES), "faults": faults}))
+"""
 
 
 def _child(**env) -> dict:

@@ -48,7 +48,7 @@ def test_add_to_adds_the_branch_in_place(kind, layout, dtype):
     storage = out.data_ptr()
     branch.add_to(out, x, -0.75)
     assert out.data_ptr() == storage and torch.equal(x, x_before)
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.02, atol=0.05)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.05}
     torch.testing.assert_close(out.float(), expected, **tol)
 
 
