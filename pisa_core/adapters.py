@@ -10,9 +10,10 @@ So the default mode runs plain merged weights (no branch at all), and the adjust
 pix and pix+sem passes as one batch of two with c = (−1, 0). In eager inference the branch runs
 only on the chunks whose c is not 0 and is added into the layer's output in place, the up
 projection fused into that addition (one addmm); with autograd on or under torch.compile it runs
-on the whole batch out of place. Measured on the real-size model this is faster than peft's
-unmerged layers (README, "Performance"), which is why inference keeps its own layer code here
-while training uses peft.
+on the whole batch out of place (Dynamo would specialise on the slices). peft's unmerged layers
+would run two low-rank products per layer in every pass, the default one included, which is why
+inference keeps its own layer code here while training uses peft (benchmarks/speed.py times
+both: variant peft-unmerged-default).
 
 The merge happens either on a loaded UNet (merge_family) or while its weights are read (LoRAMerge,
 used by PiSAPipeline.from_files): each targeted weight is summed in float32 and rounded once.
