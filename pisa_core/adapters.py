@@ -125,7 +125,7 @@ class DualLoRAUNet(nn.Module):
             if chunks is None:
                 return output
             n = chunks.numel()
-            if not (torch.is_grad_enabled() or _compiling()):
+            if eager_inference():
                 # eager inference: only the chunks whose c is not 0, in place
                 inputs, outputs = args[0].unflatten(0, (n, -1)), output.unflatten(0, (n, -1))
                 for i, c in enumerate(self._chunk_values):
@@ -180,7 +180,9 @@ class DualLoRAUNet(nn.Module):
         return [-1.0 if off else 0.0 for off in sem_off]
 
 
-def _compiling() -> bool:
-    """Whether torch.compile is tracing (torch.compiler.is_compiling from torch 2.3 on)."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
-    return bool(is_compiling())
+def eager_inference() -> bool:
+    """Autograd off and torch.compile not tracing: where this package's in-place shortcuts apply
+    (the side branch here, resnet_inplace). Under autograd they would break the backward pass;
+    under torch.compile they only cause graph breaks (the compiler plans buffers itself)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling  # torch < 2.3
+    return not (torch.is_grad_enabled() or is_compiling())

@@ -35,6 +35,7 @@ from .geometry import Plan, map_to_latent, merge_channels, prepare, resize, to_o
 from .guidance import PISA, PIX, Lambda, check_lambda, plan_passes, residual_latent
 from .options import LATENT_FACTOR, VAE_OVERLAP_PX, default
 from .progress import STAGE_STEPS, Progress
+from .resnet_inplace import use_inplace_resnets
 from .tiling import tiled_latent_map, vae_decode_tiled, vae_encode_tiled
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ class PiSAPipeline:
         # nn.Module.to: diffusers' own .to() warns about fp32-pinned modules SD2's VAE does not have
         self.vae = nn.Module.to(base.vae, place, self.dtype)
         _inplace_activations(self.vae)
+        use_inplace_resnets(self.unet)
+        use_inplace_resnets(self.vae)
         if self.channels_last:
             _channels_last(self.unet)
             nn.Module.to(self.vae, memory_format=torch.channels_last)
