@@ -13,6 +13,7 @@ from pisa_core.base_model import load_base_model
 from pisa_core.checkpoint import load_pisa_weights
 from pisa_core.guidance import PISA, PIX
 from pisa_core.pipeline import PiSAPipeline
+from pisa_core.resnet_inplace import InplaceResnetBlock2D
 
 META = torch.device("meta")
 
@@ -44,6 +45,9 @@ def test_weights_and_embedding_live_on_the_model_device(meta_pipe):
     assert {t.device for t in meta_pipe.unet.buffers()} == {META}  # the semantic side branches too
     assert {p.device for p in meta_pipe.vae.parameters()} == {META}
     assert meta_pipe.prompt_embeds.device == META
+    # the stages below run the in-place resnet forward (resnet_inplace) on the device too
+    assert any(type(m) is InplaceResnetBlock2D for m in meta_pipe.unet.modules())
+    assert any(type(m) is InplaceResnetBlock2D for m in meta_pipe.vae.modules())
 
 
 @pytest.mark.parametrize("vae_tile", [0, 128])  # untiled (auto on an unknown device) and tiled
@@ -74,7 +78,7 @@ def test_decode_and_finish_from_a_cpu_latent(meta_pipe, vae_tile):
     latent = torch.zeros(1, 4, 24, 32)
     decoded = meta_pipe.decode(latent, vae_tile=vae_tile)
     assert decoded.device == META and decoded.shape == (1, 3, 192, 256)
-    pixels, plan = meta_pipe.prepare(torch.rand(1, 48, 64, 3), upscale=4, process_size=0)
+    _pixels, plan = meta_pipe.prepare(torch.rand(1, 48, 64, 3), upscale=4, process_size=0)
     for fix in ("adain", "wavelet", "none"):
         out = meta_pipe.finish(decoded, plan, color_fix=fix)
         assert out.device.type == "cpu" and out.shape == (1, 192, 256, 3)
