@@ -44,9 +44,10 @@ ProgressFn = Callable[[int, int], None]
 
 
 def _inplace_activations(model: nn.Module) -> None:
-    """In-place SiLU in the VAE (inference only): one full-resolution buffer less per resnet.
-    Safe there because each SiLU consumes a fresh GroupNorm output; not done in the UNet, whose
-    time embedding is shared between blocks."""
+    """In-place SiLU modules in the VAE: the encoder's and decoder's conv_act after their last
+    GroupNorm (the decoder's at full resolution) save a buffer each; the resnets do theirs in
+    resnet_inplace. Safe because each SiLU consumes a fresh GroupNorm output; not done in the
+    UNet, whose time embedding is shared between blocks."""
     for module in model.modules():
         if isinstance(module, nn.SiLU):
             module.inplace = True
