@@ -1,4 +1,5 @@
-"""PiSA-SR LoRA weights: the authors' `pisa_sr.pkl` (read safely) and this project's `.safetensors`.
+"""PiSA-SR LoRA weights: the authors' `pisa_sr.pkl` (read safely, and written) and this project's
+`.safetensors`.
 
 The official file's layout: docs/release.md, "Weights file".
 Two adapter families, "pix" and "sem", each a set of LoRA factor pairs (A, B) keyed by diffusers
@@ -11,6 +12,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +61,8 @@ class PiSAWeights:
     """Both families of PiSA-SR weights and where they came from.
 
     format: "official-pkl" (pisa_sr.pkl), "official-safetensors" (the official tensor names stored
-    in a safetensors file) or "pisa-safetensors" (this project's file).
+    in a safetensors file), "pisa-safetensors" (this project's file) or "training-state" (the
+    train.pt of a resumable training state, read by `pisa-sr convert`).
     """
 
     pix: LoRAFamily
@@ -386,15 +389,97 @@ def save_pisa_weights(weights: PiSAWeights, path) -> None:
         f.write(save(tensors, metadata=metadata))
 
 
+def official_pisa_dict(weights: PiSAWeights, target: str = "the official pisa_sr.pkl") -> dict:
+    """The 9-key dict of the release's pisa_sr.pkl (docs/release.md, "Weights file"): module lists
+    per family and group, the two ranks and `state_dict_unet`, float32 CPU tensors.
+
+    The layout stores no alpha: its readers scale by peft's default, 8 / rank. A family with
+    another alpha is written with B multiplied by alpha / 8, so ΔW = (alpha / r)·B·A is unchanged."""
+    families = {}
+    for name in FAMILIES:
+        family = weights.family(name)
+        families[name] = _make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
+    data: dict = {}
+    for name, family in families.items():
+        for group in GROUPS:
+            data[OFFICIAL_LIST_KEYS[(name, group)]] = [m for m in family.factors if module_group(m) == group]
+    for name, family in families.items():
+        data[OFFICIAL_RANK_KEYS[name]] = int(family.rank)
+    data[OFFICIAL_STATE_KEY] = _official_state(families)
+    return data
+
+
+def _official_state(families: dict) -> dict:
+    """`<module>.lora_A|B.default_<group>_<family>.weight` in the order of a peft UNet's parameters:
+    module by module, its A factors then its B factors, pix before sem."""
+    modules = list(dict.fromkeys(m for family in families.values() for m in family.factors))
+    state = {}
+    for module in modules:
+        adapters = {name: f"default_{module_group(module)}_{name}" for name in families}
+        for index, factor in enumerate(("A", "B")):
+            for name, family in families.items():
+                if module in family.factors:
+                    tensor = family.factors[module][index]
+                    if factor == "B":
+                        tensor = tensor * (family.alpha / PEFT_DEFAULT_ALPHA)
+                    state[f"{module}.lora_{factor}.{adapters[name]}.weight"] = tensor.clone()
+    return state
+
+
+def save_official_pkl(weights: PiSAWeights, path) -> None:
+    """Write the release's pisa_sr.pkl layout (torch.save zip format; strings, ints and tensors
+    only, so torch.load(weights_only=True) reads it)."""
+    path = Path(path)
+    if path.suffix.lower() != ".pkl":
+        raise PiSAError(f"The official PiSA-SR layout is saved as .pkl; got '{path}'.")
+    data = official_pisa_dict(weights, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as f:
+        torch.save(data, f)
+
+
+# Writable formats: name (`--save-format`) -> (file suffix, writer).
+WEIGHT_WRITERS = {
+    "ours": (".safetensors", save_pisa_weights),
+    "official": (".pkl", save_official_pkl),
+}
+
+
+def writer_for(path) -> Callable[[PiSAWeights, Path], None]:
+    """The writer the file name asks for: .safetensors (ours) or .pkl (the official layout)."""
+    suffix = Path(path).suffix.lower()
+    for wanted, writer in WEIGHT_WRITERS.values():
+        if suffix == wanted:
+            return writer
+    raise PiSAError(f"'{path}': PiSA-SR weights are written as .safetensors (this project's format) or .pkl "
+                    f"(the official pisa_sr.pkl layout); the name ends with '{Path(path).suffix}'.")
+
+
+def load_convertible(path) -> PiSAWeights:
+    """What `pisa-sr convert` reads: PiSA-SR weights in any format load_pisa_weights reads, or a
+    resumable training state (a checkpoints/state_stepNNNNNN folder or its train.pt)."""
+    from .train.state import TRAIN_STATE_FILE, is_train_state, weights_from_train_state
+
+    path = Path(path)
+    if path.is_dir() and (path / TRAIN_STATE_FILE).is_file():
+        path = path / TRAIN_STATE_FILE
+    if not path.is_file() or is_safetensors(path):
+        return load_pisa_weights(path)
+    data = load_pickle(path, WHAT)
+    if is_train_state(data):
+        return weights_from_train_state(data, str(path))
+    return _weights_from_official_dict(data, str(path))
+
+
 def convert_pisa_weights(src, dst) -> PiSAWeights:
-    """Convert PiSA-SR weights (normally the official pisa_sr.pkl) to our .safetensors; returns them."""
+    """Convert PiSA-SR weights or a training state to the format `dst`'s suffix names (.safetensors:
+    ours; .pkl: the official layout); returns the weights read."""
     src, dst = Path(src), Path(dst)
-    if dst.suffix.lower() != ".safetensors":
-        raise PiSAError(f"The converted file must end with .safetensors; got '{dst}'.")
+    write = writer_for(dst)
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise PiSAError(f"Refusing to convert '{src}' onto itself; choose another output path.")
-    weights = load_pisa_weights(src)
-    save_pisa_weights(weights, dst)
+    weights = load_convertible(src)
+    write(weights, dst)
     return weights
 
 

@@ -78,9 +78,11 @@ def _add_upscale_parser(sub) -> None:
 
 
 def _add_weights_parsers(sub) -> None:
-    p = sub.add_parser("convert", help="convert the official pisa_sr.pkl to .safetensors")
-    p.add_argument("source")
-    p.add_argument("destination")
+    p = sub.add_parser("convert", help="convert PiSA-SR weights: official pisa_sr.pkl <-> .safetensors")
+    p.add_argument("source", help="pisa_sr.pkl, a .safetensors weights file, or a training state "
+                                  "(checkpoints/state_stepNNNNNN or its train.pt)")
+    p.add_argument("destination", help="OUT.safetensors (this project's format) or OUT.pkl (the official "
+                                       "pisa_sr.pkl layout, read by the authors' code)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination file")
     p.set_defaults(func=_run_convert)
     p = sub.add_parser("info", help="describe a PiSA-SR weights file, or print the settings a PNG written by "
@@ -568,10 +570,11 @@ def _my_share(items: list, state) -> list:
 
 
 def _run_convert(args) -> int:
-    from .checkpoint import convert_pisa_weights
+    from .checkpoint import convert_pisa_weights, writer_for
     from .image_io import check_output_folder
 
     destination = Path(args.destination)
+    writer_for(destination)  # a wrong suffix fails before anything is read
     if destination.exists() and not args.overwrite:
         raise PiSAError(f"The destination {str(destination)!r} exists; pass --overwrite to replace it.")
     check_output_folder(destination.parent, "destination folder")

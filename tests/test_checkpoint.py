@@ -22,8 +22,10 @@ from pisa_core.checkpoint import (
     convert_pisa_weights,
     describe,
     load_pisa_weights,
+    save_official_pkl,
     save_pisa_weights,
 )
+from pisa_core.cli import main as cli_main
 from pisa_core.errors import PiSAError
 from pisa_core.lora import GROUPS, lora_delta, merged_weight, module_group, release_target_modules
 
@@ -153,8 +155,9 @@ def test_convert_gives_identical_tensors_and_metadata(tmp_path, unet):
 def test_convert_refuses_bad_destinations(tmp_path, unet):
     pkl = tmp_path / "pisa_sr.pkl"
     write_official_pkl(unet, pkl)
-    with pytest.raises(PiSAError, match=r"\.safetensors"):
-        convert_pisa_weights(pkl, tmp_path / "out.pkl")
+    with pytest.raises(PiSAError, match=r"\.safetensors .*\.pkl .*'\.bin'"):
+        convert_pisa_weights(pkl, tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
     ours = tmp_path / "ours.safetensors"
     convert_pisa_weights(pkl, ours)
     before = ours.read_bytes()
@@ -163,6 +166,104 @@ def test_convert_refuses_bad_destinations(tmp_path, unet):
     assert ours.read_bytes() == before
     with pytest.raises(PiSAError, match=r"\.safetensors"):
         save_pisa_weights(load_pisa_weights(ours), tmp_path / "x.bin")
+    with pytest.raises(PiSAError, match=r"\.pkl"):
+        save_official_pkl(load_pisa_weights(ours), tmp_path / "x.safetensors")
+
+
+# ---------------------------------------------------------------- writing the official layout
+
+
+def read_as_released(path, unet) -> dict:
+    """A reader of pisa_sr.pkl written from the release's documented layout (docs/release.md,
+    "Weights file"), not from our loader: plain torch.load(weights_only=True), the nine key names,
+    and per listed module the two tensors of its adapter, shaped for the UNet's layer. Returns
+    {(family, module): (A, B)} after checking every key, type, dtype and shape."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    lists = {(family, group): f"unet_lora_{group}_modules_{family}" for family in ("pix", "sem")
+             for group in ("encoder", "decoder", "others")}
+    ranks = {family: f"lora_rank_unet_{family}" for family in ("pix", "sem")}
+    assert set(data) == {*lists.values(), *ranks.values(), "state_dict_unet"}
+    assert all(type(data[key]) is int for key in ranks.values())
+    layers = dict(unet.named_modules())
+    state = data["state_dict_unet"]
+    factors, expected_keys = {}, set()
+    for (family, group), key in lists.items():
+        assert all(isinstance(name, str) for name in data[key])
+        rank = data[ranks[family]]
+        for module in data[key]:
+            a_key = f"{module}.lora_A.default_{group}_{family}.weight"
+            b_key = f"{module}.lora_B.default_{group}_{family}.weight"
+            expected_keys |= {a_key, b_key}
+            A, B = state[a_key], state[b_key]
+            weight = layers[module].weight
+            if isinstance(layers[module], torch.nn.Conv2d):
+                assert A.shape == (rank, weight.shape[1], *weight.shape[2:]) and B.shape == (weight.shape[0], rank, 1, 1)
+            else:
+                assert A.shape == (rank, weight.shape[1]) and B.shape == (weight.shape[0], rank)
+            assert A.dtype == B.dtype == torch.float32
+            factors[(family, module)] = (A, B)
+    assert set(state) == expected_keys
+    return data, factors
+
+
+def _release_delta(A, B, rank):
+    """ΔW as the release merges it: peft's default alpha 8 over the stored rank."""
+    return lora_delta(A, B, 8.0 / rank)
+
+
+@pytest.mark.parametrize("rank, rank_sem, alpha, alpha_sem", [(4, 2, 8.0, 8.0), (2, 4, 4.0, 16.0)])
+def test_written_pkl_reads_as_the_release_reads_it(tmp_path, unet, rank, rank_sem, alpha, alpha_sem):
+    """Our .safetensors -> OUT.pkl: every module the release targets is listed in its group, every
+    key and shape is the release's, and the release's scale (8 / rank) gives our ΔW, also for an
+    alpha other than 8 (folded into B)."""
+    src, dst = tmp_path / "ours.safetensors", tmp_path / "pisa_sr.pkl"
+    written = write_pisa_safetensors(unet, src, rank=rank, rank_sem=rank_sem, alpha=alpha, alpha_sem=alpha_sem)
+    convert_pisa_weights(src, dst)
+    data, factors = read_as_released(dst, unet)
+    targets = release_target_modules(unet)
+    for family in ("pix", "sem"):
+        assert data[f"lora_rank_unet_{family}"] == written.family(family).rank
+        for group in GROUPS:
+            assert data[f"unet_lora_{group}_modules_{family}"] == [m for m in targets if module_group(m) == group]
+        ours = written.family(family)
+        for module, (A, B) in ours.factors.items():
+            stored_A, stored_B = factors[(family, module)]
+            assert torch.equal(stored_A, A)
+            expected = lora_delta(A, B, ours.scale)
+            torch.testing.assert_close(_release_delta(stored_A, stored_B, ours.rank), expected, rtol=1e-6, atol=1e-7)
+    back = load_pisa_weights(dst)
+    assert back.format == "official-pkl" and describe(back)["families"]["pix"]["modules"] == len(targets)
+
+
+def test_official_round_trip_gives_identical_tensors(tmp_path, unet):
+    """official -> ours -> official: the same keys, lists, ranks, and tensors of the same dtype and values."""
+    original, ours, again = tmp_path / "pisa_sr.pkl", tmp_path / "ours.safetensors", tmp_path / "again.pkl"
+    write_official_pkl(unet, original, rank=4, rank_sem=2)
+    convert_pisa_weights(original, ours)
+    convert_pisa_weights(ours, again)
+    first = torch.load(original, map_location="cpu", weights_only=True)
+    second = torch.load(again, map_location="cpu", weights_only=True)
+    assert set(first) == set(second)
+    for key in first:
+        if key != "state_dict_unet":
+            assert first[key] == second[key] and type(first[key]) is type(second[key])
+    a, b = first["state_dict_unet"], second["state_dict_unet"]
+    assert set(a) == set(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape
+        assert torch.equal(a[name], b[name])
+
+
+def test_cli_convert_picks_the_format_from_the_suffix(tmp_path, unet, capsys):
+    src = tmp_path / "ours.safetensors"
+    write_pisa_safetensors(unet, src)
+    assert cli_main(["convert", str(src), str(tmp_path / "out.pkl")]) == 0
+    assert load_pisa_weights(tmp_path / "out.pkl").format == "official-pkl"
+    capsys.readouterr()
+    assert cli_main(["convert", str(src), str(tmp_path / "out.ckpt")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".safetensors" in err and ".pkl" in err and "out.ckpt" in err
+    assert not (tmp_path / "out.ckpt").exists()
 
 
 def test_our_safetensors_keeps_alpha_and_detects_format_by_content(tmp_path, unet):

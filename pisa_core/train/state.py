@@ -1,6 +1,6 @@
 """Checkpoints (inference weights) and resumable training states.
 
-Layout under --output-dir:
+Layout under --output-dir (.pkl instead of .safetensors with --save-format official):
     checkpoints/pisa_sr_<stage>_step<N>.safetensors   both adapters, loadable by `pisa-sr upscale`
     checkpoints/pisa_sr_<stage>_step<N>.json           the run's config and the step
     checkpoints/state_step<N>/train.pt                 LoRA factors, optimizer, LR scheduler, step
@@ -18,10 +18,15 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_output
-from ..checkpoint import PiSAWeights, save_pisa_weights
+from ..checkpoint import WEIGHT_WRITERS, PiSAWeights
 from ..errors import PiSAError
+from ..lora import FAMILIES, LoRAFamily
+from .lora import zero_family
 
 STATE_PATTERN = re.compile(r"^state_step(\d+)$")
+TRAIN_STATE_FILE = "train.pt"
+# what save_train_state writes besides the optimizer, scheduler and scaler
+TRAIN_STATE_KEYS = ("step", "stage", "config", "lora")
 
 
 def checkpoint_stem(output_dir, stage: str, step: int | None) -> Path:
@@ -34,13 +39,44 @@ def state_dir(output_dir, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"state_step{step:06d}"
 
 
-def write_weights(weights: PiSAWeights, stem: Path, config_json: str, step: int) -> Path:
-    """<stem>.safetensors (save_pisa_weights) and <stem>.json (config + step) beside it."""
-    path = stem.with_suffix(".safetensors")
-    save_pisa_weights(weights, path)
+def write_weights(weights: PiSAWeights, stem: Path, config_json: str, step: int, save_format: str = "ours") -> Path:
+    """<stem>.safetensors or <stem>.pkl (checkpoint.WEIGHT_WRITERS[save_format]) and <stem>.json
+    (config + step) beside it."""
+    suffix, write = WEIGHT_WRITERS[save_format]
+    path = stem.with_suffix(suffix)
+    write(weights, path)
     record = {"step": step, "config": json.loads(config_json)}
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def stage_weights(stage: str, pix: LoRAFamily, sem: LoRAFamily) -> PiSAWeights:
+    """Both adapters of a run; after the pix stage the (untrained) sem family is written as zeros."""
+    if stage == "pix":
+        sem = zero_family(sem)
+    return PiSAWeights(pix=pix, sem=sem, format="pisa-safetensors", source=None)
+
+
+def is_train_state(data) -> bool:
+    return isinstance(data, dict) and all(key in data for key in TRAIN_STATE_KEYS)
+
+
+def weights_from_train_state(data: dict, source: str) -> PiSAWeights:
+    """The weights a training state holds (what the run would write at that step): factors from
+    its "lora" entry, rank from their shapes, alpha from its config."""
+    try:
+        config = json.loads(data["config"])
+        families = {}
+        for family in FAMILIES:
+            factors = {module: (pair["A"], pair["B"]) for module, pair in data["lora"][family].items()}
+            rank = int(next(iter(factors.values()))[0].shape[0])
+            families[family] = LoRAFamily(rank=rank, alpha=float(config[f"alpha_{family}"]), factors=factors)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, StopIteration):
+        raise PiSAError(f"'{source}' looks like a training state but its LoRA factors or config cannot be read; "
+                        "expected the train.pt of a checkpoints/state_stepNNNNNN folder.") from None
+    weights = stage_weights(data["stage"], families["pix"], families["sem"])
+    weights.format, weights.source = "training-state", source
+    return weights
 
 
 def find_latest_state(output_dir) -> Path | None:
@@ -48,7 +84,7 @@ def find_latest_state(output_dir) -> Path | None:
     if not folder.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := STATE_PATTERN.match(p.name)) and (p / "train.pt").is_file()]
+             if p.is_dir() and (m := STATE_PATTERN.match(p.name)) and (p / TRAIN_STATE_FILE).is_file()]
     return max(found)[1] if found else None
 
 
@@ -76,7 +112,7 @@ def save_train_state(folder: Path, *, step: int, stage: str, config_json: str, l
     }
     if scaler is not None:
         payload["scaler"] = scaler.state_dict()
-    with atomic_output(folder / "train.pt") as f:
+    with atomic_output(folder / TRAIN_STATE_FILE) as f:
         torch.save(payload, f)
 
 
@@ -88,7 +124,7 @@ def save_rng(folder: Path, rank: int, generator: torch.Generator) -> None:
 
 def load_train_state(folder) -> dict:
     folder = Path(folder)
-    path = folder / "train.pt"
+    path = folder / TRAIN_STATE_FILE
     if not path.is_file():
         raise PiSAError(f"Resume state '{folder}' has no train.pt; expected a checkpoints/state_stepNNNNNN folder.")
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -28,7 +28,6 @@ from ..lora import FAMILIES, LoRAFamily
 from .config import TrainConfig
 from .data import PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from .degradation import DegradationConfig
-from .lora import zero_family
 from .lpips import check_lpips_files
 from .state import (
     checkpoint_stem,
@@ -38,6 +37,7 @@ from .state import (
     restore_rng,
     save_rng,
     save_train_state,
+    stage_weights,
     state_dir,
     write_weights,
 )
@@ -51,6 +51,16 @@ def resolve_mixed_precision(cfg: TrainConfig, on_gpu: bool) -> str:
     if cfg.mixed_precision == "fp16" and not on_gpu:
         raise PiSAError("--mixed-precision fp16 needs a GPU; use 'no' or 'bf16' on the CPU.")
     return cfg.mixed_precision
+
+
+def frozen_weight_dtype(mixed_precision: str, half_frozen_weights: bool) -> torch.dtype:
+    """Storage of the frozen weights (base UNet, VAE, text encoder, LPIPS). As the release: fp32,
+    with fp16/bf16 mixed precision only in the forward passes (autocast); the CSD's frozen UNet,
+    which shares the generator's base weights, computes in the autocast type as well.
+    --half-frozen-weights stores them in the half type instead, to save memory."""
+    if half_frozen_weights and mixed_precision in ("fp16", "bf16"):
+        return options.DTYPES[mixed_precision]
+    return torch.float32
 
 
 def resolve_trackers(report_to: str):
@@ -73,7 +83,8 @@ def previous_run(output_dir) -> str | None:
     checkpoints = folder / "checkpoints"
     if checkpoints.is_dir() and any(checkpoints.iterdir()):
         return str(checkpoints)
-    found = sorted(folder.glob("pisa_sr_*.safetensors")) + [folder / name for name in RUN_FILES]
+    found = sorted(folder.glob("pisa_sr_*.safetensors")) + sorted(folder.glob("pisa_sr_*.pkl"))
+    found += [folder / name for name in RUN_FILES]
     return next((str(path) for path in found if path.exists()), None)
 
 
@@ -116,7 +127,7 @@ class Trainer:
         )
         acc = self.accelerator
         self.device = acc.device
-        self.weight_dtype = options.DTYPES.get(mixed, torch.float32) if on_gpu or mixed == "bf16" else torch.float32
+        self.weight_dtype = frozen_weight_dtype(mixed, cfg.half_frozen_weights)
         self.resume_from = self._resume_folder(cfg)
 
         # data first: a bad folder fails before minutes of model loading
@@ -203,9 +214,7 @@ class Trainer:
 
     def weights(self) -> PiSAWeights:
         """Both adapters; in the pix stage the sem family is written as zeros (no effect)."""
-        pix = self.lora.family("pix")
-        sem = self.lora.family("sem") if self.config.stage == "sem" else zero_family(self.lora.family("sem"))
-        return PiSAWeights(pix=pix, sem=sem, format="pisa-safetensors", source=None)
+        return stage_weights(self.config.stage, self.lora.family("pix"), self.lora.family("sem"))
 
     def save(self, step: int, final: bool = False) -> Path | None:
         """Weights + config (main process) and the resumable state (every process)."""
@@ -220,10 +229,10 @@ class Trainer:
                              lora_factors=factors, optimizer=self.step.optimizer, scheduler=self.step.scheduler,
                              scaler=acc.scaler)
             path = write_weights(self.weights(), checkpoint_stem(self.output_dir, self.config.stage, step),
-                                 self.config_json, step)
+                                 self.config_json, step, self.config.save_format)
             if final:
                 path = write_weights(self.weights(), checkpoint_stem(self.output_dir, self.config.stage, None),
-                                     self.config_json, step)
+                                     self.config_json, step, self.config.save_format)
         acc.wait_for_everyone()
         save_rng(folder, acc.process_index, self.step.rng)
         acc.wait_for_everyone()
@@ -303,7 +312,7 @@ class Trainer:
             acc.print(f"pisa-sr train: already at step {self.start_step} >= --max-steps {cfg.max_steps}.")
             if acc.is_main_process:
                 final_path = write_weights(self.weights(), checkpoint_stem(self.output_dir, cfg.stage, None),
-                                           self.config_json, self.start_step)
+                                           self.config_json, self.start_step, cfg.save_format)
         if acc.is_main_process:
             acc.print(f"pisa-sr train: weights written to {final_path}")
         return final_path
@@ -334,5 +343,6 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train one stage; returns the final .safetensors path (on the main process)."""
+    """Train one stage; returns the final weights path (.safetensors, or .pkl with --save-format
+    official; on the main process)."""
     return Trainer(config).run()
