@@ -11,6 +11,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pisa_core.base_model import load_base_model
-from pisa_core.checkpoint import PiSAWeights, load_pisa_weights, save_pisa_weights
+from pisa_core.checkpoint import PiSAWeights, load_convertible, load_pisa_weights, save_pisa_weights
 from pisa_core.cli import build_parser
 from pisa_core.cli import main as cli_main
 from pisa_core.errors import PiSAError
@@ -31,7 +33,7 @@ from pisa_core.train.config import TrainConfig, config_from_args
 from pisa_core.train.data import Item, PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from pisa_core.train.lpips import LPIPS
 from pisa_core.train.step import build_step, generator_prompts
-from pisa_core.train.trainer import Trainer, train
+from pisa_core.train.trainer import Trainer, frozen_weight_dtype, train
 
 CROP = 32
 CAPTION = "a red brick wall, sharp"  # img0's caption in data_dir; img1 and img2 have none
@@ -136,6 +138,44 @@ def test_sem_stage_keeps_pix_and_trains_sem(two_stages, model_dir):
     pix_out = upscale(model_dir, two_stages / "pix" / "pisa_sr_pix.safetensors")
     sem_out = upscale(model_dir, two_stages / "sem" / "pisa_sr_sem.safetensors")
     assert not torch.allclose(pix_out, sem_out)
+
+
+def _same_weights(a: PiSAWeights, b: PiSAWeights) -> bool:
+    return all(
+        (fa.rank, fa.scale, set(fa.factors)) == (fb.rank, fb.scale, set(fb.factors))
+        and all(torch.equal(x, y) for m in fa.factors for x, y in zip(fa.factors[m], fb.factors[m]))
+        for fa, fb in ((a.pix, b.pix), (a.sem, b.sem)))
+
+
+def test_convert_reads_a_training_state(two_stages, tmp_path):
+    """`pisa-sr convert` of a state folder (or its train.pt) gives the weights the run wrote at that
+    step, in either output format; after stage pix the sem LoRA is zero."""
+    state = two_stages / "pix" / "checkpoints" / "state_step000002"
+    written = load_pisa_weights(two_stages / "pix" / "pisa_sr_pix.safetensors")
+    assert cli_main(["convert", str(state), str(tmp_path / "from_state.pkl")]) == 0
+    assert cli_main(["convert", str(state / "train.pt"), str(tmp_path / "from_state.safetensors")]) == 0
+    for name in ("from_state.pkl", "from_state.safetensors"):
+        assert _same_weights(load_pisa_weights(tmp_path / name), written)
+    sem_state = two_stages / "sem" / "checkpoints" / "state_step000002"
+    assert cli_main(["convert", str(sem_state), str(tmp_path / "sem.pkl")]) == 0
+    assert _same_weights(load_pisa_weights(tmp_path / "sem.pkl"),
+                         load_pisa_weights(two_stages / "sem" / "pisa_sr_sem.safetensors"))
+
+
+def test_training_writes_the_official_layout_on_request(model_dir, data_dir, tmp_path):
+    """--save-format official: every weights file is a .pkl in the release's layout, holding what
+    the resumable state holds."""
+    out = tmp_path / "run"
+    assert cli_main(["train", "--stage", "pix", "--base", str(model_dir / "sd21-tiny"), "--data", str(data_dir / "hq"),
+                     "--output-dir", str(out), "--max-steps", "1", "--save-format", "official", *FAST]) == 0
+    final = out / "pisa_sr_pix.pkl"
+    assert sorted(p.name for p in out.glob("pisa_sr_pix.*")) == ["pisa_sr_pix.json", "pisa_sr_pix.pkl"]
+    assert (out / "checkpoints" / "pisa_sr_pix_step000001.pkl").is_file()
+    weights = load_pisa_weights(final)
+    assert weights.format == "official-pkl"
+    raw = torch.load(final, map_location="cpu", weights_only=True)
+    assert len(raw) == 9 and raw["lora_rank_unet_pix"] == 4
+    assert _same_weights(weights, load_convertible(out / "checkpoints" / "state_step000001"))
 
 
 def test_pix_stage_overfits_one_image(model_dir, tmp_path):
@@ -300,6 +340,85 @@ def test_one_training_step_runs_with_the_model_on_the_meta_device(model_dir, dat
     assert all(p.device.type == "meta" for p in step.params)
 
 
+# ----------------------------------------------------------------------------- mixed precision
+
+
+def stored_dtypes(step) -> tuple[set, set]:
+    """(dtypes of every frozen parameter: UNet base weights, VAE, text encoder, LPIPS;
+    dtypes of both LoRAs' factors)."""
+    lora = {id(p) for family in ("pix", "sem") for p in step.lora.parameters(family)}
+    frozen = [p for p in step.generator.unet.parameters() if id(p) not in lora]
+    frozen += [*step.generator.vae.parameters(), *step.prompts.text_encoder.parameters()]
+    frozen += list(step.lpips.parameters()) if step.lpips is not None else []
+    assert not any(p.requires_grad for p in frozen)
+    trained = [p for family in ("pix", "sem") for p in step.lora.parameters(family)]
+    return {p.dtype for p in frozen}, {p.dtype for p in trained}
+
+
+@pytest.mark.parametrize("mixed", ["fp16", "bf16"])
+@pytest.mark.parametrize("half_frozen", [False, True])
+def test_frozen_weights_are_stored_as_the_option_says(model_dir, lpips_file, tmp_path, mixed, half_frozen):
+    """As the release: with fp16/bf16 mixed precision every frozen weight stays fp32 (autocast does
+    the half-precision compute); --half-frozen-weights stores them in the half type. The LoRA
+    factors are fp32 either way."""
+    dtype = frozen_weight_dtype(mixed, half_frozen)
+    cfg = TrainConfig(stage="sem", base=str(model_dir / "sd21-tiny"), data=["unused"], output_dir=str(tmp_path),
+                      init=str(model_dir / "pisa_sr.safetensors"), lpips_weights=[str(lpips_file)],
+                      mixed_precision=mixed, half_frozen_weights=half_frozen).resolved()
+    base = load_base_model(cfg.base, keep_text_encoder=True)
+    from accelerate import Accelerator
+
+    step = build_step(cfg, base, load_pisa_weights(cfg.init), Accelerator(cpu=True), torch.device("meta"), dtype)
+    frozen, trained = stored_dtypes(step)
+    assert frozen == {torch.float16 if mixed == "fp16" else torch.bfloat16} if half_frozen else {torch.float32}
+    assert trained == {torch.float32}
+    assert frozen_weight_dtype("no", half_frozen) == torch.float32
+
+
+def _bf16_training_step(model_dir: str, data_dir: str, lpips_file: str, out: str) -> None:
+    """Run in a fresh process (accelerate fixes the mixed precision once per process): a stage-sem
+    Trainer with bf16 mixed precision on the CPU, both storage settings, one full step each; prints
+    what the test checks as JSON."""
+    results = {}
+    for half in (False, True):
+        cfg = TrainConfig(stage="sem", base=str(Path(model_dir) / "sd21-tiny"), data=[str(Path(data_dir) / "hq")],
+                          output_dir=str(Path(out) / f"half{half}"), init=str(Path(model_dir) / "pisa_sr.safetensors"),
+                          lpips_weights=[lpips_file], crop_size=CROP, batch_size=2, num_workers=0, report_to="none",
+                          device="cpu", mixed_precision="bf16", half_frozen_weights=half)
+        trainer = Trainer(cfg)
+        frozen, trained = stored_dtypes(trainer.step)
+        layer = trainer.step.lora.layers[next(iter(trainer.step.lora.layers))].get_base_layer()
+        computed = []  # one entry per UNet forward: the generator's, then the CSD teacher's
+        hook = layer.register_forward_hook(lambda module, args, output: computed.append(str(output.dtype)))
+        before = [p.detach().clone() for p in trainer.step.params]
+        (parts,) = trainer.step([collate([trainer.dataset[0], trainer.dataset[1]])])
+        hook.remove()
+        results[str(half)] = {
+            "frozen": sorted(str(d) for d in frozen), "trained": sorted(str(d) for d in trained),
+            "computed": computed, "losses": {k: float(v) for k, v in parts.items()},
+            "moved": any(not torch.equal(a, b) for a, b in zip(before, trainer.step.params)),
+            "mixed": trainer.accelerator.mixed_precision,
+        }
+    print(json.dumps(results))
+
+
+def test_training_step_runs_under_bf16_autocast_on_the_cpu(model_dir, data_dir, lpips_file, tmp_path):
+    """bf16 mixed precision, as a GPU run would use it (CPU autocast supports bf16): the frozen
+    weights stored in fp32 (or bf16 with --half-frozen-weights), the UNet's layers, the CSD teacher's
+    included, computing in bf16, finite losses and a LoRA that moves."""
+    done = subprocess.run([sys.executable, __file__, "bf16-step", str(model_dir), str(data_dir), str(lpips_file),
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["False"]["frozen"] == ["torch.float32"] and results["True"]["frozen"] == ["torch.bfloat16"]
+    for run in results.values():
+        assert run["mixed"] == "bf16" and run["trained"] == ["torch.float32"]
+        assert len(run["computed"]) >= 2 and set(run["computed"]) == {"torch.bfloat16"}
+        assert set(run["losses"]) == {"l2", "lpips", "csd", "loss"}
+        assert all(np.isfinite(v) for v in run["losses"].values())
+        assert run["moved"]
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -386,3 +505,7 @@ def test_accelerate_launch_two_cpu_processes(model_dir, data_dir, tmp_path):
     assert "2 processes in sync" in done.stdout + done.stderr
     assert load_pisa_weights(tmp_path / "pisa_sr_pix.safetensors").pix.rank == 4
     assert (tmp_path / "checkpoints" / "state_step000002" / "rng_rank1.pt").is_file()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["bf16-step"]:
+    _bf16_training_step(*sys.argv[2:6])
