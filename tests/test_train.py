@@ -32,7 +32,7 @@ from pisa_core.pipeline import PiSAPipeline
 from pisa_core.train.config import TrainConfig, config_from_args
 from pisa_core.train.data import Item, PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from pisa_core.train.lpips import LPIPS
-from pisa_core.train.step import build_step, generator_prompts
+from pisa_core.train.step import build_step, caption_prompts, generator_prompts
 from pisa_core.train.trainer import Trainer, frozen_weight_dtype, train
 
 CROP = 32
@@ -223,11 +223,14 @@ def test_defaults_are_the_release_recipe_and_each_has_its_flag():
     assert cfg.encode_sample is True
     assert (cfg.lr, cfg.max_grad_norm, cfg.cfg_scale, cfg.csd_t_min, cfg.csd_t_max) == (5e-5, 1.0, 7.5, 20, 500)
     assert (cfg.rank_sem, cfg.alpha_sem, cfg.batch_size, cfg.max_steps) == (4, 8.0, 4, 8500)
+    assert (cfg.caption_suffix, cfg.save_format, cfg.half_frozen_weights) == (", ", "ours", False)
     args = build_parser().parse_args(["train", "--base", "b", "--data", "d", "--output-dir", "o", "--no-encode-sample",
-                                      "--lora-init", "kaiming", "--csd-caption", "generator", "--null-text-draw", "sample"])
+                                      "--lora-init", "kaiming", "--csd-caption", "generator", "--null-text-draw", "sample",
+                                      "--caption-suffix", "", "--save-format", "official", "--half-frozen-weights"])
     other = config_from_args(args).resolved()
     assert (other.encode_sample, other.lora_init, other.csd_caption, other.null_text_draw) == (
         False, "kaiming", "generator", "sample")
+    assert (other.caption_suffix, other.save_format, other.half_frozen_weights) == ("", "official", True)
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +269,9 @@ def test_csd_sees_the_real_caption_when_the_generator_drops_it(sem_trainer):
     finally:
         step.config = dataclasses.replace(step.config, csd_caption="real")
         hook.remove()
-    empty, caption = step.prompts([""]), step.prompts([CAPTION])
-    assert not torch.equal(empty, caption)
+    assert step.config.caption_suffix == ", "  # the release appends ", " to every caption
+    empty, caption = step.prompts([""]), step.prompts([CAPTION + ", "])
+    assert not torch.equal(empty, caption) and not torch.equal(step.prompts([CAPTION]), caption)
     generator, csd, _, csd_generator = seen
     assert torch.equal(generator, empty)
     assert torch.equal(csd[:1], step.negative_embeds) and torch.equal(csd[1:], caption)
@@ -457,7 +461,10 @@ def test_captions_from_txt_and_jsonl_and_null_text(tmp_path):
     samples = [dropped[p] for p in range(3)]
     assert all(s["drop_caption"] for s in samples)
     assert {s["caption"] for s in samples} == {"cat, fur", "dog, grass", ""}
-    assert generator_prompts(collate(samples)) == ["", "", ""]
+    batch = collate(samples)
+    assert generator_prompts(caption_prompts(batch["caption"], ", "), batch["drop_caption"]) == ["", "", ""]
+    # the release's ", " goes after every caption, never onto a missing one
+    assert caption_prompts(batch["caption"], ", ") == [f"{s['caption']}, " if s["caption"] else "" for s in samples]
 
 
 def test_dataset_positions_are_reproducible_and_cover_each_epoch(data_dir):

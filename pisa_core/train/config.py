@@ -67,6 +67,8 @@ class TrainConfig:
     crop_size: int = _opt(512, "random crop size (multiple of 8 and of the scale 4)")
     hflip: bool = _opt(True, "random horizontal flips")
     vflip: bool = _opt(False, "random vertical flips")
+    caption_suffix: str = _opt(", ", "text appended to every non-empty caption; the default ', ' is what the release "
+                                     "appends to its tag captions; '' appends nothing")
     null_text_ratio: float = _opt(0.5, "probability of giving the generator the empty prompt instead of the caption")
     null_text_draw: str = _opt("batch", "null-text dropout drawn once per micro-batch ('batch', the release) or "
                                         "per image ('sample'); same average rate", choices=NULL_TEXT_DRAWS)

@@ -30,9 +30,15 @@ def seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint32)[0])
 
 
-def generator_prompts(batch: dict) -> list[str]:
-    """The generator's prompts: the caption, or "" where null-text dropout dropped it."""
-    return ["" if drop else caption for caption, drop in zip(batch["caption"], batch["drop_caption"])]
+def caption_prompts(captions: list[str], suffix: str) -> list[str]:
+    """Each image's own caption as a prompt: `suffix` appended to a non-empty caption (the release
+    appends ", " to every tag caption; docs/release.md, "Training"); no caption stays ""."""
+    return [caption + suffix if caption else "" for caption in captions]
+
+
+def generator_prompts(captions: list[str], dropped: list[bool]) -> list[str]:
+    """The generator's prompts: the caption prompt, or "" where null-text dropout dropped it."""
+    return ["" if drop else caption for caption, drop in zip(captions, dropped)]
 
 
 class TrainingStep:
@@ -64,7 +70,8 @@ class TrainingStep:
         cfg, device = self.config, self.device
         lq = batch["lq"].to(device, non_blocking=True) * 2 - 1
         hq = batch["hq"].to(device, non_blocking=True) * 2 - 1
-        prompts = generator_prompts(batch)
+        captions = caption_prompts(batch["caption"], cfg.caption_suffix)
+        prompts = generator_prompts(captions, batch["drop_caption"])
         embeds = self.prompts(prompts)
         z_h, sr = self.model(lq, embeds, self.rng)
         parts = {"l2": l2_loss(sr, hq)}
@@ -73,7 +80,7 @@ class TrainingStep:
             parts["lpips"] = self.lpips(sr, hq).mean()
             total = total + cfg.lambda_lpips * parts["lpips"]
         if self.negative_embeds is not None:
-            csd_prompts = prompts if cfg.csd_caption == "generator" else list(batch["caption"])
+            csd_prompts = prompts if cfg.csd_caption == "generator" else captions
             cond = embeds if csd_prompts == prompts else self.prompts(csd_prompts)
             parts["csd"], _ = csd_loss(
                 z_h, self.base_eps, cond, self.negative_embeds.expand(z_h.shape[0], -1, -1), self.abar,
