@@ -101,8 +101,9 @@ class TrainConfig:
                                         "under autocast, frozen weights kept in fp32 (the release)",
                                 choices=MIXED_PRECISION)
     half_frozen_weights: bool = _opt(False, "with fp16/bf16 mixed precision, store the frozen weights (base UNet, "
-                                            "VAE, text encoder, LPIPS) in that type instead of fp32: about 2.6 GB "
-                                            "less for SD2.1, but the LoRA trains against rounded base weights")
+                                            "VAE, text encoder, LPIPS) in that type instead of fp32: 2.6 GB less "
+                                            "for SD2.1; norms, embeddings and the sums they start are then rounded "
+                                            "too (see docs/training.md)")
     gradient_checkpointing: bool = _opt(False, "recompute UNet/VAE activations in backward to save memory")
     seed: int = _opt(0, "seed for LoRA init, data order, crops, degradations and CSD noise")
     checkpoint_every: int = _opt(500, "write a checkpoint + resumable state every N steps (0: only at the end)")
