@@ -16,6 +16,7 @@ _LAZY = {
     "load_base_model": ".base_model",
     "load_pisa_weights": ".checkpoint",
     "save_pisa_weights": ".checkpoint",
+    "save_official_pkl": ".checkpoint",
     "dual_guidance": ".guidance",
     "plan_passes": ".guidance",
 }

@@ -254,6 +254,18 @@ def test_official_round_trip_gives_identical_tensors(tmp_path, unet):
         assert torch.equal(a[name], b[name])
 
 
+def test_a_damaged_training_state_is_refused_in_one_line(tmp_path):
+    """A train.pt whose LoRA entry is not the family -> module -> {A, B} of save_train_state."""
+    state = tmp_path / "state_step000001"
+    state.mkdir()
+    torch.save({"step": 1, "stage": "pix", "config": "{}", "lora": {"pix": {"conv_in": torch.zeros(2)}}},
+               state / "train.pt")
+    with pytest.raises(PiSAError, match=r"looks like a training state") as caught:
+        convert_pisa_weights(state, tmp_path / "out.pkl")
+    assert "\n" not in str(caught.value) and "train.pt" in str(caught.value)
+    assert not (tmp_path / "out.pkl").exists()
+
+
 def test_cli_convert_picks_the_format_from_the_suffix(tmp_path, unet, capsys):
     src = tmp_path / "ours.safetensors"
     write_pisa_safetensors(unet, src)

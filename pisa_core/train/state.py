@@ -68,7 +68,10 @@ def weights_from_train_state(data: dict, source: str) -> PiSAWeights:
         config = json.loads(data["config"])
         families = {}
         for family in FAMILIES:
-            factors = {module: (pair["A"], pair["B"]) for module, pair in data["lora"][family].items()}
+            pairs = data["lora"][family]
+            if not all(isinstance(pair, dict) for pair in pairs.values()):
+                raise TypeError(family)
+            factors = {module: (pair["A"], pair["B"]) for module, pair in pairs.items()}
             rank = int(next(iter(factors.values()))[0].shape[0])
             families[family] = LoRAFamily(rank=rank, alpha=float(config[f"alpha_{family}"]), factors=factors)
     except (TypeError, KeyError, ValueError, AttributeError, IndexError, StopIteration):
