@@ -58,7 +58,7 @@ def frozen_weight_dtype(mixed_precision: str, half_frozen_weights: bool) -> torc
     with fp16/bf16 mixed precision only in the forward passes (autocast); the CSD's frozen UNet,
     which shares the generator's base weights, computes in the autocast type as well.
     --half-frozen-weights stores them in the half type instead, to save memory."""
-    if half_frozen_weights and mixed_precision in ("fp16", "bf16"):
+    if half_frozen_weights and mixed_precision != "no":  # resolved: "no", "fp16" or "bf16"
         return options.DTYPES[mixed_precision]
     return torch.float32
 
