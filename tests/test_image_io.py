@@ -557,7 +557,7 @@ def test_read_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing.png"
     with pytest.raises(PiSAError, match="missing.png"):
         read_image(missing)
-    with pytest.raises(PiSAError, match="not a file"):
+    with pytest.raises(PiSAError, match="is a folder, not an image file"):
         read_image(tmp_path)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
