@@ -24,7 +24,15 @@ from functools import lru_cache
 import torch
 from PIL import Image, ImageCms
 
-from .colorspace import D50_WHITE, D65_WHITE, SRGB_TO_XYZ, apply_matrix, bradford_adaptation, linear_to_srgb, srgb_to_linear
+from .colorspace import (
+    D50_WHITE,
+    D65_WHITE,
+    SRGB_TO_XYZ,
+    apply_matrix,
+    bradford_adaptation,
+    linear_to_srgb,
+    srgb_to_linear,
+)
 
 _HEADER = 128
 _CURVE_SAMPLES = 16385  # samples of a tone curve for its inverse: steps of 1/16384, 4 levels of 16 bits

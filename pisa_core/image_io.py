@@ -35,7 +35,16 @@ from PIL.PngImagePlugin import PngInfo
 
 from .atomic import atomic_output, temporary_path
 from .errors import PiSAError
-from .icc import Profile, ProfileError, lcms_to_srgb, matrix_from_srgb, matrix_to_srgb, parse_profile, profile_mode, srgb_profile
+from .icc import (
+    Profile,
+    ProfileError,
+    lcms_to_srgb,
+    matrix_from_srgb,
+    matrix_to_srgb,
+    parse_profile,
+    profile_mode,
+    srgb_profile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -868,8 +877,7 @@ def skip_reason(path: Path) -> str:
     kind = special_file_kind(path)
     if kind is not None:
         return f"{kind}, not an image file"
-    return (f"unsupported format {path.suffix.lower() or '(no extension)'}; "
-            f"expected {', '.join(IMAGE_EXTENSIONS)}")
+    return f"unsupported format {path.suffix.lower() or '(no extension)'}"
 
 
 def _split_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
