@@ -74,3 +74,20 @@ def rgb_profile(colorants=ADOBE_RGB, curve: bytes | None = None, description: st
 def gray_profile(curve: bytes | None = None, description: str = "Test gray") -> bytes:
     """A gray TRC profile (default: gamma 1.8)."""
     return _profile(b"GRAY", description, {b"kTRC": curve or gamma_curve(1.8)})
+
+
+def table_rgb_profile(colorants=ADOBE_RGB, description: str = "Test table RGB") -> bytes:
+    """A table-based RGB input profile: an A2B0 lut16 ('mft2') with identity curves and a 2x2x2
+    grid holding XYZ = colorants · rgb at the cube's corners, which trilinear interpolation makes
+    linear light everywhere: the same colours as rgb_profile(colorants, gamma_curve(1.0))."""
+    grid = []
+    for r in (0, 1):
+        for g in (0, 1):
+            for b in (0, 1):
+                xyz = [sum(c[i] * w for c, w in zip(colorants, (r, g, b))) for i in range(3)]
+                grid += [min(65535, round(v * 32768)) for v in xyz]  # PCSXYZ in 16 bits: 1.0 = 0x8000
+    identity = [0, 65535]
+    data = (b"mft2\0\0\0\0" + struct.pack(">BBBB", 3, 3, 2, 0) + _s15(1, 0, 0, 0, 1, 0, 0, 0, 1)
+            + struct.pack(">HH", 2, 2) + struct.pack(">6H", *identity * 3) + struct.pack(f">{len(grid)}H", *grid)
+            + struct.pack(">6H", *identity * 3))
+    return _profile(b"RGB ", description, {b"A2B0": data})

@@ -16,7 +16,16 @@ import numpy as np
 import png
 import pytest
 import torch
-from icc_profiles import ADOBE_GAMMA, DISPLAY_P3, SRGB_PARA, gamma_curve, gray_profile, para_curve, rgb_profile
+from icc_profiles import (
+    ADOBE_GAMMA,
+    DISPLAY_P3,
+    SRGB_PARA,
+    gamma_curve,
+    gray_profile,
+    para_curve,
+    rgb_profile,
+    table_rgb_profile,
+)
 from PIL import Image, ImageCms, features
 from readonly import run_python_with_read_only
 
@@ -922,6 +931,25 @@ def test_colours_outside_srgb_are_clipped_like_littlecms(tmp_path):
     image, _ = read_image(source)
     assert float(image.min()) == 0.0 and float(image.max()) > 1 - 1e-6  # clipped at the gamut's edge
     np.testing.assert_allclose(image.numpy(), lcms_srgb(levels, profile), rtol=0, atol=1.01 / 255)
+
+
+def test_table_profiles_go_through_littlecms_at_8_bits(tmp_path, caplog):
+    profile = table_rgb_profile()  # about the colours of a matrix profile with linear tone curves
+    levels = RNG.integers(0, 256, (8, 12, 4)).astype(np.uint8)
+    source = tmp_path / "table.png"
+    Image.fromarray(levels).save(source, icc_profile=profile)
+    with caplog.at_level(logging.INFO, logger="pisa_core"):
+        image, info = read_image(source)
+    assert info.icc_profile is None and info.channels == 4  # written as sRGB; alpha kept
+    assert "table.png: converted from its ICC profile 'Test table RGB' to sRGB" in caplog.text
+    expected = lcms_srgb(np.ascontiguousarray(levels[..., :3]), profile)
+    np.testing.assert_allclose(image[..., :3].numpy(), expected, rtol=0, atol=1e-6)  # littleCMS's own result
+    assert np.abs(expected - lcms_srgb(np.ascontiguousarray(levels[..., :3]), rgb_profile(curve=gamma_curve(1.0)))
+                  ).mean() < 0.5 / 255  # and that is the colours the table describes
+    np.testing.assert_array_equal(levels_of(image[..., 3], 8), levels[..., 3])
+    (tmp_path / "table16.png").write_bytes(png16_with_profile(levels[..., :3].astype(np.uint16) * 257, profile))
+    with pytest.raises(PiSAError, match="table16.png' has 16-bit samples and a table-based ICC profile"):
+        read_image(tmp_path / "table16.png")
 
 
 def test_srgb_output_is_tagged_and_not_converted(tmp_path):
