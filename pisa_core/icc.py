@@ -214,7 +214,7 @@ def lcms_to_srgb(image: Image.Image, profile: Profile) -> Image.Image:
     """An 8-bit Pillow image in a table-based (or CMYK, Lab) profile -> sRGB "RGB" (or "RGBA"
     with the alpha kept) through ImageCms."""
     source = ImageCms.ImageCmsProfile(io.BytesIO(profile.data))
-    target = ImageCms.ImageCmsProfile(io.BytesIO(srgb_profile()))
+    target = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))  # exact, not its s15Fixed16 copy
     alpha = image.getchannel("A") if "A" in image.getbands() else None
     colour = image.convert(profile_mode(profile)) if image.mode != profile_mode(profile) else image
     converted = ImageCms.profileToProfile(colour, source, target, outputMode="RGB")

@@ -482,11 +482,16 @@ def read_image(path) -> tuple[torch.Tensor, ImageInfo]:
         source_mode = im.mode
         profile = _embedded_profile(path, im.info.get("icc_profile"))
         oriented = _load(im, path)
+        converted = None
         if profile is not None and profile.matrix is None:
-            oriented, profile = _lcms_to_srgb(oriented, profile, path), None
-        data, max_value, bit_depth = _pil_to_array(oriented, path)
+            converted, profile = _lcms_to_srgb(oriented, profile, path), None
+        data, max_value, bit_depth = _pil_to_array(converted or oriented, path)
     image = torch.from_numpy(data.astype(np.float32) / np.float32(max_value))
-    return _to_srgb(image.contiguous(), _info_for(data.shape[2], bit_depth, source_mode), profile, path)
+    info = _info_for(data.shape[2], bit_depth, source_mode)
+    if converted is not None:
+        info.icc_profile = srgb_profile()  # the output is tagged as sRGB
+        return image.contiguous(), info
+    return _to_srgb(image.contiguous(), info, profile, path)
 
 
 # --- ICC colour profiles --------------------------------------------------------------------------
@@ -515,10 +520,11 @@ def _to_srgb(image: torch.Tensor, info: ImageInfo, profile: Profile | None,
     profile goes into info.icc_profile for the output."""
     if profile is None:
         return image, info
+    if profile.data == srgb_profile():  # what write_image tags sRGB with: nothing to convert
+        info.icc_profile = profile.data
+        return image, info
     if profile.matrix is None:
-        raise PiSAError(f"Image {str(path)!r} has 16-bit samples and a table-based ICC profile "
-                        f"({profile.description!r}), which is converted at 8 bits only; convert it to sRGB or "
-                        "to 8 bits first.")
+        _refuse_16bit_table(path, profile)
     colour = 1 if info.gray else 3
     if profile.matrix.channels != colour:
         _ignore_profile(path, profile, f"a {profile.space} profile on a {'gray' if info.gray else 'colour'} image")
@@ -529,16 +535,23 @@ def _to_srgb(image: torch.Tensor, info: ImageInfo, profile: Profile | None,
     return image, info
 
 
-def _lcms_to_srgb(im: Image.Image, profile: Profile, path: Path) -> Image.Image:
-    """An 8-bit image with a table-based, CMYK or Lab profile -> sRGB through ImageCms. Its
-    output is written as sRGB (the profile is not written back)."""
+def _refuse_16bit_table(path: Path, profile: Profile) -> None:
+    raise PiSAError(f"Image {str(path)!r} has 16-bit samples and a table-based ICC profile "
+                    f"({profile.description!r}), which is converted at 8 bits only; convert it to sRGB or "
+                    "to 8 bits first.")
+
+
+def _lcms_to_srgb(im: Image.Image, profile: Profile, path: Path) -> Image.Image | None:
+    """An 8-bit image with a table-based, CMYK or Lab profile -> sRGB through ImageCms (its
+    output is written as sRGB: the profile is not written back); None when the profile does not
+    fit the image (reported, ignored). 16-bit gray is refused by name."""
     if im.mode.startswith("I") or im.mode == "F":
-        return im  # 16-bit gray: _to_srgb refuses it by name
+        _refuse_16bit_table(path, profile)
     rgb_modes = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA")
     if profile.space == "GRAY" or not (im.mode == profile_mode(profile) or
                                        (profile_mode(profile) == "RGB" and im.mode in rgb_modes)):
         _ignore_profile(path, profile, f"a {profile.space} table profile on a {im.mode} image")
-        return im
+        return None
     try:
         converted = lcms_to_srgb(im, profile)
     except (OSError, ValueError) as exc:  # ImageCms.PyCMSError is an OSError
@@ -608,7 +621,7 @@ def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
         profile = _embedded_profile(path, im.info.get("icc_profile"))
         oriented = _load(im, path, orient=exif_transpose)
         if profile is not None and profile.matrix is None:
-            oriented, profile = _lcms_to_srgb(oriented, profile, path), None
+            oriented, profile = _lcms_to_srgb(oriented, profile, path) or oriented, None
         mode = oriented.mode
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
             data, _, _ = _pil_to_array(oriented, path)
@@ -705,8 +718,8 @@ def _from_srgb(data: np.ndarray, icc_profile, fmt: str, path: Path) -> tuple[np.
     colour = 1 if channels in (1, 2) else 3
     if icc_profile is None:
         return data, None
-    if isinstance(icc_profile, str):
-        if icc_profile != SRGB:
+    if isinstance(icc_profile, str) or bytes(icc_profile) == srgb_profile():  # sRGB to sRGB: no conversion
+        if icc_profile not in (SRGB, srgb_profile()):
             raise PiSAError(f"Cannot write {str(path)!r}: icc_profile must be profile bytes, {SRGB!r} or None; "
                             f"got {icc_profile!r}.")
         return data, srgb_profile() if colour == 3 or fmt == "WEBP" else None  # WebP stores gray as RGB

@@ -935,12 +935,12 @@ def test_colours_outside_srgb_are_clipped_like_littlecms(tmp_path):
 
 def test_table_profiles_go_through_littlecms_at_8_bits(tmp_path, caplog):
     profile = table_rgb_profile()  # about the colours of a matrix profile with linear tone curves
-    levels = RNG.integers(0, 256, (8, 12, 4)).astype(np.uint8)
+    levels = np.random.default_rng(11).integers(0, 256, (8, 12, 4)).astype(np.uint8)
     source = tmp_path / "table.png"
     Image.fromarray(levels).save(source, icc_profile=profile)
     with caplog.at_level(logging.INFO, logger="pisa_core"):
         image, info = read_image(source)
-    assert info.icc_profile is None and info.channels == 4  # written as sRGB; alpha kept
+    assert info.icc_profile == srgb_profile() and info.channels == 4  # written as sRGB; alpha kept
     assert "table.png: converted from its ICC profile 'Test table RGB' to sRGB" in caplog.text
     expected = lcms_srgb(np.ascontiguousarray(levels[..., :3]), profile)
     np.testing.assert_allclose(image[..., :3].numpy(), expected, rtol=0, atol=1e-6)  # littleCMS's own result
@@ -963,6 +963,9 @@ def test_srgb_output_is_tagged_and_not_converted(tmp_path):
     back, info = read_image(tmp_path / "rgb.png")
     np.testing.assert_array_equal(levels_of(back, 8), quantize(image.numpy(), 8))  # values as given
     assert info.icc_profile == srgb_profile()
+    write_image(tmp_path / "again16.tif", back, bit_depth=16, icc_profile=info.icc_profile)  # the bytes: as SRGB
+    again, _ = read_image(tmp_path / "again16.tif")
+    assert torch.equal(again, back)
     write_image(tmp_path / "gray.png", torch.rand(6, 7, 1), icc_profile=SRGB)
     with Image.open(tmp_path / "gray.png") as im:
         assert "icc_profile" not in im.info and im.info.get("srgb") == 0  # the sRGB chunk: an RGB profile is not allowed
