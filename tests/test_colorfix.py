@@ -307,7 +307,9 @@ def test_lab_computes_in_float32_without_float64():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Dtypes(TorchDispatchMode):
-        seen: set = set()
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))

@@ -1076,11 +1076,11 @@ def test_special_files_get_an_accurate_error_and_never_block(tmp_path):
     folder.mkdir()
     cases = {fifo: "is a named pipe (FIFO), not an image file", folder: "is a folder, not an image file"}
     if os.path.exists("/dev/zero"):
-        cases[type(tmp_path)("/dev/zero")] = "is a character device, not an image file"
+        cases[type(tmp_path)("/dev/zero")] = "is a character device, not an image file"  # a Path
     done = {}
 
     def run():
-        for path, message in cases.items():
+        for path in cases:
             for function in (read_image, probe_image, to_pil_8bit, read_mask):
                 with pytest.raises(PiSAError) as error:
                     function(path)
