@@ -140,8 +140,10 @@ def _check_file(path: Path) -> None:
 
 
 def _open_pil(path: Path) -> Image.Image:
-    """Open with Pillow and check the format; PiSAError naming the file on any failure."""
+    """Open with Pillow and check the format and the frame count; PiSAError naming the file on
+    any failure."""
     _check_file(path)
+    _check_single_frame(path)
     try:
         im = Image.open(path)
     except UnidentifiedImageError as exc:
@@ -454,7 +456,7 @@ def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
     return orient_tensor(image, tiff.orientation).contiguous(), tiff.info
 
 
-def read_image(path) -> tuple[torch.Tensor, ImageInfo]:
+def read_image(path, *, convert_profile: bool = True) -> tuple[torch.Tensor, ImageInfo]:
     """Read an image file as ([H, W, C] float32 in 0..1, ImageInfo), EXIF orientation applied,
     colours in sRGB.
 
@@ -462,30 +464,35 @@ def read_image(path) -> tuple[torch.Tensor, ImageInfo]:
     images become RGB, or RGBA when they carry transparency. 16-bit samples (PNG, TIFF) are
     divided by 65535, 8-bit ones by 255. An embedded ICC profile is converted to sRGB (a matrix
     profile in float, keeping 16 bits, and kept in info.icc_profile for write_image; another one
-    through ImageCms at 8 bits), colours outside sRGB clipped. Files with several frames (an
-    animation, a multi-page TIFF) are refused, naming the frame count.
+    through ImageCms at 8 bits), colours outside sRGB clipped; convert_profile=False reads the
+    stored values as they are (masks: their levels are data, not colours). Files with several
+    frames (an animation, a multi-page TIFF) are refused, naming the frame count.
     """
     path = Path(path)
     _check_file(path)
     _check_single_frame(path)
+
+    def profile_of(data) -> Profile | None:
+        return _embedded_profile(path, data) if convert_profile else None
+
     tiff = _tiff16(path)
     if tiff is not None:
         image, info = _read_tiff16(path, tiff)
-        return _to_srgb(image, info, _embedded_profile(path, tiff.ifd.get(_Tag.ICC_PROFILE)), path)
+        return _to_srgb(image, info, profile_of(tiff.ifd.get(_Tag.ICC_PROFILE)), path)
     header = png_header(path)
     if header is not None and header[0] == 16:
         with _open_pil(path) as im:  # same format check and errors as every other file
             icc = im.info.get("icc_profile")
         image, info = _read_png16(path)
-        return _to_srgb(image, info, _embedded_profile(path, icc), path)
+        return _to_srgb(image, info, profile_of(icc), path)
     with _open_pil(path) as im:
         source_mode = im.mode
-        profile = _embedded_profile(path, im.info.get("icc_profile"))
+        profile = profile_of(im.info.get("icc_profile"))
         oriented = _load(im, path)
         converted = None
         if profile is not None and profile.matrix is None:
             converted, profile = _lcms_to_srgb(oriented, profile, path), None
-        data, max_value, bit_depth = _pil_to_array(converted or oriented, path)
+        data, max_value, bit_depth = _pil_to_array(oriented if converted is None else converted, path)
     image = torch.from_numpy(data.astype(np.float32) / np.float32(max_value))
     info = _info_for(data.shape[2], bit_depth, source_mode)
     if converted is not None:
@@ -569,9 +576,10 @@ def read_mask(path) -> torch.Tensor:
     its alpha, opaque = inside (a subject cut out of its background). Otherwise its brightness:
     white = inside (colour: BT.601 luma, white exactly 1). An alpha channel that is opaque
     everywhere marks no region (editors often save black-and-white drawings as RGBA), so such an
-    image is judged by its brightness too. Gray levels are soft masks.
+    image is judged by its brightness too. Gray levels are soft masks, taken as stored: an
+    embedded colour profile is not applied.
     """
-    image, _ = read_image(path)
+    image, _ = read_image(path, convert_profile=False)
     channels = image.shape[2]
     if channels in (2, 4) and not bool((image[..., -1] == 1).all()):
         return image[..., -1].contiguous()

@@ -1009,6 +1009,14 @@ def test_writing_in_a_profile_that_does_not_fit_is_one_line(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_masks_are_read_as_stored_without_their_profile(tmp_path):
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    path = tmp_path / "mask.png"
+    Image.fromarray(levels).save(path, icc_profile=gray_profile(gamma_curve(1.8)))
+    np.testing.assert_array_equal(levels_of(read_mask(path), 8), levels)
+    assert float((read_image(path)[0][..., 0] - read_mask(path)).abs().max()) > 10 / 255  # images: converted
+
+
 def test_to_pil_8bit_converts_the_profile_too(tmp_path):
     profile = rgb_profile()
     source = tmp_path / "wide.png"
@@ -1034,7 +1042,7 @@ def test_animated_and_multi_page_files_are_refused_with_their_frame_count(tmp_pa
     for name, extra in cases.items():
         frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], **extra)
     for name in cases:
-        for function in (read_image, probe_image):
+        for function in (read_image, probe_image, to_pil_8bit):
             with pytest.raises(PiSAError, match=rf"{name}' has 3 frames \(an animation or a multi-page file\)"):
                 function(tmp_path / name)
     levels = RNG.integers(0, 65536, (4, 5, 3)).astype(np.uint16)
