@@ -88,8 +88,9 @@ class ImageInfo:
     mode: Pillow's mode for the file ("RGB", "RGBA", "L", "LA", "P", "I;16", ...); 16-bit PNGs
     read through pypng report "L;16", "LA;16", "RGB;16" or "RGBA;16".
     icc_profile: the embedded ICC profile the colours were converted from (read_image) and that
-    write_image(icc_profile=...) converts back to; None when the colours were sRGB already (no
-    profile), or when the profile was converted by ImageCms and cannot be written back.
+    write_image(icc_profile=...) converts back to; None for a file without a (usable) profile,
+    whose colours are taken as sRGB; littleCMS's sRGB profile (icc.srgb_profile) when the
+    profile was converted by ImageCms and cannot be written back.
     """
 
     mode: str
@@ -629,7 +630,8 @@ def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
         profile = _embedded_profile(path, im.info.get("icc_profile"))
         oriented = _load(im, path, orient=exif_transpose)
         if profile is not None and profile.matrix is None:
-            oriented, profile = _lcms_to_srgb(oriented, profile, path) or oriented, None
+            converted, profile = _lcms_to_srgb(oriented, profile, path), None
+            oriented = oriented if converted is None else converted
         mode = oriented.mode
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
             data, _, _ = _pil_to_array(oriented, path)
@@ -640,10 +642,18 @@ def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
             mode == "P" and oriented.has_transparency_data)
         result = oriented.convert("RGBA" if has_alpha else "RGB")
     if profile is not None:
-        data = torch.from_numpy(np.asarray(result, dtype=np.float32) / np.float32(_MAX_8))
-        data, _ = _to_srgb(data, _info_for(data.shape[2], 8, result.mode), profile, path)
-        result = Image.fromarray(quantize(data.numpy(), 8))  # uint8 [H, W, 3 or 4]: RGB or RGBA
+        result = _srgb_8bit(result, mode in ("1", "L", "LA", "La"), profile, path)
     return result
+
+
+def _srgb_8bit(im: Image.Image, gray: bool, profile: Profile, path: Path) -> Image.Image:
+    """An "RGB"/"RGBA" image (R = G = B when the file is gray) from a matrix profile to sRGB,
+    rounded to 8 bits."""
+    data = torch.from_numpy(np.asarray(im, dtype=np.float32) / np.float32(_MAX_8))
+    colour = 1 if gray else 3
+    converted, _ = _to_srgb(data[..., :colour].contiguous(), _info_for(colour, 8, im.mode), profile, path)
+    data[..., :3] = converted
+    return Image.fromarray(quantize(data.numpy(), 8))  # uint8 [H, W, 3 or 4]: RGB or RGBA
 
 
 def _check_image(image, path: Path) -> np.ndarray:

@@ -1018,11 +1018,16 @@ def test_masks_are_read_as_stored_without_their_profile(tmp_path):
 
 
 def test_to_pil_8bit_converts_the_profile_too(tmp_path):
-    profile = rgb_profile()
     source = tmp_path / "wide.png"
-    Image.fromarray(near_gray_levels((8, 8, 3), 8)).save(source, icc_profile=profile)
+    Image.fromarray(near_gray_levels((8, 8, 3), 8)).save(source, icc_profile=rgb_profile())
     image, _ = read_image(source)
     np.testing.assert_array_equal(np.asarray(to_pil_8bit(source)), quantize(image.numpy(), 8))
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(gray, icc_profile=gray_profile())
+    image, _ = read_image(gray)
+    as_pil = np.asarray(to_pil_8bit(gray))
+    assert as_pil.shape == (8, 8, 3)
+    np.testing.assert_array_equal(as_pil, np.repeat(quantize(image.numpy(), 8), 3, axis=2))
 
 
 def test_rgb_profile_adobe_gamma_is_what_the_helper_claims():
