@@ -745,7 +745,11 @@ def _from_srgb(data: np.ndarray, icc_profile, fmt: str, path: Path) -> tuple[np.
         profile = parse_profile(bytes(icc_profile))
     except ProfileError as exc:
         raise PiSAError(f"Cannot write {str(path)!r} with its ICC profile: {exc}.") from None
-    if profile.matrix is None or profile.matrix.channels != colour or (colour == 1 and fmt == "WEBP"):
+    if colour == 1 and fmt == "WEBP" and profile.matrix is not None and profile.matrix.gray:
+        log.info("pisa-sr: %s: WebP stores gray as RGB, which the gray profile %r does not fit; written as sRGB",
+                 path, profile.description)
+        return data, srgb_profile()
+    if profile.matrix is None or profile.matrix.channels != colour:
         what = "gray" if colour == 1 else "colour"
         raise PiSAError(f"Cannot write {str(path)!r} in the ICC profile {profile.description!r}: it is not a "
                         f"matrix profile for a {what} {fmt} image; write it as sRGB.")

@@ -998,6 +998,15 @@ def test_unusable_profiles_are_reported_not_silent(tmp_path, caplog):
     assert "mismatched.png: its ICC profile 'Test wide RGB' is ignored (a RGB profile on a gray image)" in caplog.text
 
 
+def test_gray_webp_output_of_a_gray_profile_is_written_as_srgb(tmp_path, caplog):
+    image = torch.linspace(0, 1, 64).reshape(8, 8, 1)
+    with caplog.at_level(logging.INFO, logger="pisa_core"):
+        write_image(tmp_path / "gray.webp", image, icc_profile=gray_profile(), quality=100)
+    assert "gray.webp: WebP stores gray as RGB, which the gray profile 'Test gray' does not fit" in caplog.text
+    with Image.open(tmp_path / "gray.webp") as im:
+        assert im.info["icc_profile"] == srgb_profile()
+
+
 def test_writing_in_a_profile_that_does_not_fit_is_one_line(tmp_path):
     lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
     for image, profile, fragment in ((torch.rand(4, 4, 3), lab, "not a matrix profile for a colour PNG"),
