@@ -148,13 +148,19 @@ def _matrix_profile(data: bytes, space: str, tags: dict[bytes, bytes]) -> Matrix
     if any(tag in tags for tag in _LUT_TAGS) or data[20:24] != b"XYZ ":
         return None  # littleCMS prefers the tables where a profile has both
     if space == "GRAY" and b"kTRC" in tags:
-        return MatrixProfile(data, True, _curve(tags[b"kTRC"], grid)[None], None)
-    if space == "RGB" and all(tag in tags for tag in _RGB_TAGS):
+        profile = MatrixProfile(data, True, _curve(tags[b"kTRC"], grid)[None], None)
+    elif space == "RGB" and all(tag in tags for tag in _RGB_TAGS):
         colorants = [_s15(tags[tag][8:20]) for tag in _RGB_TAGS[:3]]
         to_pcs = torch.tensor(colorants, dtype=torch.float32).T  # columns: the colorants
+        if abs(float(torch.linalg.det(to_pcs))) < 1e-6:
+            raise ProfileError("its colorants are not independent (no inverse)")
         forward = torch.stack([_curve(tags[tag], grid) for tag in _RGB_TAGS[3:]])
-        return MatrixProfile(data, False, forward, to_pcs)
-    return None
+        profile = MatrixProfile(data, False, forward, to_pcs)
+    else:
+        return None
+    if not bool(torch.isfinite(profile.forward).all()):
+        raise ProfileError("a tone curve is not finite")
+    return profile
 
 
 def parse_profile(data: bytes) -> Profile:
@@ -167,7 +173,7 @@ def parse_profile(data: bytes) -> Profile:
     description = (cms.profile.profile_description or "").strip() or "unnamed"
     try:
         matrix = _matrix_profile(data, space, _tags(data))
-    except (struct.error, IndexError) as exc:
+    except (struct.error, IndexError, ZeroDivisionError) as exc:
         raise ProfileError(f"a tag is malformed ({exc})") from None
     return Profile(data, space, description, matrix)
 
@@ -182,6 +188,8 @@ def _pcs_to_srgb_linear() -> torch.Tensor:
 def _apply_curves(samples: torch.Tensor, x: torch.Tensor, inverse: bool) -> torch.Tensor:
     """Each channel of x [..., C] through its sampled curve (or the curve's inverse)."""
     grid = torch.linspace(0, 1, samples.shape[1])
+    if inverse:  # searchsorted needs the curve non-decreasing; a dip in a table would be a flat step
+        samples = torch.cummax(samples, dim=1).values
     out = [(_interp(x[..., c], samples[c], grid) if inverse else _interp(x[..., c], grid, samples[c]))
            for c in range(samples.shape[0])]
     return torch.stack(out, dim=-1)

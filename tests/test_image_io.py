@@ -988,13 +988,20 @@ def test_profile_text_chunks_and_16_bits_together(tmp_path):
 def test_unusable_profiles_are_reported_not_silent(tmp_path, caplog):
     broken = tmp_path / "broken.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(broken, icc_profile=b"this is no ICC profile")
+    zero = tmp_path / "zero.png"  # a parametric curve with a = 0, and colorants that are all zero
+    bad_curve = b"para\0\0\0\0" + struct.pack(">HH", 1, 0) + struct.pack(">3i", 2 << 16, 0, 0)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(zero, icc_profile=rgb_profile(curve=bad_curve))
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(flat, icc_profile=rgb_profile(((0, 0, 0),) * 3))
     mismatched = tmp_path / "mismatched.png"
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(mismatched, icc_profile=rgb_profile())
     with caplog.at_level(logging.WARNING, logger="pisa_core"):
-        for path in (broken, mismatched):
+        for path in (broken, zero, flat, mismatched):
             image, info = read_image(path)
             assert info.icc_profile is None and float(image.abs().max()) == 0.0
     assert "broken.png: its embedded ICC profile is ignored" in caplog.text
+    assert "zero.png: its embedded ICC profile is ignored (a tag is malformed" in caplog.text
+    assert "flat.png: its embedded ICC profile is ignored (its colorants are not independent" in caplog.text
     assert "mismatched.png: its ICC profile 'Test wide RGB' is ignored (a RGB profile on a gray image)" in caplog.text
 
 
