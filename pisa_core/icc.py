@@ -35,7 +35,6 @@ from .colorspace import (
 )
 
 _HEADER = 128
-_CURVE_SAMPLES = 16385  # samples of a tone curve for its inverse: steps of 1/16384, 4 levels of 16 bits
 _RGB_TAGS = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
 _LUT_TAGS = (b"A2B0", b"A2B1", b"A2B2", b"B2A0")
 # ICC.1:2010, 10.16: parameters of each parametric curve function type.
@@ -79,10 +78,18 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return fp[left] + weight * (fp[right] - fp[left])
 
 
-def _parametric(kind: int, p: list[float], x: torch.Tensor) -> torch.Tensor:
+def _interp_uniform(x: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """_interp for points evenly spaced over [0, 1]: the segment is found by arithmetic."""
+    position = x.clamp(0, 1) * (len(fp) - 1)
+    left = position.floor().long().clamp_(max=len(fp) - 2)
+    weight = position - left
+    return fp[left] + weight * (fp[left + 1] - fp[left])
+
+
+def _parametric(kind: int, p: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
     """ICC.1:2010, 10.16, Table 65: the five parametric curve functions."""
     if kind == 0:
-        return x ** p[0]
+        return x.clamp_min(0) ** p[0]
     g, a, b = p[:3]
     power = (a * x + b).clamp_min(0) ** g
     if kind == 1:
@@ -96,35 +103,76 @@ def _parametric(kind: int, p: list[float], x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= d, power + e, c * x + f)
 
 
-def _curve(tag: bytes, x: torch.Tensor) -> torch.Tensor:
-    """A tone curve tag ('curv', ICC.1:2010 10.5, or 'para', 10.16) evaluated at x in [0, 1]."""
+def _parametric_inverse(kind: int, p: tuple[float, ...], y: torch.Tensor) -> torch.Tensor:
+    """The inverse of _parametric on its increasing part: the power segment solved for x above
+    the value at the junction d, the linear segment below it (types 3 and 4)."""
+    if kind == 0:
+        return y.clamp_min(0) ** (1 / p[0])
+    g, a, b = p[:3]
+    offset = p[3] if kind == 2 else p[5] if kind == 4 else 0.0  # c of type 2, e of type 4
+    root = ((y - offset).clamp_min(0) ** (1 / g) - b) / a
+    if kind in (1, 2):
+        return root
+    c, d = p[3], p[4]
+    f = p[6] if kind == 4 else 0.0
+    junction = max(a * d + b, 0.0) ** g + offset
+    linear = (y - f) / c if c != 0 else torch.zeros_like(y)
+    return torch.where(y >= junction, root, linear)
+
+
+@dataclass(frozen=True)
+class ToneCurve:
+    """One tone curve (device value -> linear light): parametric (a 'para' type, or a 'curv'
+    gamma, which is type 0) evaluated exactly both ways, or a 'curv' table interpolated linearly
+    forward and inverted by searching the table."""
+
+    kind: int                     # parametric function type 0..4; -1 for a table
+    params: tuple[float, ...] = ()
+    table: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _interp_uniform(x, self.table) if self.table is not None else _parametric(self.kind, self.params, x)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        if self.table is None:
+            return _parametric_inverse(self.kind, self.params, y)
+        rising = torch.cummax(self.table, dim=0).values  # searching needs it non-decreasing
+        return _interp(y, rising, torch.linspace(0, 1, len(rising)))
+
+
+def _curve(tag: bytes) -> ToneCurve:
+    """A tone curve tag: 'curv' (ICC.1:2010, 10.5) or 'para' (10.16)."""
     kind = tag[:4]
     if kind == b"curv":
         (count,) = struct.unpack(">I", tag[8:12])
-        if count == 0:
-            return x
         values = struct.unpack(f">{count}H", tag[12:12 + 2 * count])
-        if count == 1:
-            return x ** (values[0] / 256.0)  # u8Fixed8Number gamma
-        table = torch.tensor(values, dtype=torch.float32) / 65535.0
-        return _interp(x, torch.linspace(0, 1, count), table)
+        if count <= 1:  # none: identity; one: a u8Fixed8Number gamma
+            return _checked(ToneCurve(0, (values[0] / 256.0 if values else 1.0,)))
+        return ToneCurve(-1, table=torch.tensor(values, dtype=torch.float32) / 65535.0)
     if kind == b"para":
         (function,) = struct.unpack(">H", tag[8:10])
         if function not in _PARA_COUNTS:
             raise ProfileError(f"unknown parametric curve type {function}")
-        params = _s15(tag[12:12 + 4 * _PARA_COUNTS[function]])
-        return _parametric(function, params, x)
+        return _checked(ToneCurve(function, tuple(_s15(tag[12:12 + 4 * _PARA_COUNTS[function]]))))
     raise ProfileError(f"unknown tone curve type {kind.decode('latin-1')!r}")
+
+
+def _checked(curve: ToneCurve) -> ToneCurve:
+    """A parametric curve that rises: a positive exponent g, and a ≠ 0 where it divides."""
+    g = curve.params[0]
+    if not g > 0 or (curve.kind > 0 and curve.params[1] == 0):
+        raise ProfileError(f"its parametric curve (type {curve.kind}, parameters {curve.params}) does not rise")
+    return curve
 
 
 @dataclass(frozen=True)
 class MatrixProfile:
-    """A matrix/TRC profile, ready to convert with: `forward` samples each tone curve (device
-    value -> linear) on a uniform grid; `to_pcs` maps linear RGB to XYZ (D50) (None for gray)."""
+    """A matrix/TRC profile, ready to convert with: one tone curve per channel (device value ->
+    linear); `to_pcs` maps linear RGB to XYZ (D50) (None for gray)."""
 
     data: bytes
     gray: bool
-    forward: torch.Tensor        # [channels, _CURVE_SAMPLES]
+    curves: tuple[ToneCurve, ...]
     to_pcs: torch.Tensor | None  # [3, 3]
 
     @property
@@ -144,23 +192,17 @@ class Profile:
 
 
 def _matrix_profile(data: bytes, space: str, tags: dict[bytes, bytes]) -> MatrixProfile | None:
-    grid = torch.linspace(0, 1, _CURVE_SAMPLES)
     if any(tag in tags for tag in _LUT_TAGS) or data[20:24] != b"XYZ ":
         return None  # littleCMS prefers the tables where a profile has both
     if space == "GRAY" and b"kTRC" in tags:
-        profile = MatrixProfile(data, True, _curve(tags[b"kTRC"], grid)[None], None)
-    elif space == "RGB" and all(tag in tags for tag in _RGB_TAGS):
+        return MatrixProfile(data, True, (_curve(tags[b"kTRC"]),), None)
+    if space == "RGB" and all(tag in tags for tag in _RGB_TAGS):
         colorants = [_s15(tags[tag][8:20]) for tag in _RGB_TAGS[:3]]
         to_pcs = torch.tensor(colorants, dtype=torch.float32).T  # columns: the colorants
         if abs(float(torch.linalg.det(to_pcs))) < 1e-6:
             raise ProfileError("its colorants are not independent (no inverse)")
-        forward = torch.stack([_curve(tags[tag], grid) for tag in _RGB_TAGS[3:]])
-        profile = MatrixProfile(data, False, forward, to_pcs)
-    else:
-        return None
-    if not bool(torch.isfinite(profile.forward).all()):
-        raise ProfileError("a tone curve is not finite")
-    return profile
+        return MatrixProfile(data, False, tuple(_curve(tags[tag]) for tag in _RGB_TAGS[3:]), to_pcs)
+    return None
 
 
 def parse_profile(data: bytes) -> Profile:
@@ -185,31 +227,28 @@ def _pcs_to_srgb_linear() -> torch.Tensor:
     return torch.linalg.inv(torch.tensor(SRGB_TO_XYZ, dtype=torch.float32)) @ to_d65
 
 
-def _apply_curves(samples: torch.Tensor, x: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """Each channel of x [..., C] through its sampled curve (or the curve's inverse)."""
-    grid = torch.linspace(0, 1, samples.shape[1])
-    if inverse:  # searchsorted needs the curve non-decreasing; a dip in a table would be a flat step
-        samples = torch.cummax(samples, dim=1).values
-    out = [(_interp(x[..., c], samples[c], grid) if inverse else _interp(x[..., c], grid, samples[c]))
-           for c in range(samples.shape[0])]
+def _apply_curves(curves: tuple[ToneCurve, ...], x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """Each channel of x [..., C] through its curve (or the curve's inverse)."""
+    planes = x.movedim(-1, 0).contiguous()  # one contiguous plane per channel
+    out = [curve.inverse(plane) if inverse else curve.forward(plane) for curve, plane in zip(curves, planes)]
     return torch.stack(out, dim=-1)
 
 
 def matrix_to_srgb(colour: torch.Tensor, profile: MatrixProfile) -> torch.Tensor:
     """Colour channels [..., C] (C = 1 gray or 3 RGB) in the profile -> sRGB in [0, 1], clipped."""
-    linear = _apply_curves(profile.forward, colour.float(), inverse=False)
+    linear = _apply_curves(profile.curves, colour.float().clamp(0, 1), inverse=False)
     if not profile.gray:
         linear = apply_matrix(_pcs_to_srgb_linear() @ profile.to_pcs, linear, dim=-1)
     return linear_to_srgb(linear.clamp(0, 1))  # gray: Y of the PCS is the sRGB gray's luminance
 
 
 def matrix_from_srgb(colour: torch.Tensor, profile: MatrixProfile) -> torch.Tensor:
-    """The inverse of matrix_to_srgb: sRGB [..., C] -> the profile's values in [0, 1]."""
+    """The inverse of matrix_to_srgb: sRGB [..., C] -> the profile's values in [0, 1], clipped."""
     linear = srgb_to_linear(colour.float().clamp(0, 1))
     if not profile.gray:
         to_srgb = _pcs_to_srgb_linear() @ profile.to_pcs
         linear = apply_matrix(torch.linalg.inv(to_srgb), linear, dim=-1)
-    return _apply_curves(profile.forward, linear.clamp(0, 1), inverse=True)
+    return _apply_curves(profile.curves, linear.clamp(0, 1), inverse=True).clamp(0, 1)
 
 
 @lru_cache(maxsize=1)

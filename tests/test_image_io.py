@@ -880,7 +880,7 @@ def test_16bit_input_with_a_profile_keeps_16_bits(tmp_path, name, suffix):
     out = tmp_path / f"out{suffix}"
     write_image(out, image, bit_depth=16, icc_profile=info.icc_profile)
     written = png16_levels(out) if suffix == ".png" else levels_of(read_image_raw_tiff(out), 16)
-    assert np.abs(written.astype(int) - levels.astype(int)).max() <= 8  # of 65535
+    assert np.abs(written.astype(int) - levels.astype(int)).max() <= 2  # of 65535
     with Image.open(out) as im:
         assert im.info["icc_profile"] == profile
 
@@ -920,7 +920,7 @@ def test_16bit_gray_with_a_gray_profile_keeps_16_bits(tmp_path):
     assert len(np.unique(levels_of(image, 16))) > 400
     out = tmp_path / "out.png"
     write_image(out, image, bit_depth=16, icc_profile=info.icc_profile)
-    assert np.abs(png16_levels(out).astype(int) - levels.astype(int)).max() <= 8
+    assert np.abs(png16_levels(out).astype(int) - levels.astype(int)).max() <= 2
 
 
 def test_colours_outside_srgb_are_clipped_like_littlecms(tmp_path):
@@ -1000,7 +1000,7 @@ def test_unusable_profiles_are_reported_not_silent(tmp_path, caplog):
             image, info = read_image(path)
             assert info.icc_profile is None and float(image.abs().max()) == 0.0
     assert "broken.png: its embedded ICC profile is ignored" in caplog.text
-    assert "zero.png: its embedded ICC profile is ignored (a tag is malformed" in caplog.text
+    assert "zero.png: its embedded ICC profile is ignored (its parametric curve (type 1" in caplog.text
     assert "flat.png: its embedded ICC profile is ignored (its colorants are not independent" in caplog.text
     assert "mismatched.png: its ICC profile 'Test wide RGB' is ignored (a RGB profile on a gray image)" in caplog.text
 
