@@ -123,7 +123,7 @@ def special_file_kind(path: Path) -> str | None:
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        return None
+        return "a broken symbolic link" if os.path.islink(path) else None
     for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket")):

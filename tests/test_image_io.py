@@ -24,6 +24,7 @@ from icc_profiles import (
     gray_profile,
     para_curve,
     rgb_profile,
+    table_curve,
     table_rgb_profile,
 )
 from PIL import Image, ImageCms, features
@@ -779,6 +780,7 @@ def test_output_format(tmp_path):
 WIDE_PROFILES = {
     "adobe-gamma": lambda: rgb_profile(),
     "p3-parametric": lambda: rgb_profile(DISPLAY_P3, para_curve(SRGB_PARA), "Test P3"),
+    "adobe-table": lambda: rgb_profile(curve=table_curve(np.linspace(0, 1, 1024) ** ADOBE_GAMMA)),
 }
 
 
@@ -1103,7 +1105,10 @@ def test_special_files_get_an_accurate_error_and_never_block(tmp_path):
     os.mkfifo(fifo)
     folder = tmp_path / "folder.png"
     folder.mkdir()
-    cases = {fifo: "is a named pipe (FIFO), not an image file", folder: "is a folder, not an image file"}
+    broken = tmp_path / "gone.png"
+    broken.symlink_to(tmp_path / "missing.png")
+    cases = {fifo: "is a named pipe (FIFO), not an image file", folder: "is a folder, not an image file",
+             broken: "is a broken symbolic link, not an image file"}
     if os.path.exists("/dev/zero"):
         cases[type(tmp_path)("/dev/zero")] = "is a character device, not an image file"  # a Path
     done = {}
