@@ -304,22 +304,10 @@ def test_lab_keeps_16_bit_precision_through_files(tmp_path):
 
 def test_lab_computes_in_float32_without_float64():
     """Apple's MPS has no float64: no float64 tensor is made anywhere in the LAB fix."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Dtypes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor):
-                    self.seen.add(t.dtype)
-            return out
+    from test_pipeline import DtypeRecorder
 
     image, ref = smooth_image(1, 3, 8, 8, seed=25), smooth_image(1, 3, 8, 8, seed=26)
-    with Dtypes() as mode:
+    with DtypeRecorder() as recorder:
         out = apply_color_fix(image.half(), ref.half(), "lab")
     assert out.dtype == torch.float32
-    assert torch.float32 in mode.seen and torch.float64 not in mode.seen
+    assert torch.float32 in recorder.dtypes and torch.float64 not in recorder.dtypes
