@@ -391,8 +391,9 @@ class _StageLog:
 
 
 def _upscale_one(pipe, job: Job, call: dict, args, label: str):
-    """Read and super-resolve one input -> ([H, W, C] in [0, 1], its ImageInfo). With a mask, λ are maps over the
-    input: the masked λ inside, the plain ones outside (the pipeline resizes them like the image)."""
+    """Read and super-resolve one input -> ([H, W, C] in [0, 1], its ImageInfo). With a mask, λ are
+    maps over the input: the masked λ inside, the plain ones outside (the pipeline resizes them
+    like the image)."""
     from .guidance import masked_lambda
     from .image_io import read_image, read_mask, to_pil_8bit
 
@@ -495,9 +496,8 @@ def _load_pipeline(args, device, tally: Tally):
 
 def summary_line(tally: Tally) -> str:
     """`pisa-sr: 3 images written, 4.87 s per image, model loaded in 6.2 s (bf16 on cpu)`, then
-    `; N skipped (...)`, `; N skipped as not images: name (reason)` and `; N failed: names` when there
-    are any. Benchmarks parse the first
-    part: keep its wording."""
+    `; N skipped (...)`, `; N skipped as not images: name (reason)` and `; N failed: names` when
+    there are any. Benchmarks parse the first part: keep its wording."""
     count = len(tally.written)
     parts = [f"{count} image{'' if count == 1 else 's'} written"]
     if count:

@@ -1,9 +1,9 @@
-"""Colour correction of the super-resolved image against the enlarged LQ image (docs/release.md,
-"Colour fix").
+"""Colour correction of the super-resolved image against the enlarged LQ image: AdaIN and wavelet
+(docs/release.md, "Colour fix") and mean/std matching in CIELAB (docs/images.md, "Colour fix").
 
-Works on float tensors [B, C, H, W] in [0, 1], any channel count, each batch image on its own,
-computed in float32 and clamped to [0, 1]. The release converts to 8-bit PIL images around these
-steps; we keep full precision.
+Works on float tensors [B, C, H, W] in [0, 1], any channel count (lab: gray or RGB, then alpha),
+each batch image on its own, computed in float32 and clamped to [0, 1]. The release converts to
+8-bit PIL images around these steps; we keep full precision.
 """
 
 from __future__ import annotations
