@@ -74,6 +74,7 @@ def _add_upscale_parser(sub) -> None:
                    help="torch.compile the UNet and VAE (slow first image; faster later ones on GPUs)")
     options.add_cli_argument(p, "sample")
     options.add_cli_argument(p, "seed")
+    options.add_cli_argument(p, "output_profile")
     p.set_defaults(func=_run_upscale)
 
 
@@ -337,6 +338,7 @@ class Tally:
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    not_images: list[tuple[Path, str]] = field(default_factory=list)  # folder entries left out, with the reason
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0                     # processing time of the written images, model loading excluded
     load_seconds: float | None = None
@@ -391,18 +393,19 @@ class _StageLog:
 
 
 def _upscale_one(pipe, job: Job, call: dict, args, label: str):
-    """Read and super-resolve one input -> [H, W, C] in [0, 1]. With a mask, λ are maps over the
-    input: the masked λ inside, the plain ones outside (the pipeline resizes them like the image)."""
+    """Read and super-resolve one input -> ([H, W, C] in [0, 1], its ImageInfo). With a mask, λ are
+    maps over the input: the masked λ inside, the plain ones outside (the pipeline resizes them
+    like the image)."""
     from .guidance import masked_lambda
     from .image_io import read_image, read_mask, to_pil_8bit
 
-    image, _ = read_image(job.source)
+    image, info = read_image(job.source)
     batch = [to_pil_8bit(job.source)] if job.release_pil else image.unsqueeze(0)
     if job.mask is not None:
         mask = read_mask(job.mask)
         call = {**call, **{plain: masked_lambda(call[plain], getattr(args, inside), mask)
                            for inside, plain in MASKED_LAMBDAS.items()}}
-    return pipe(batch, progress=_StageLog(label), **call)[0]
+    return pipe(batch, progress=_StageLog(label), **call)[0], info
 
 
 def _model_file(path) -> dict:
@@ -440,7 +443,7 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     """Every job in turn. An input that fails (unreadable pixels, out of memory) is reported and
     the others go on; a failed write stops the run (the next image would fail the same way)."""
     from . import memory
-    from .image_io import write_image
+    from .image_io import SRGB, write_image
 
     call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
     shared = run_settings(args, pipe)
@@ -450,7 +453,7 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
             print(f"process {state.process_index}: {job.source.name}", flush=True)
         tic = time.perf_counter()
         try:
-            result = _upscale_one(pipe, job, call, args, label)
+            result, info = _upscale_one(pipe, job, call, args, label)
         except PiSAError as error:
             tally.fail(job.source, error)
             continue
@@ -461,7 +464,9 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
             tally.fail(job.source, PiSAError(f"{job.source}: out of memory; lower --latent-tile or --vae-tile."))
             continue
         text = {SETTINGS_KEYWORD: json.dumps(image_settings(shared, job, args), ensure_ascii=False)}
-        write_image(job.target, result, bit_depth=job.bit_depth, overwrite=args.overwrite, text=text)
+        profile = info.icc_profile if args.output_profile == "input" else SRGB
+        write_image(job.target, result, bit_depth=job.bit_depth, overwrite=args.overwrite, text=text,
+                    icc_profile=profile)
         seconds = time.perf_counter() - tic
         tally.written.append(job.target)
         tally.seconds += seconds
@@ -493,8 +498,8 @@ def _load_pipeline(args, device, tally: Tally):
 
 def summary_line(tally: Tally) -> str:
     """`pisa-sr: 3 images written, 4.87 s per image, model loaded in 6.2 s (bf16 on cpu)`, then
-    `; N skipped (...)` and `; N failed: names` when there are any. Benchmarks parse the first
-    part: keep its wording."""
+    `; N skipped (...)`, `; N skipped as not images: name (reason)` and `; N failed: names` when
+    there are any. Benchmarks parse the first part: keep its wording."""
     count = len(tally.written)
     parts = [f"{count} image{'' if count == 1 else 's'} written"]
     if count:
@@ -504,6 +509,10 @@ def summary_line(tally: Tally) -> str:
     line = "pisa-sr: " + ", ".join(parts)
     if tally.skipped:
         line += f"; {len(tally.skipped)} skipped (output exists; --overwrite replaces it)"
+    if tally.not_images:
+        names = ", ".join(f"{source.name} ({reason})" for source, reason in tally.not_images[:LISTED_FAILURES])
+        more = ", ..." if len(tally.not_images) > LISTED_FAILURES else ""
+        line += f"; {len(tally.not_images)} skipped as not images: {names}{more}"
     if tally.failed:
         names = ", ".join(str(source) for source, _ in tally.failed[:LISTED_FAILURES])
         more = ", ..." if len(tally.failed) > LISTED_FAILURES else ""
@@ -514,10 +523,12 @@ def summary_line(tally: Tally) -> str:
 def _plan_upscale(args, state, tally: Tally) -> list[Job]:
     """Everything checked before the model loads: options, output names (never an input, no
     collisions), existing outputs, every input's header and planned sizes, the output folders."""
-    from .image_io import check_output_folder, list_inputs
+    from .image_io import IMAGE_EXTENSIONS, check_output_folder, list_inputs_and_skipped
 
     _check_upscale_options(args)
-    files = list_inputs(args.inputs)
+    files, tally.not_images = list_inputs_and_skipped(args.inputs)
+    for source, reason in tally.not_images:
+        log.info("pisa-sr: skipping %s: %s (inputs are %s)", source, reason, ", ".join(IMAGE_EXTENSIONS))
     pairs = _upscale_targets(files, Path(args.output))
     check_targets(pairs)
     masks = match_masks(pairs, args.mask)

@@ -1,9 +1,9 @@
-"""Colour correction of the super-resolved image against the enlarged LQ image (docs/release.md,
-"Colour fix").
+"""Colour correction of the super-resolved image against the enlarged LQ image: AdaIN and wavelet
+(docs/release.md, "Colour fix") and mean/std matching in CIELAB (docs/images.md, "Colour fix").
 
-Works on float tensors [B, C, H, W] in [0, 1], any channel count, each batch image on its own,
-computed in float32 and clamped to [0, 1]. The release converts to 8-bit PIL images around these
-steps; we keep full precision.
+Works on float tensors [B, C, H, W] in [0, 1], any channel count (lab: gray or RGB, then alpha),
+each batch image on its own, computed in float32 and clamped to [0, 1]. The release converts to
+8-bit PIL images around these steps; we keep full precision.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .colorspace import gray_to_lightness, lab_to_xyz, lightness_to_gray, srgb_to_xyz, xyz_to_lab, xyz_to_srgb
 from .errors import PiSAError
+from .options import COLOR_FIXES as MODES
 
 ADAIN_EPS = 1e-5
 WAVELET_LEVELS = 5
-MODES = ("adain", "wavelet", "none")
 
 
 def _check_pair(image, reference, what: str) -> None:
@@ -42,10 +43,7 @@ def channel_mean_std(x: torch.Tensor, eps: float = ADAIN_EPS) -> tuple[torch.Ten
 def adain_color_fix(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """AdaIN: (image - mean_image) / std_image * std_ref + mean_ref per image and channel, clamped to [0, 1]."""
     _check_pair(image, reference, "AdaIN colour fix")
-    image, reference = image.float(), reference.float()
-    mean_i, std_i = channel_mean_std(image)
-    mean_r, std_r = channel_mean_std(reference)
-    return ((image - mean_i) / std_i * std_r + mean_r).clamp_(0.0, 1.0)
+    return match_mean_std(image.float(), reference.float()).clamp_(0.0, 1.0)
 
 
 def wavelet_blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -79,8 +77,34 @@ def wavelet_color_fix(image: torch.Tensor, reference: torch.Tensor, levels: int 
     return (high + low).clamp_(0.0, 1.0)
 
 
+def match_mean_std(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """(x - mean_x) / std_x * std_ref + mean_ref per image and channel (channel_mean_std)."""
+    mean_x, std_x = channel_mean_std(x)
+    mean_r, std_r = channel_mean_std(reference)
+    return (x - mean_x) / std_x * std_r + mean_r
+
+
+def lab_color_fix(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean and standard deviation of L*, a* and b* matched to the reference's, per image:
+    sRGB -> linear -> XYZ (D65) -> CIELAB (colorspace.py), match_mean_std, and back, clamped to
+    [0, 1]. C = 3 is RGB; C = 1 is gray (L* only, a* = b* = 0); a 2nd or 4th channel (alpha)
+    keeps the image's values."""
+    _check_pair(image, reference, "LAB colour fix")
+    image, reference = image.float(), reference.float()
+    colour = {1: 1, 2: 1, 3: 3, 4: 3}.get(image.shape[1])
+    if colour is None:
+        raise PiSAError(f"LAB colour fix: expected 1 to 4 channels (gray or RGB, then alpha), found {image.shape[1]}.")
+    rgb, ref = image[:, :colour].clamp(0, 1), reference[:, :colour].clamp(0, 1)
+    if colour == 1:
+        fixed = lightness_to_gray(match_mean_std(gray_to_lightness(rgb), gray_to_lightness(ref)))
+    else:
+        lab = match_mean_std(xyz_to_lab(srgb_to_xyz(rgb)), xyz_to_lab(srgb_to_xyz(ref)))
+        fixed = xyz_to_srgb(lab_to_xyz(lab))
+    return torch.cat([fixed, image[:, colour:]], dim=1).clamp_(0.0, 1.0)
+
+
 def apply_color_fix(image: torch.Tensor, reference: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """Dispatch on mode: "adain" | "wavelet" | "none" (the image unchanged; reference may be None)."""
+    """Dispatch on mode: "adain" | "wavelet" | "lab" | "none" (the image unchanged; reference may be None)."""
     key = mode.strip().lower() if isinstance(mode, str) else mode
     if key == "none":
         return image
@@ -88,4 +112,6 @@ def apply_color_fix(image: torch.Tensor, reference: torch.Tensor | None, mode: s
         return adain_color_fix(image, reference)
     if key == "wavelet":
         return wavelet_color_fix(image, reference)
+    if key == "lab":
+        return lab_color_fix(image, reference)
     raise PiSAError(f"colour fix: mode must be one of {', '.join(MODES)}, found {mode!r}.")

@@ -1,11 +1,15 @@
-"""Image files in and out for the CLI: 8/16-bit, gray, alpha, EXIF orientation, input lists,
-header checks, region masks, PNG text chunks and safe writes.
+"""Image files in and out for the CLI: 8/16-bit, gray, alpha, EXIF orientation, ICC colour
+profiles, input lists, header checks, region masks, PNG text chunks and safe writes.
 
 Images are tensors [H, W, C] float32 in 0..1 with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or
 4 (RGBA). Pillow reads and writes most of it, but it keeps colour samples in 8 bits: it silently
 reduces 16-bit colour/alpha PNGs and TIFFs to 8 bit and cannot write them. So 16-bit PNGs go
 through pypng, 16-bit colour/alpha TIFFs are decoded by Pillow as a gray 16-bit view of the same
 strips (`_read_tiff16`), and TIFFs are written by the small baseline writer here (`_write_tiff`).
+
+Colours are sRGB in memory: an embedded ICC profile is converted to sRGB on reading (icc.py) and
+kept in ImageInfo, so write_image can convert back to it and embed it again. Tensors handed to the
+pipeline are taken as sRGB.
 
 Writes never leave a partial file under the final name: the bytes go to a hidden temporary file
 in the same folder, which is renamed over the target only once it is complete (`atomic_output`).
@@ -15,6 +19,9 @@ from __future__ import annotations
 
 import glob
 import io
+import logging
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -28,6 +35,18 @@ from PIL.PngImagePlugin import PngInfo
 
 from .atomic import atomic_output, temporary_path
 from .errors import PiSAError
+from .icc import (
+    Profile,
+    ProfileError,
+    lcms_to_srgb,
+    matrix_from_srgb,
+    matrix_to_srgb,
+    parse_profile,
+    profile_mode,
+    srgb_profile,
+)
+
+log = logging.getLogger(__name__)
 
 #: Pillow format names we read (MPO is how Pillow opens many phone-camera JPEGs).
 READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
@@ -37,6 +56,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 #: Output formats that hold 16-bit samples.
 SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
+#: write_image's icc_profile value for "sRGB, tagged as such" (no conversion).
+SRGB = "srgb"
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
@@ -57,6 +78,7 @@ class _Tag:
     STRIP_OFFSETS, ORIENTATION, SAMPLES, ROWS_PER_STRIP, STRIP_COUNTS = 273, 274, 277, 278, 279
     PLANAR, PREDICTOR, TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_COUNTS = 284, 317, 322, 323, 324, 325
     EXTRA_SAMPLES, SAMPLE_FORMAT = 338, 339
+    NEW_SUBFILE_TYPE, ICC_PROFILE = 254, 34675
 
 
 @dataclass
@@ -65,6 +87,10 @@ class ImageInfo:
 
     mode: Pillow's mode for the file ("RGB", "RGBA", "L", "LA", "P", "I;16", ...); 16-bit PNGs
     read through pypng report "L;16", "LA;16", "RGB;16" or "RGBA;16".
+    icc_profile: the embedded ICC profile the colours were converted from (read_image) and that
+    write_image(icc_profile=...) converts back to; None for a file without a (usable) profile,
+    whose colours are taken as sRGB; littleCMS's sRGB profile (icc.srgb_profile) when the
+    profile was converted by ImageCms and cannot be written back.
     """
 
     mode: str
@@ -72,6 +98,7 @@ class ImageInfo:
     channels: int  # 1..4, the C of the tensor read_image returns
     has_alpha: bool
     gray: bool
+    icc_profile: bytes | None = None
 
 
 def png_header(path) -> tuple[int, int] | None:
@@ -89,16 +116,35 @@ def _info_for(channels: int, bit_depth: int, mode: str) -> ImageInfo:
                      has_alpha=channels in (2, 4), gray=channels in (1, 2))
 
 
+def special_file_kind(path: Path) -> str | None:
+    """What a path that exists but is no regular file is ("a folder", "a named pipe (FIFO)", ...),
+    from its status alone: a FIFO is never opened (opening one blocks until a writer comes).
+    None for a regular file or a path that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else None
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise PiSAError(f"Image file {str(path)!r} does not exist.")
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise PiSAError(f"Image path {str(path)!r} is {kind}, not an image file.")
     if not path.is_file():
-        raise PiSAError(f"Image path {str(path)!r} is not a file (expected an image file).")
+        raise PiSAError(f"Image file {str(path)!r} does not exist.")
 
 
 def _open_pil(path: Path) -> Image.Image:
-    """Open with Pillow and check the format; PiSAError naming the file on any failure."""
+    """Open with Pillow and check the format and the frame count; PiSAError naming the file on
+    any failure."""
     _check_file(path)
+    _check_single_frame(path)
     try:
         im = Image.open(path)
     except UnidentifiedImageError as exc:
@@ -110,7 +156,47 @@ def _open_pil(path: Path) -> Image.Image:
         fmt = im.format
         im.close()
         raise PiSAError(f"Image {str(path)!r} is {fmt}; expected PNG, JPEG, WebP, TIFF or BMP.")
+    frames = 1 if im.format in ("MPO", "TIFF") else getattr(im, "n_frames", 1)
+    if frames > 1:
+        im.close()
+        _refuse_frames(path, frames)
     return im
+
+
+def _refuse_frames(path: Path, frames: int) -> None:
+    raise PiSAError(f"Image {str(path)!r} has {frames} frames (an animation or a multi-page file); "
+                    "PiSA-SR upscales single images: extract the frame you want first.")
+
+
+def _tiff_pages(path: Path) -> int:
+    """The full-resolution images of a TIFF file (0 when it is not a TIFF): directories whose
+    NewSubfileType does not mark a reduced-resolution copy (a thumbnail, which is not counted).
+    MPO files (phone JPEGs) hold a preview as their second frame and are not counted either."""
+    pages, seen = 0, set()
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head[:4] not in _TIFF_SIGNATURES:
+            return 0
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
+        offset = ifd.next
+        while offset and offset not in seen and len(seen) < 1024:
+            seen.add(offset)
+            try:
+                f.seek(offset)
+                ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
+                ifd.load(f)
+            except (OSError, SyntaxError, ValueError, KeyError, struct.error):
+                break  # a broken directory chain: the reader reports what it cannot decode
+            pages += not (_tag(ifd, _Tag.NEW_SUBFILE_TYPE, 0)[0] & 1)
+            offset = ifd.next
+    return pages
+
+
+def _check_single_frame(path: Path) -> None:
+    """Refuse a multi-page TIFF by name and page count (other formats: _open_pil)."""
+    pages = _tiff_pages(path)
+    if pages > 1:
+        _refuse_frames(path, pages)
 
 
 def _load(im: Image.Image, path: Path, *, orient: bool = True) -> Image.Image:
@@ -298,8 +384,9 @@ def _tiff16(path: Path) -> _Tiff16 | None:
 
 def _tiff_ifd(entries: dict[int, tuple[str, list[int]]], order: str, at: int) -> bytes:
     """One TIFF directory placed at byte `at` of its file, no next directory. entries: tag ->
-    (struct code "H" SHORT or "I" LONG, values); values longer than 4 bytes follow the directory."""
-    types = {"H": 3, "I": 4}
+    (struct code "B" UNDEFINED, "H" SHORT or "I" LONG, values); values longer than 4 bytes follow
+    the directory."""
+    types = {"B": 7, "H": 3, "I": 4}  # UNDEFINED bytes, SHORT, LONG
     extra_at = at + 2 + 12 * len(entries) + 4
     table, extra = [], b""
     for tag in sorted(entries):
@@ -370,28 +457,117 @@ def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
     return orient_tensor(image, tiff.orientation).contiguous(), tiff.info
 
 
-def read_image(path) -> tuple[torch.Tensor, ImageInfo]:
-    """Read an image file as ([H, W, C] float32 in 0..1, ImageInfo), EXIF orientation applied.
+def read_image(path, *, convert_profile: bool = True) -> tuple[torch.Tensor, ImageInfo]:
+    """Read an image file as ([H, W, C] float32 in 0..1, ImageInfo), EXIF orientation applied,
+    colours in sRGB.
 
     PNG, JPEG, WebP, TIFF, BMP. C is 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA); palette
     images become RGB, or RGBA when they carry transparency. 16-bit samples (PNG, TIFF) are
-    divided by 65535, 8-bit ones by 255. Multi-frame files give their first frame.
+    divided by 65535, 8-bit ones by 255. An embedded ICC profile is converted to sRGB (a matrix
+    profile in float, keeping 16 bits, and kept in info.icc_profile for write_image; another one
+    through ImageCms at 8 bits), colours outside sRGB clipped; convert_profile=False reads the
+    stored values as they are (masks: their levels are data, not colours). Files with several
+    frames (an animation, a multi-page TIFF) are refused, naming the frame count.
     """
     path = Path(path)
     _check_file(path)
+    _check_single_frame(path)
+
+    def profile_of(data) -> Profile | None:
+        return _embedded_profile(path, data) if convert_profile else None
+
     tiff = _tiff16(path)
     if tiff is not None:
-        return _read_tiff16(path, tiff)
+        image, info = _read_tiff16(path, tiff)
+        return _to_srgb(image, info, profile_of(tiff.ifd.get(_Tag.ICC_PROFILE)), path)
     header = png_header(path)
     if header is not None and header[0] == 16:
-        _open_pil(path).close()  # same format check and errors as every other file
-        return _read_png16(path)
+        with _open_pil(path) as im:  # same format check and errors as every other file
+            icc = im.info.get("icc_profile")
+        image, info = _read_png16(path)
+        return _to_srgb(image, info, profile_of(icc), path)
     with _open_pil(path) as im:
         source_mode = im.mode
+        profile = profile_of(im.info.get("icc_profile"))
         oriented = _load(im, path)
-        data, max_value, bit_depth = _pil_to_array(oriented, path)
+        converted = None
+        if profile is not None and profile.matrix is None:
+            converted, profile = _lcms_to_srgb(oriented, profile, path), None
+        data, max_value, bit_depth = _pil_to_array(oriented if converted is None else converted, path)
     image = torch.from_numpy(data.astype(np.float32) / np.float32(max_value))
-    return image.contiguous(), _info_for(data.shape[2], bit_depth, source_mode)
+    info = _info_for(data.shape[2], bit_depth, source_mode)
+    if converted is not None:
+        info.icc_profile = srgb_profile()  # the output is tagged as sRGB
+        return image.contiguous(), info
+    return _to_srgb(image.contiguous(), info, profile, path)
+
+
+# --- ICC colour profiles --------------------------------------------------------------------------
+
+
+def _embedded_profile(path: Path, data) -> Profile | None:
+    """The parsed profile, or None without one; a profile that cannot be parsed is reported and
+    ignored (the colours are read as sRGB, as by viewers that do not manage colour)."""
+    if not data:
+        return None
+    try:
+        return parse_profile(bytes(data))
+    except ProfileError as exc:
+        log.warning("pisa-sr: %s: its embedded ICC profile is ignored (%s); its colours are read as sRGB", path, exc)
+        return None
+
+
+def _ignore_profile(path: Path, profile: Profile, why: str) -> None:
+    log.warning("pisa-sr: %s: its ICC profile %r is ignored (%s); its colours are read as sRGB", path,
+                profile.description, why)
+
+
+def _to_srgb(image: torch.Tensor, info: ImageInfo, profile: Profile | None,
+             path: Path) -> tuple[torch.Tensor, ImageInfo]:
+    """The colour channels from a matrix profile to sRGB, in float (16 bits stay 16 bits); the
+    profile goes into info.icc_profile for the output."""
+    if profile is None:
+        return image, info
+    if profile.data == srgb_profile():  # what write_image tags sRGB with: nothing to convert
+        info.icc_profile = profile.data
+        return image, info
+    if profile.matrix is None:
+        _refuse_16bit_table(path, profile)
+    colour = 1 if info.gray else 3
+    if profile.matrix.channels != colour:
+        _ignore_profile(path, profile, f"a {profile.space} profile on a {'gray' if info.gray else 'colour'} image")
+        return image, info
+    image = image.clone()
+    image[..., :colour] = matrix_to_srgb(image[..., :colour], profile.matrix)
+    info.icc_profile = profile.data
+    return image, info
+
+
+def _refuse_16bit_table(path: Path, profile: Profile) -> None:
+    raise PiSAError(f"Image {str(path)!r} has 16-bit samples and a table-based ICC profile "
+                    f"({profile.description!r}), which is converted at 8 bits only; convert it to sRGB or "
+                    "to 8 bits first.")
+
+
+def _lcms_to_srgb(im: Image.Image, profile: Profile, path: Path) -> Image.Image | None:
+    """An 8-bit image with a table-based, CMYK or Lab profile -> sRGB through ImageCms (its
+    output is written as sRGB: the profile is not written back); None when the profile does not
+    fit the image (reported, ignored). 16-bit gray is refused by name."""
+    if im.mode.startswith("I") or im.mode == "F":
+        _refuse_16bit_table(path, profile)
+    rgb_modes = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA")
+    if profile.space == "GRAY" or not (im.mode == profile_mode(profile) or
+                                       (profile_mode(profile) == "RGB" and im.mode in rgb_modes)):
+        _ignore_profile(path, profile, f"a {profile.space} table profile on a {im.mode} image")
+        return None
+    try:
+        converted = lcms_to_srgb(im, profile)
+    except (OSError, ValueError) as exc:  # ImageCms.PyCMSError is an OSError
+        raise PiSAError(f"Cannot convert the colours of {str(path)!r} from its ICC profile "
+                        f"{profile.description!r} to sRGB: {exc}.") from None
+    log.info("pisa-sr: %s: converted from its ICC profile %r to sRGB; its output is written as sRGB", path,
+             profile.description)
+    return converted
 
 
 def read_mask(path) -> torch.Tensor:
@@ -401,9 +577,10 @@ def read_mask(path) -> torch.Tensor:
     its alpha, opaque = inside (a subject cut out of its background). Otherwise its brightness:
     white = inside (colour: BT.601 luma, white exactly 1). An alpha channel that is opaque
     everywhere marks no region (editors often save black-and-white drawings as RGBA), so such an
-    image is judged by its brightness too. Gray levels are soft masks.
+    image is judged by its brightness too. Gray levels are soft masks, taken as stored: an
+    embedded colour profile is not applied.
     """
-    image, _ = read_image(path)
+    image, _ = read_image(path, convert_profile=False)
     channels = image.shape[2]
     if channels in (2, 4) and not bool((image[..., -1] == 1).all()):
         return image[..., -1].contiguous()
@@ -420,6 +597,7 @@ def probe_image(path) -> tuple[ImageInfo, tuple[int, int]]:
     naming the file otherwise. A file whose pixel data is damaged passes; read_image reports it."""
     path = Path(path)
     _check_file(path)
+    _check_single_frame(path)
     tiff = _tiff16(path)
     if tiff is not None:
         return tiff.info, tiff.size
@@ -444,11 +622,16 @@ def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
     Pillow's own convert() is used, so 8-bit files give exactly what Image.open(p).convert("RGB")
     gives in the release. 16-bit gray, which Pillow's convert() would clip to 255, is scaled to
     8 bit first (round(v / 257)). 16-bit colour PNGs come as Pillow decodes them (8 bit).
-    exif_transpose applies the EXIF orientation, as read_image does.
+    exif_transpose applies the EXIF orientation, as read_image does. An embedded colour profile
+    is converted to sRGB as by read_image, then rounded to 8 bits.
     """
     path = Path(path)
     with _open_pil(path) as im:
+        profile = _embedded_profile(path, im.info.get("icc_profile"))
         oriented = _load(im, path, orient=exif_transpose)
+        if profile is not None and profile.matrix is None:
+            converted, profile = _lcms_to_srgb(oriented, profile, path), None
+            oriented = oriented if converted is None else converted
         mode = oriented.mode
         if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
             data, _, _ = _pil_to_array(oriented, path)
@@ -458,7 +641,19 @@ def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
         has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or (
             mode == "P" and oriented.has_transparency_data)
         result = oriented.convert("RGBA" if has_alpha else "RGB")
+    if profile is not None:
+        result = _srgb_8bit(result, mode in ("1", "L", "LA", "La"), profile, path)
     return result
+
+
+def _srgb_8bit(im: Image.Image, gray: bool, profile: Profile, path: Path) -> Image.Image:
+    """An "RGB"/"RGBA" image (R = G = B when the file is gray) from a matrix profile to sRGB,
+    rounded to 8 bits."""
+    data = torch.from_numpy(np.asarray(im, dtype=np.float32) / np.float32(_MAX_8))
+    colour = 1 if gray else 3
+    converted, _ = _to_srgb(data[..., :colour].contiguous(), _info_for(colour, 8, im.mode), profile, path)
+    data[..., :3] = converted
+    return Image.fromarray(quantize(data.numpy(), 8))  # uint8 [H, W, 3 or 4]: RGB or RGBA
 
 
 def _check_image(image, path: Path) -> np.ndarray:
@@ -502,7 +697,7 @@ def output_format(path, bit_depth: int = 8, channels: int | None = None) -> str:
 
 
 def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite: bool = True,
-                text: dict[str, str] | None = None) -> None:
+                text: dict[str, str] | None = None, icc_profile: bytes | str | None = None) -> None:
     """Write [H, W, C] float 0..1 (C 1..4) to PNG or TIFF (8 or 16 bit), JPEG or WebP (8 bit).
 
     Values are clamped to 0..1 and rounded. JPEG has no alpha: C = 2 or 4 to JPEG is refused
@@ -511,10 +706,15 @@ def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite
     The file appears whole or not at all (atomic_output); overwrite=False refuses an existing file.
     text: keyword -> text, written as iTXt chunks (UTF-8) into PNG files, 8 and 16 bit, before the
     pixel data; other formats do not carry it (png_text reads it back).
+    icc_profile: the image is sRGB; None writes it untagged (as sRGB is read), SRGB tags it as
+    sRGB (colour images: littleCMS's sRGB profile; gray PNGs: the sRGB chunk; other gray files
+    stay untagged), and the bytes of a matrix profile (ImageInfo.icc_profile) convert the colours
+    from sRGB to that profile, in float, and embed it.
     """
     path = Path(path)
     data = _check_image(image, path)
     fmt = output_format(path, bit_depth, data.shape[2])
+    data, embed = _from_srgb(data, icc_profile, fmt, path)
     chunks = [(b"iTXt", _itxt(path, keyword, value)) for keyword, value in (text or {}).items()]
     levels = quantize(data, bit_depth)
     try:
@@ -523,24 +723,65 @@ def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite
         raise PiSAError(f"Cannot write {str(path)!r}: cannot create its folder ({exc.strerror or exc}).") from None
     with atomic_output(path, overwrite=overwrite) as f:
         if fmt == "TIFF":
-            _write_tiff(f, levels)
+            _write_tiff(f, levels, embed)
         elif bit_depth == 16:
-            _write_png16(f, levels, chunks)
+            _write_png16(f, levels, _png_profile_chunks(embed, data.shape[2], icc_profile) + chunks)
         else:
-            _save_pil(f, levels, fmt, quality, chunks)
+            _save_pil(f, levels, fmt, quality, _png_profile_chunks(None, data.shape[2], icc_profile) + chunks, embed)
 
 
-def _save_pil(f, levels: np.ndarray, fmt: str, quality: int, chunks: list[tuple[bytes, bytes]]) -> None:
+def _from_srgb(data: np.ndarray, icc_profile, fmt: str, path: Path) -> tuple[np.ndarray, bytes | None]:
+    """(the samples to write, the profile bytes to embed) for write_image's icc_profile."""
+    channels = data.shape[2]
+    colour = 1 if channels in (1, 2) else 3
+    if icc_profile is None:
+        return data, None
+    if isinstance(icc_profile, str) or bytes(icc_profile) == srgb_profile():  # sRGB to sRGB: no conversion
+        if icc_profile not in (SRGB, srgb_profile()):
+            raise PiSAError(f"Cannot write {str(path)!r}: icc_profile must be profile bytes, {SRGB!r} or None; "
+                            f"got {icc_profile!r}.")
+        return data, srgb_profile() if colour == 3 or fmt == "WEBP" else None  # WebP stores gray as RGB
+    try:
+        profile = parse_profile(bytes(icc_profile))
+    except ProfileError as exc:
+        raise PiSAError(f"Cannot write {str(path)!r} with its ICC profile: {exc}.") from None
+    if colour == 1 and fmt == "WEBP" and profile.matrix is not None and profile.matrix.gray:
+        log.info("pisa-sr: %s: WebP stores gray as RGB, which the gray profile %r does not fit; written as sRGB",
+                 path, profile.description)
+        return data, srgb_profile()
+    if profile.matrix is None or profile.matrix.channels != colour:
+        what = "gray" if colour == 1 else "colour"
+        raise PiSAError(f"Cannot write {str(path)!r} in the ICC profile {profile.description!r}: it is not a "
+                        f"matrix profile for a {what} {fmt} image; write it as sRGB.")
+    converted = data.copy()
+    converted[..., :colour] = matrix_from_srgb(torch.from_numpy(data[..., :colour]), profile.matrix).numpy()
+    return converted, profile.data
+
+
+def _png_profile_chunks(embed: bytes | None, channels: int, icc_profile) -> list[tuple[bytes, bytes]]:
+    """The PNG chunk of the colour space: iCCP with an embedded profile (PNG spec. 11.3.3.3,
+    profile name, compression method 0, zlib data), or sRGB (11.3.3.5, perceptual intent) for a
+    gray image tagged as sRGB (an RGB profile is not allowed in a gray PNG)."""
+    if embed is not None:
+        return [(b"iCCP", b"ICC profile\0\0" + zlib.compress(embed))]
+    if icc_profile == SRGB and channels in (1, 2):
+        return [(b"sRGB", b"\0")]
+    return []
+
+
+def _save_pil(f, levels: np.ndarray, fmt: str, quality: int, chunks: list[tuple[bytes, bytes]],
+              icc_profile: bytes | None) -> None:
     pil = Image.fromarray(levels[..., 0] if levels.shape[2] == 1 else levels)  # uint8: L, LA, RGB, RGBA
+    profile = {} if icc_profile is None else {"icc_profile": icc_profile}
     if fmt == "JPEG":
-        pil.save(f, format="JPEG", quality=quality, subsampling=0)
+        pil.save(f, format="JPEG", quality=quality, subsampling=0, **profile)
     elif fmt == "WEBP":
-        pil.save(f, format="WEBP", quality=quality)
+        pil.save(f, format="WEBP", quality=quality, **profile)
     else:
         info = PngInfo()
         for kind, data in chunks:
             info.add(kind, data)
-        pil.save(f, format="PNG", pnginfo=info)
+        pil.save(f, format="PNG", pnginfo=info, **profile)
 
 
 class _PngWriter(png.Writer):
@@ -607,10 +848,11 @@ def png_text(path) -> dict[str, str]:
     return found
 
 
-def _write_tiff(f, levels: np.ndarray) -> None:
+def _write_tiff(f, levels: np.ndarray, icc_profile: bytes | None = None) -> None:
     """A baseline little-endian TIFF: 8- or 16-bit samples, interleaved, in strips of about 1 MiB,
     Adobe deflate with horizontal differencing (what libtiff, Pillow and image editors all read).
-    Gray is photometric 1, colour 2; a last alpha channel is unassociated alpha."""
+    Gray is photometric 1, colour 2; a last alpha channel is unassociated alpha; an ICC profile
+    is the InterColorProfile tag (TIFF/EP, ICC.1:2010 Annex B.4)."""
     height, width, channels = levels.shape
     order = "<"
     samples = levels.astype(levels.dtype.newbyteorder(order))
@@ -631,6 +873,8 @@ def _write_tiff(f, levels: np.ndarray) -> None:
                _Tag.PREDICTOR: ("H", [2]), _Tag.SAMPLE_FORMAT: ("H", [1] * channels)}
     if channels in (2, 4):
         entries[_Tag.EXTRA_SAMPLES] = ("H", [2])
+    if icc_profile is not None:
+        entries[_Tag.ICC_PROFILE] = ("B", list(icc_profile))
     f.write(b"II*\x00" + struct.pack(order + "I", at))
     for strip in strips:
         f.write(strip)
@@ -663,45 +907,77 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def skip_reason(path: Path) -> str:
+    """Why list_inputs leaves a folder entry or a glob match out (it is not an _is_image_file)."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        return f"{kind}, not an image file"
+    return f"unsupported format {path.suffix.lower() or '(no extension)'}"
+
+
+def _split_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files, [(other entry, why it is skipped)]), both sorted; subfolders are not entered
+    and not reported (folders are not searched recursively)."""
+    images, skipped = [], []
+    for path in sorted(paths, key=str):
+        if _is_image_file(path):
+            images.append(path)
+        elif not path.is_dir():
+            skipped.append((path, skip_reason(path)))
+    return images, skipped
+
+
 def folder_images(folder) -> list[Path]:
     """The image files of a folder (by extension, not recursive, hidden files skipped), sorted."""
-    return sorted((p for p in Path(folder).iterdir() if not p.name.startswith(".") and _is_image_file(p)), key=str)
+    return _split_images(p for p in Path(folder).iterdir() if not p.name.startswith("."))[0]
 
 
 def list_inputs(patterns) -> list[Path]:
-    """Expand files, folders and glob patterns into a sorted-per-pattern, deduplicated file list.
+    """The image files of list_inputs_and_skipped, without the skipped entries."""
+    return list_inputs_and_skipped(patterns)[0]
 
-    A file is taken as given (read_image judges it). A folder gives its image files (by extension,
-    not recursive, hidden files skipped), sorted. A glob pattern (* ? [ ], ** for recursion) gives
-    the matching image files, sorted. A pattern that matches nothing raises PiSAError.
+
+def list_inputs_and_skipped(patterns) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files, folders and glob patterns into (a sorted-per-pattern, deduplicated file
+    list, the entries left out with the reason: [(path, reason)]).
+
+    A file, or a special file (a FIFO, a device), is taken as given (read_image judges it). A
+    folder gives its image files (by extension, not recursive, hidden files skipped), sorted; its
+    other files are skipped, with the reason (an unsupported format such as .gif, a FIFO). A glob
+    pattern (* ? [ ], ** for recursion) gives the matching image files, sorted, and skips the
+    other matching files the same way. A pattern that matches no image raises PiSAError.
     """
     if isinstance(patterns, (str, Path)):
         patterns = [patterns]
     found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     seen: set[Path] = set()
     for pattern in patterns:
         text = str(pattern)
         path = Path(text)
-        if path.is_file():
-            matches = [path]
-        elif path.is_dir():
-            matches = folder_images(path)
+        if path.is_dir():
+            matches, left = _split_images(p for p in path.iterdir() if not p.name.startswith("."))
             if not matches:
                 raise PiSAError(f"Input folder {text!r} has no image files "
                                 f"(expected {', '.join(IMAGE_EXTENSIONS)}).")
+        elif path.is_file() or special_file_kind(path) is not None:
+            matches, left = [path], []
         elif _GLOB_CHARS & set(text):
-            matches = sorted((Path(p) for p in glob.glob(text, recursive=True)
-                              if _is_image_file(Path(p))), key=str)
+            matches, left = _split_images(Path(p) for p in glob.glob(text, recursive=True))
             if not matches:
                 raise PiSAError(f"Input pattern {text!r} matches no image files.")
         else:
             raise PiSAError(f"Input {text!r} does not exist (expected an image file, a folder "
                             f"or a glob pattern).")
-        for match in matches:
+        for match, reason in [(m, None) for m in matches] + left:
             key = match.resolve()
-            if key not in seen:
-                seen.add(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            if reason is None:
                 found.append(match)
+            else:
+                skipped.append((match, reason))
     if not found:
         raise PiSAError("No input images were given.")
-    return found
+    return found, skipped

@@ -26,7 +26,9 @@ MAX_OUTPUT_PIXELS = 64 * 1024 * 1024    # 8192² output: a guard against typos l
 # The small-input rule enlarges at most this much beyond the output (area), see geometry.working_size.
 MAX_WORK_AREA_FACTOR = 4.0
 
-COLOR_FIXES = ("adain", "wavelet", "none")
+COLOR_FIXES = ("adain", "wavelet", "none", "lab")  # appended last: saved ComfyUI workflows keep their choice
+# --output-profile: "input" converts back to the input's ICC profile and embeds it; "srgb" writes sRGB, tagged.
+OUTPUT_PROFILES = ("input", "srgb")
 GEOMETRIES = ("exact", "release")
 RESAMPLING = ("bicubic", "lanczos", "bilinear", "area", "nearest-exact")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -113,7 +115,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "keeps faces, text and logos faithful. Outside the mask lambda_sem applies.", min=0.0, max=3.0,
            step=0.05, slider=True),
     Option("color_fix", str, "adain", "Colour correction against the enlarged low-quality image: adain (the "
-           "release's default, mean/std per channel), wavelet (keeps the input's low frequencies) or none.",
+           "release's default, mean/std per RGB channel), wavelet (keeps the input's low frequencies), none, or "
+           "lab (mean/std of L*, a*, b* in CIELAB: brightness and colour matched without tinting).",
            choices=COLOR_FIXES),
     Option("resampling", str, "bicubic", "How the low-quality image is enlarged before the model "
            "(the release uses bicubic).", choices=RESAMPLING),
@@ -137,11 +140,17 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("sample", bool, False, "Encode with a seeded posterior sample (as the release does) instead of the "
            "posterior mean."),
     Option("seed", int, 0, "Seed of the posterior sample (with sample on).", min=0, max=2**31 - 1),
+    Option("output_profile", str, "input", "Colour profile of the outputs of input files with an embedded ICC "
+           "profile: input (converted back from sRGB to the input's profile, which is embedded) or srgb (left in "
+           "sRGB, the model's colour space, and tagged as sRGB). Inputs without a profile give untagged sRGB.",
+           choices=OUTPUT_PROFILES),
 )}
 
 # The keyword arguments of PiSAPipeline.__call__ that come from OPTIONS (not dtype, a property of the
-# loaded model, nor the masked λ, which front ends turn into λ maps with guidance.masked_lambda).
-CALL_OPTIONS = tuple(n for n in OPTIONS if n not in ("dtype", "lambda_pix_masked", "lambda_sem_masked"))
+# loaded model, nor the masked λ, which front ends turn into λ maps with guidance.masked_lambda, nor
+# output_profile, which concerns writing files).
+CALL_OPTIONS = tuple(n for n in OPTIONS if n not in ("dtype", "lambda_pix_masked", "lambda_sem_masked",
+                                                     "output_profile"))
 
 
 def default(name: str):

@@ -1,4 +1,5 @@
-"""Colour fix: AdaIN and wavelet (docs/release.md, "Colour fix") on float tensors."""
+"""Colour fix: AdaIN and wavelet (docs/release.md, "Colour fix") and LAB (docs/images.md) on float
+tensors."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from pisa_core.colorfix import (
     adain_color_fix,
     apply_color_fix,
     channel_mean_std,
+    lab_color_fix,
     wavelet_blur,
     wavelet_color_fix,
     wavelet_decompose,
 )
+from pisa_core.colorspace import srgb_to_xyz, xyz_to_lab
 from pisa_core.errors import PiSAError
+from pisa_core.image_io import read_image, write_image
+from pisa_core.options import COLOR_FIXES
 
 
 def smooth_image(b, c, h, w, seed, lo=0.3, hi=0.7):
@@ -58,6 +63,43 @@ def wavelet_f64(image: np.ndarray, ref: np.ndarray, levels: int = 5) -> np.ndarr
             x = low
         return high, x
     return np.clip(decompose(image)[0] + decompose(ref)[1], 0, 1)
+
+
+# Independent float64 re-statement of sRGB -> CIELAB and back, with the published constants:
+# IEC 61966-2-1:1999 (transfer function and matrix) and CIE 15:2004 (CIELAB, D65 white of the matrix).
+M_SRGB = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+WHITE = M_SRGB.sum(axis=1)
+
+
+def lab_f64(rgb: np.ndarray) -> np.ndarray:
+    """[..., 3] sRGB -> [..., 3] L*, a*, b*."""
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    t = lin @ M_SRGB.T / WHITE
+    f = np.where(t > (6 / 29) ** 3, np.cbrt(t), t / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def srgb_from_lab_f64(lab: np.ndarray) -> np.ndarray:
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
+    t = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29))
+    lin = (t * WHITE) @ np.linalg.inv(M_SRGB).T
+    return np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * np.abs(lin) ** (1 / 2.4) * np.sign(lin) - 0.055)
+
+
+def transfer_f64(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Mean/std transfer over all pixels of [..., N, C] per channel (std: sqrt(unbiased var + 1e-5))."""
+    sx = np.sqrt(x.var(axis=0, ddof=1) + 1e-5)
+    sr = np.sqrt(ref.var(axis=0, ddof=1) + 1e-5)
+    return (x - x.mean(axis=0)) / sx * sr + ref.mean(axis=0)
+
+
+def lab_fix_f64(image: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """[C=3, H, W] pair -> the LAB-fixed image, computed pixel list by pixel list."""
+    c, h, w = image.shape
+    pixels, ref_pixels = image.reshape(c, -1).T, ref.reshape(c, -1).T
+    fixed = srgb_from_lab_f64(transfer_f64(lab_f64(pixels), lab_f64(ref_pixels)))
+    return np.clip(fixed.T.reshape(c, h, w), 0, 1)
 
 
 # --- AdaIN --------------------------------------------------------------------------------------
@@ -150,7 +192,7 @@ def test_wavelet_matches_float64(shape):
 
 # --- both ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["adain", "wavelet"])
+@pytest.mark.parametrize("mode", ["adain", "wavelet", "lab"])
 def test_batch_images_are_independent(mode):
     image = torch.rand(3, 3, 24, 20, generator=torch.Generator().manual_seed(8))
     ref = torch.rand(3, 3, 24, 20, generator=torch.Generator().manual_seed(9))
@@ -165,7 +207,7 @@ def test_batch_images_are_independent(mode):
     torch.testing.assert_close(after[2], whole[2], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("mode", ["adain", "wavelet"])
+@pytest.mark.parametrize("mode", ["adain", "wavelet", "lab"])
 def test_half_precision_input_computes_in_float32(mode):
     image, ref = smooth_image(1, 3, 16, 16, seed=10), smooth_image(1, 3, 16, 16, seed=11)
     got = apply_color_fix(image.half(), ref.half(), mode)
@@ -187,5 +229,85 @@ def test_none_mode_and_errors():
         adain_color_fix(image[0], image[0])
     with pytest.raises(PiSAError, match="reference"):
         apply_color_fix(image, None, "wavelet")
+    with pytest.raises(PiSAError, match="reference"):
+        apply_color_fix(image, None, "lab")
     with pytest.raises(PiSAError, match="levels"):
         wavelet_color_fix(image, image, levels=0)
+
+
+# --- LAB ----------------------------------------------------------------------------------------
+
+def test_lab_is_appended_last_to_the_choices():
+    assert COLOR_FIXES[:3] == ("adain", "wavelet", "none") and COLOR_FIXES[-1] == "lab"
+
+
+def test_cielab_of_published_colours():
+    """CIE 15 values of sRGB white, mid gray and the primaries with the IEC 61966-2-1 matrix."""
+    colours = torch.tensor([[1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    lab = xyz_to_lab(srgb_to_xyz(colours, dim=-1), dim=-1)
+    expected = torch.tensor([[100.0, 0.0, 0.0], [53.39, 0.0, 0.0], [53.24, 80.09, 67.20],
+                             [87.73, -86.18, 83.18], [32.30, 79.19, -107.86]])
+    torch.testing.assert_close(lab, expected, rtol=0, atol=0.05)
+
+
+def test_lab_matches_a_hand_computed_transfer():
+    image = smooth_image(2, 3, 6, 5, seed=20, lo=0.3, hi=0.6)
+    ref = smooth_image(2, 3, 6, 5, seed=21, lo=0.35, hi=0.7)
+    got = lab_color_fix(image, ref)
+    assert 0 < float(got.min()) and float(got.max()) < 1  # nothing clipped: the statistics carry over exactly
+    expected = np.stack([lab_fix_f64(image[b].double().numpy(), ref[b].double().numpy()) for b in range(2)])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=2e-5)
+    got_lab = lab_f64(got[0].permute(1, 2, 0).double().numpy()).reshape(-1, 3)
+    ref_lab = lab_f64(ref[0].permute(1, 2, 0).double().numpy()).reshape(-1, 3)
+    np.testing.assert_allclose(got_lab.mean(0), ref_lab.mean(0), atol=2e-3)  # the reference's statistics
+    np.testing.assert_allclose(got_lab.std(0, ddof=1), ref_lab.std(0, ddof=1), rtol=1e-3)
+
+
+def test_lab_on_gray_keeps_it_gray_and_matches_lightness():
+    gray = smooth_image(1, 1, 8, 8, seed=22, lo=0.1, hi=0.5)
+    ref = smooth_image(1, 1, 8, 8, seed=23, lo=0.4, hi=0.9)
+    one = lab_color_fix(gray, ref)
+    three = lab_color_fix(gray.expand(1, 3, 8, 8), ref.expand(1, 3, 8, 8))
+    assert one.shape == (1, 1, 8, 8)
+    assert float((three.amax(1) - three.amin(1)).max()) < 1e-4  # a* = b* = 0 stay 0: no tint
+    torch.testing.assert_close(three[:, :1], one, rtol=0, atol=1e-4)
+    expected = lab_fix_f64(gray.expand(3, -1, -1, -1)[:, 0].double().numpy(),
+                           ref.expand(3, -1, -1, -1)[:, 0].double().numpy())
+    np.testing.assert_allclose(one[0, 0].numpy(), expected[0], rtol=0, atol=2e-5)
+
+
+def test_lab_keeps_the_alpha_channel_of_the_image():
+    image, ref = torch.rand(1, 4, 8, 8), torch.rand(1, 4, 8, 8)
+    got = lab_color_fix(image, ref)
+    assert torch.equal(got[:, 3], image[:, 3])
+    torch.testing.assert_close(got[:, :3], lab_color_fix(image[:, :3], ref[:, :3]))
+    with pytest.raises(PiSAError, match="LAB colour fix: expected 1 to 4 channels"):
+        lab_color_fix(torch.rand(1, 5, 4, 4), torch.rand(1, 5, 4, 4))
+
+
+def test_lab_keeps_16_bit_precision_through_files(tmp_path):
+    """A 16-bit gradient through the fix and a 16-bit file keeps thousands of levels (no 8-bit steps)."""
+    ramp = torch.linspace(0.2, 0.6, 4096).reshape(1, 1, 64, 64)
+    image = torch.cat([ramp, ramp * 0.9, ramp * 0.8], dim=1)
+    write_image(tmp_path / "in.png", image[0].permute(1, 2, 0), bit_depth=16)
+    read, info = read_image(tmp_path / "in.png")
+    assert info.bit_depth == 16
+    ref = smooth_image(1, 3, 64, 64, seed=24, lo=0.3, hi=0.7)
+    fixed = apply_color_fix(read.permute(2, 0, 1)[None], ref, "lab")
+    write_image(tmp_path / "out.png", fixed[0].permute(1, 2, 0), bit_depth=16)
+    out, _ = read_image(tmp_path / "out.png")
+    levels = torch.round(out[..., 0] * 65535).unique()
+    assert len(levels) > 2000  # 8 bits would give at most 256
+    expected = lab_fix_f64(read.permute(2, 0, 1).double().numpy(), ref[0].double().numpy())
+    np.testing.assert_allclose(out.permute(2, 0, 1).numpy(), expected, rtol=0, atol=1 / 65535 + 2e-5)
+
+
+def test_lab_computes_in_float32_without_float64():
+    """Apple's MPS has no float64: no float64 tensor is made anywhere in the LAB fix."""
+    from test_pipeline import DtypeRecorder
+
+    image, ref = smooth_image(1, 3, 8, 8, seed=25), smooth_image(1, 3, 8, 8, seed=26)
+    with DtypeRecorder() as recorder:
+        out = apply_color_fix(image.half(), ref.half(), "lab")
+    assert out.dtype == torch.float32
+    assert torch.float32 in recorder.dtypes and torch.float64 not in recorder.dtypes

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pisa_core import options
 from pisa_core.base_model import load_base_model
 from pisa_core.checkpoint import load_pisa_weights
 from pisa_core.guidance import PISA, PIX
@@ -79,7 +80,7 @@ def test_decode_and_finish_from_a_cpu_latent(meta_pipe, vae_tile):
     decoded = meta_pipe.decode(latent, vae_tile=vae_tile)
     assert decoded.device == META and decoded.shape == (1, 3, 192, 256)
     _pixels, plan = meta_pipe.prepare(torch.rand(1, 48, 64, 3), upscale=4, process_size=0)
-    for fix in ("adain", "wavelet", "none"):
+    for fix in options.COLOR_FIXES:
         out = meta_pipe.finish(decoded, plan, color_fix=fix)
         assert out.device.type == "cpu" and out.shape == (1, 192, 256, 3)
 

@@ -1,26 +1,44 @@
-"""pisa_core.image_io: reading/writing 8/16-bit, gray, alpha, EXIF orientation, input lists,
-header checks, 16-bit TIFF, region masks, PNG text chunks, and writes that never leave a partial
-file."""
+"""pisa_core.image_io: reading/writing 8/16-bit, gray, alpha, EXIF orientation, ICC colour
+profiles, multi-frame and special files, input lists, header checks, 16-bit TIFF, region masks,
+PNG text chunks, and writes that never leave a partial file."""
 
+import io
+import logging
+import os
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 
 import numpy as np
 import png
 import pytest
 import torch
-from PIL import Image, features
+from icc_profiles import (
+    ADOBE_GAMMA,
+    DISPLAY_P3,
+    SRGB_PARA,
+    gamma_curve,
+    gray_profile,
+    para_curve,
+    rgb_profile,
+    table_curve,
+    table_rgb_profile,
+)
+from PIL import Image, ImageCms, features
 from readonly import run_python_with_read_only
 
 from pisa_core.errors import PiSAError
+from pisa_core.icc import srgb_profile
 from pisa_core.image_io import (
+    SRGB,
     ImageInfo,
     atomic_output,
     check_output_folder,
     list_inputs,
+    list_inputs_and_skipped,
     output_format,
     png_header,
     png_text,
@@ -557,7 +575,7 @@ def test_read_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing.png"
     with pytest.raises(PiSAError, match="missing.png"):
         read_image(missing)
-    with pytest.raises(PiSAError, match="not a file"):
+    with pytest.raises(PiSAError, match="is a folder, not an image file"):
         read_image(tmp_path)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
@@ -755,3 +773,376 @@ def test_output_format(tmp_path):
         output_format(tmp_path / "a.jpeg", 8, 4)
     with pytest.raises(PiSAError, match="extension"):
         output_format(tmp_path / "a.bmp")
+
+
+# ---------------------------------------------------------------- ICC colour profiles
+
+WIDE_PROFILES = {
+    "adobe-gamma": lambda: rgb_profile(),
+    "p3-parametric": lambda: rgb_profile(DISPLAY_P3, para_curve(SRGB_PARA), "Test P3"),
+    "adobe-table": lambda: rgb_profile(curve=table_curve(np.linspace(0, 1, 1024) ** ADOBE_GAMMA)),
+}
+
+
+def lcms_srgb(levels, profile):
+    """8-bit RGB levels in `profile` -> sRGB by littleCMS (Pillow's ImageCms), as floats."""
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    target = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    out = ImageCms.profileToProfile(Image.fromarray(levels), source, target, outputMode="RGB")
+    return np.asarray(out, dtype=np.float64) / 255
+
+
+def near_gray_levels(shape, bit_depth, seed=5):
+    """Colours of low saturation (inside the sRGB gamut in any of the test profiles), dark to light."""
+    rng = np.random.default_rng(seed)
+    top = 65535 if bit_depth == 16 else 255
+    gray = rng.uniform(0.05, 0.8, shape[:2] + (1,))
+    values = gray * rng.uniform(0.9, 1.1, shape)  # near-neutral chromaticity at any brightness
+    return np.round(values * top).astype(np.uint16 if bit_depth == 16 else np.uint8)
+
+
+def png16_with_profile(levels, profile):
+    """A 16-bit PNG (encoded by this test module) with an iCCP chunk before the pixel data."""
+    plain = png16_bytes(levels)
+    iccp = _chunk(b"iCCP", b"test\0\0" + zlib.compress(profile))
+    return plain[:33] + iccp + plain[33:]  # after the signature and IHDR
+
+
+def png16_levels(path):
+    with open(path, "rb") as f:
+        width, height, rows, meta = png.Reader(file=f).read()
+        return np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, meta["planes"])
+
+
+@pytest.mark.parametrize("name", WIDE_PROFILES)
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_wide_gamut_input_is_converted_to_srgb_like_littlecms(tmp_path, name, suffix):
+    """PNG iCCP, JPEG APP2, WebP ICCP and TIFF tag 34675: the same colours as littleCMS gives."""
+    profile = WIDE_PROFILES[name]()
+    levels = RNG.integers(0, 256, (16, 24, 3)).astype(np.uint8)
+    path = tmp_path / f"wide{suffix}"
+    options = {"quality": 100, "subsampling": 0} if suffix == ".jpg" else {"lossless": True} if suffix == ".webp" else {}
+    Image.fromarray(levels).save(path, icc_profile=profile, **options)
+    with Image.open(path) as im:
+        decoded = np.asarray(im.convert("RGB"))  # what the file holds after lossy coding
+    image, info = read_image(path)
+    assert info.icc_profile == profile and info.bit_depth == 8
+    np.testing.assert_allclose(image.numpy(), lcms_srgb(decoded, profile), rtol=0, atol=1.01 / 255)
+
+
+@pytest.mark.parametrize("name", WIDE_PROFILES)
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_wide_gamut_round_trip_keeps_colours_and_profile(tmp_path, name, suffix):
+    profile = WIDE_PROFILES[name]()
+    levels = near_gray_levels((12, 20, 3), 8)
+    source = tmp_path / f"in{suffix}"
+    Image.fromarray(levels).save(source, icc_profile=profile)
+    image, info = read_image(source)
+    assert 0 < float(image.min()) and float(image.max()) < 1  # inside the sRGB gamut: nothing clipped
+    out = tmp_path / f"out{suffix}"
+    write_image(out, image, icc_profile=info.icc_profile)
+    with Image.open(out) as im:
+        assert im.info["icc_profile"] == profile  # the same bytes, read back by Pillow
+        written = np.asarray(im.convert("RGB"))
+    assert np.abs(written.astype(int) - levels).max() <= 2
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_lossy_outputs_carry_the_profile(tmp_path, suffix):
+    profile = rgb_profile()
+    image = torch.tensor([0.6, 0.55, 0.5]).expand(16, 16, 3)  # flat: lossy coding keeps it closely
+    out = tmp_path / f"out{suffix}"
+    write_image(out, image, icc_profile=profile, quality=100)
+    back, info = read_image(out)
+    assert info.icc_profile == profile
+    assert float((back - image).abs().mean()) < 2 / 255  # lossy coding: compared on average
+
+
+@pytest.mark.parametrize("name", WIDE_PROFILES)
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_input_with_a_profile_keeps_16_bits(tmp_path, name, suffix):
+    profile = WIDE_PROFILES[name]()
+    levels = near_gray_levels((48, 64, 3), 16)
+    levels[0] = np.linspace(2000, 2400, 64, dtype=np.uint16)[:, None]  # a shallow dark ramp: 400 levels
+    source = tmp_path / f"in{suffix}"
+    if suffix == ".png":
+        source.write_bytes(png16_with_profile(levels, profile))
+    else:
+        write_image(source, torch.from_numpy(levels / 65535.0).float(), bit_depth=16)  # untagged 16-bit TIFF,
+        plain, info = read_image(source)
+        assert info.icc_profile is None
+        write_image(source, plain, bit_depth=16, icc_profile=profile)  # then tagged: values converted from sRGB
+        levels = levels_of(read_image_raw_tiff(source), 16)
+    image, info = read_image(source)
+    assert info.bit_depth == 16 and info.icc_profile == profile
+    ramp = levels_of(image[0, :, 0], 16)
+    assert len(np.unique(ramp)) > 50 and np.all(np.diff(ramp) >= 0)  # finer than 8-bit steps of 257
+    eight_bit = np.round(levels / 257).astype(np.uint8)
+    np.testing.assert_allclose(image.numpy(), lcms_srgb(eight_bit, profile), rtol=0, atol=2 / 255)
+    out = tmp_path / f"out{suffix}"
+    write_image(out, image, bit_depth=16, icc_profile=info.icc_profile)
+    written = png16_levels(out) if suffix == ".png" else levels_of(read_image_raw_tiff(out), 16)
+    assert np.abs(written.astype(int) - levels.astype(int)).max() <= 2  # of 65535
+    with Image.open(out) as im:
+        assert im.info["icc_profile"] == profile
+
+
+def read_image_raw_tiff(path):
+    """The samples of a 16-bit TIFF as stored (no colour conversion), by stripping its profile tag."""
+    from pisa_core.image_io import _read_tiff16, _tiff16
+
+    tiff = _tiff16(path)
+    return _read_tiff16(path, tiff)[0]
+
+
+def test_gray_image_with_a_gray_profile(tmp_path):
+    profile = gray_profile(gamma_curve(1.8))
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    source = tmp_path / "gray.png"
+    Image.fromarray(levels).save(source, icc_profile=profile)
+    image, info = read_image(source)
+    assert info.gray and info.channels == 1 and info.icc_profile == profile
+    luminance = (levels / 255.0) ** 1.8  # the profile's Y; sRGB gray of the same luminance (IEC 61966-2-1)
+    expected = np.where(luminance <= 0.0031308, 12.92 * luminance, 1.055 * luminance ** (1 / 2.4) - 0.055)
+    np.testing.assert_allclose(image[..., 0].numpy(), expected, rtol=0, atol=0.3 / 255)
+    out = tmp_path / "out.png"
+    write_image(out, image, icc_profile=info.icc_profile)
+    with Image.open(out) as im:
+        assert im.mode == "L" and im.info["icc_profile"] == profile
+        assert np.abs(np.asarray(im).astype(int) - levels).max() <= 1
+
+
+def test_16bit_gray_with_a_gray_profile_keeps_16_bits(tmp_path):
+    profile = gray_profile(gamma_curve(1.8))
+    levels = np.linspace(1000, 1500, 40 * 50).astype(np.uint16).reshape(40, 50, 1)
+    source = tmp_path / "gray16.png"
+    source.write_bytes(png16_with_profile(levels, profile))
+    image, info = read_image(source)
+    assert info.bit_depth == 16 and info.gray and info.icc_profile == profile
+    assert len(np.unique(levels_of(image, 16))) > 400
+    out = tmp_path / "out.png"
+    write_image(out, image, bit_depth=16, icc_profile=info.icc_profile)
+    assert np.abs(png16_levels(out).astype(int) - levels.astype(int)).max() <= 2
+
+
+def test_colours_outside_srgb_are_clipped_like_littlecms(tmp_path):
+    profile = rgb_profile()
+    levels = np.array([[[0, 255, 0], [0, 0, 255], [255, 0, 0], [0, 180, 90]]], dtype=np.uint8)  # Adobe primaries
+    source = tmp_path / "saturated.png"
+    Image.fromarray(levels).save(source, icc_profile=profile)
+    image, _ = read_image(source)
+    assert float(image.min()) == 0.0 and float(image.max()) > 1 - 1e-6  # clipped at the gamut's edge
+    np.testing.assert_allclose(image.numpy(), lcms_srgb(levels, profile), rtol=0, atol=1.01 / 255)
+
+
+def test_table_profiles_go_through_littlecms_at_8_bits(tmp_path, caplog):
+    profile = table_rgb_profile()  # about the colours of a matrix profile with linear tone curves
+    levels = np.random.default_rng(11).integers(0, 256, (8, 12, 4)).astype(np.uint8)
+    source = tmp_path / "table.png"
+    Image.fromarray(levels).save(source, icc_profile=profile)
+    with caplog.at_level(logging.INFO, logger="pisa_core"):
+        image, info = read_image(source)
+    assert info.icc_profile == srgb_profile() and info.channels == 4  # written as sRGB; alpha kept
+    assert "table.png: converted from its ICC profile 'Test table RGB' to sRGB" in caplog.text
+    expected = lcms_srgb(np.ascontiguousarray(levels[..., :3]), profile)
+    np.testing.assert_allclose(image[..., :3].numpy(), expected, rtol=0, atol=1e-6)  # littleCMS's own result
+    assert np.abs(expected - lcms_srgb(np.ascontiguousarray(levels[..., :3]), rgb_profile(curve=gamma_curve(1.0)))
+                  ).mean() < 0.5 / 255  # and that is the colours the table describes
+    np.testing.assert_array_equal(levels_of(image[..., 3], 8), levels[..., 3])
+    (tmp_path / "table16.png").write_bytes(png16_with_profile(levels[..., :3].astype(np.uint16) * 257, profile))
+    with pytest.raises(PiSAError, match="table16.png' has 16-bit samples and a table-based ICC profile"):
+        read_image(tmp_path / "table16.png")
+
+
+def test_srgb_output_is_tagged_and_not_converted(tmp_path):
+    image = torch.rand(6, 7, 3)
+    write_image(tmp_path / "rgb.png", image, icc_profile=SRGB)
+    write_image(tmp_path / "rgb16.tif", image, bit_depth=16, icc_profile=SRGB)
+    write_image(tmp_path / "rgb.jpg", image, icc_profile=SRGB)
+    for name in ("rgb.png", "rgb16.tif", "rgb.jpg"):
+        with Image.open(tmp_path / name) as im:
+            assert im.info["icc_profile"] == srgb_profile()
+    back, info = read_image(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(levels_of(back, 8), quantize(image.numpy(), 8))  # values as given
+    assert info.icc_profile == srgb_profile()
+    write_image(tmp_path / "again16.tif", back, bit_depth=16, icc_profile=info.icc_profile)  # the bytes: as SRGB
+    again, _ = read_image(tmp_path / "again16.tif")
+    assert torch.equal(again, back)
+    write_image(tmp_path / "gray.png", torch.rand(6, 7, 1), icc_profile=SRGB)
+    with Image.open(tmp_path / "gray.png") as im:
+        assert "icc_profile" not in im.info and im.info.get("srgb") == 0  # the sRGB chunk: an RGB profile is not allowed
+    write_image(tmp_path / "plain.png", image)
+    with Image.open(tmp_path / "plain.png") as im:
+        assert "icc_profile" not in im.info and "srgb" not in im.info  # None: untagged, as before
+
+
+def test_profile_text_chunks_and_16_bits_together(tmp_path):
+    profile = rgb_profile()
+    image = torch.rand(5, 6, 3) * 0.5 + 0.25
+    for bit_depth in (8, 16):
+        out = tmp_path / f"out{bit_depth}.png"
+        write_image(out, image, bit_depth=bit_depth, text={"pisa-sr": '{"a": 1}'}, icc_profile=profile)
+        assert png_text(out) == {"pisa-sr": '{"a": 1}'}
+        with Image.open(out) as im:
+            assert im.info["icc_profile"] == profile
+
+
+def test_unusable_profiles_are_reported_not_silent(tmp_path, caplog):
+    broken = tmp_path / "broken.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(broken, icc_profile=b"this is no ICC profile")
+    zero = tmp_path / "zero.png"  # a parametric curve with a = 0, and colorants that are all zero
+    bad_curve = b"para\0\0\0\0" + struct.pack(">HH", 1, 0) + struct.pack(">3i", 2 << 16, 0, 0)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(zero, icc_profile=rgb_profile(curve=bad_curve))
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(flat, icc_profile=rgb_profile(((0, 0, 0),) * 3))
+    mismatched = tmp_path / "mismatched.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(mismatched, icc_profile=rgb_profile())
+    with caplog.at_level(logging.WARNING, logger="pisa_core"):
+        for path in (broken, zero, flat, mismatched):
+            image, info = read_image(path)
+            assert info.icc_profile is None and float(image.abs().max()) == 0.0
+    assert "broken.png: its embedded ICC profile is ignored" in caplog.text
+    assert "zero.png: its embedded ICC profile is ignored (its parametric curve (type 1" in caplog.text
+    assert "flat.png: its embedded ICC profile is ignored (its colorants are not independent" in caplog.text
+    assert "mismatched.png: its ICC profile 'Test wide RGB' is ignored (a RGB profile on a gray image)" in caplog.text
+
+
+def test_gray_webp_output_of_a_gray_profile_is_written_as_srgb(tmp_path, caplog):
+    image = torch.linspace(0, 1, 64).reshape(8, 8, 1)
+    with caplog.at_level(logging.INFO, logger="pisa_core"):
+        write_image(tmp_path / "gray.webp", image, icc_profile=gray_profile(), quality=100)
+    assert "gray.webp: WebP stores gray as RGB, which the gray profile 'Test gray' does not fit" in caplog.text
+    with Image.open(tmp_path / "gray.webp") as im:
+        assert im.info["icc_profile"] == srgb_profile()
+
+
+def test_writing_in_a_profile_that_does_not_fit_is_one_line(tmp_path):
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    for image, profile, fragment in ((torch.rand(4, 4, 3), lab, "not a matrix profile for a colour PNG"),
+                                     (torch.rand(4, 4, 1), rgb_profile(), "not a matrix profile for a gray PNG"),
+                                     (torch.rand(4, 4, 3), b"garbage", "with its ICC profile")):
+        with pytest.raises(PiSAError, match=fragment) as error:
+            write_image(tmp_path / "x.png", image, icc_profile=profile)
+        assert "x.png" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_masks_are_read_as_stored_without_their_profile(tmp_path):
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    path = tmp_path / "mask.png"
+    Image.fromarray(levels).save(path, icc_profile=gray_profile(gamma_curve(1.8)))
+    np.testing.assert_array_equal(levels_of(read_mask(path), 8), levels)
+    assert float((read_image(path)[0][..., 0] - read_mask(path)).abs().max()) > 10 / 255  # images: converted
+
+
+def test_to_pil_8bit_converts_the_profile_too(tmp_path):
+    source = tmp_path / "wide.png"
+    Image.fromarray(near_gray_levels((8, 8, 3), 8)).save(source, icc_profile=rgb_profile())
+    image, _ = read_image(source)
+    np.testing.assert_array_equal(np.asarray(to_pil_8bit(source)), quantize(image.numpy(), 8))
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(gray, icc_profile=gray_profile())
+    image, _ = read_image(gray)
+    as_pil = np.asarray(to_pil_8bit(gray))
+    assert as_pil.shape == (8, 8, 3)
+    np.testing.assert_array_equal(as_pil, np.repeat(quantize(image.numpy(), 8), 3, axis=2))
+
+
+def test_rgb_profile_adobe_gamma_is_what_the_helper_claims():
+    """The test profiles themselves: littleCMS reads the colorants and the Adobe gamma back."""
+    cms = ImageCms.ImageCmsProfile(io.BytesIO(rgb_profile())).profile
+    assert cms.is_matrix_shaper and cms.xcolor_space.strip() == "RGB"
+    np.testing.assert_allclose(cms.red_colorant[0], (0.60974, 0.31111, 0.01947), atol=1e-4)
+    assert abs(ADOBE_GAMMA - 2.2) < 0.001
+
+
+# ---------------------------------------------------------------- multi-frame and special files
+
+
+def test_animated_and_multi_page_files_are_refused_with_their_frame_count(tmp_path):
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "green", "blue")]
+    cases = {"anim.webp": {}, "anim.png": {}, "pages.tif": {}}
+    for name, extra in cases.items():
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], **extra)
+    for name in cases:
+        for function in (read_image, probe_image, to_pil_8bit):
+            with pytest.raises(PiSAError, match=rf"{name}' has 3 frames \(an animation or a multi-page file\)"):
+                function(tmp_path / name)
+    levels = RNG.integers(0, 65536, (4, 5, 3)).astype(np.uint16)
+    first = tmp_path / "one16.tif"
+    write_image(first, torch.from_numpy(levels / 65535.0).float(), bit_depth=16)
+    with Image.open(first) as im:
+        im.save(tmp_path / "pages16.tif", save_all=True, append_images=[im.copy()])  # 16-bit RGB, 2 pages
+    with pytest.raises(PiSAError, match="pages16.tif' has 2 frames"):
+        read_image(tmp_path / "pages16.tif")
+
+
+def test_a_tiff_thumbnail_is_not_a_second_frame(tmp_path):
+    path = tmp_path / "thumb.tif"
+    thumbnail = Image.new("RGB", (4, 4), "red")
+    thumbnail.encoderinfo = {"tiffinfo": {254: 1}}  # NewSubfileType: a reduced-resolution copy
+    Image.new("RGB", (16, 16), "red").save(path, save_all=True, append_images=[thumbnail])
+    with Image.open(path) as im:
+        assert im.n_frames == 2
+        im.seek(1)
+        assert im.tag_v2.get(254) == 1
+    image, _ = read_image(path)
+    assert image.shape == (16, 16, 3)
+
+
+def test_a_phone_mpo_with_a_preview_frame_is_one_image(tmp_path):
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (32, 24), "red").save(path, format="MPO", save_all=True,
+                                           append_images=[Image.new("RGB", (16, 12), "red")])
+    with Image.open(path) as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    image, _ = read_image(path)
+    assert image.shape == (24, 32, 3)
+
+
+def test_special_files_get_an_accurate_error_and_never_block(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    broken = tmp_path / "gone.png"
+    broken.symlink_to(tmp_path / "missing.png")
+    cases = {fifo: "is a named pipe (FIFO), not an image file", folder: "is a folder, not an image file",
+             broken: "is a broken symbolic link, not an image file"}
+    if os.path.exists("/dev/zero"):
+        cases[type(tmp_path)("/dev/zero")] = "is a character device, not an image file"  # a Path
+    done = {}
+
+    def run():
+        for path in cases:
+            for function in (read_image, probe_image, to_pil_8bit, read_mask):
+                with pytest.raises(PiSAError) as error:
+                    function(path)
+                done[(path, function)] = str(error.value)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "reading a special file blocked"
+    for (path, _), message in done.items():
+        assert message == f"Image path {str(path)!r} {cases[path]}."
+    assert len(done) == 4 * len(cases)
+
+
+def test_list_inputs_reports_what_a_folder_holds_besides_images(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    Image.new("P", (4, 4)).save(tmp_path / "b.gif")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".hidden.gif").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "pipe.png")
+    files, skipped = list_inputs_and_skipped(tmp_path)
+    assert files == [tmp_path / "a.png"]
+    assert skipped == [(tmp_path / "b.gif", "unsupported format .gif"),
+                       (tmp_path / "notes.txt", "unsupported format .txt"),
+                       (tmp_path / "pipe.png", "a named pipe (FIFO), not an image file")]
+    files, skipped = list_inputs_and_skipped(str(tmp_path / "*"))
+    assert files == [tmp_path / "a.png"] and [p.name for p, _ in skipped] == ["b.gif", "notes.txt", "pipe.png"]
+    assert list_inputs(tmp_path) == files
+    files, skipped = list_inputs_and_skipped([tmp_path / "pipe.png", tmp_path / "a.png"])  # given: judged later
+    assert files == [tmp_path / "pipe.png", tmp_path / "a.png"] and skipped == []

@@ -341,7 +341,7 @@ def test_decode_gives_the_exact_output_size_and_colour_fix(pisa_model):
     img = image(13, 19, seed=7)  # 3× → 39×57: padded to 64×64 (a multiple of 8, at least 64), then cropped
     latent = guide(pisa_model, encode(pisa_model, img, 3.0))
     assert latent["samples"].shape[-2:] == (8, 8)
-    for mode in ("adain", "wavelet", "none"):
+    for mode in options.COLOR_FIXES:
         out = decode(pisa_model, latent, mode)
         assert out.shape == (1, 39, 57, 3)
         assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
