@@ -17,17 +17,23 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import options
+from .cli_support import (
+    Tally,
+    check_targets,
+    file_identity,
+    quiet_libraries,
+    report_errors,
+    show_project_logs,
+    split_existing,
+)
 from .errors import PiSAError
 
 log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under python -m
 
-# The loggers whose INFO lines the CLI shows: the core's modules and the nodes' logger.
-PROJECT_LOGGERS = ("pisa_core", "PiSA-SR")
 STAGE_NAMES = ("VAE encode", "UNet", "VAE decode")  # the three model stages of PiSAPipeline.__call__
 LONG_IMAGE_S = 10.0  # an image running longer than this gets a log line per finished stage
 LISTED_FAILURES = 5  # failed inputs named in the summary line
@@ -104,87 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ----------------------------------------------------------------------------- logging
-
-
-class _StderrHandler(logging.Handler):
-    """Writes each record to the current sys.stderr (looked up per record, so a handler installed
-    once keeps working when the stream is replaced, as test runners do)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - logging must never break the run
-            self.handleError(record)
-
-
-def show_project_logs(level: int = logging.INFO) -> None:
-    """INFO lines of the project's loggers on stderr, as plain messages (they carry their own
-    'pisa-sr:' / 'PiSA-SR:' prefix); third-party loggers are left as they are."""
-    for name in PROJECT_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
-            logger.addHandler(_StderrHandler())
-        logger.setLevel(level)
-
-
-def quiet_libraries() -> None:
-    """No progress bars or INFO/WARNING chatter from transformers, diffusers and the Hugging Face
-    hub while models load: the CLI reports progress itself, one line per image."""
-    from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-    disable_progress_bars()
-
-
 # ----------------------------------------------------------------------------- output planning
-
-
-def file_identity(path: Path) -> tuple:
-    """What makes two paths the same file: device and inode when it exists (hard and symbolic
-    links included), else the absolute path with symbolic links resolved."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return ("path", os.path.normcase(os.path.realpath(path)))
-    return ("inode", stat.st_dev, stat.st_ino)
-
-
-def check_targets(pairs: list[tuple[Path, Path]], output_flag: str = "-o") -> None:
-    """Refuse, before any work, an output that is one of the inputs (never written over, even with
-    --overwrite) and two inputs that would be written to the same file."""
-    inputs = {file_identity(source) for source, _ in pairs}
-    claimed: dict[tuple, Path] = {}
-    for source, target in pairs:
-        key = file_identity(target)
-        if key in inputs:
-            raise PiSAError(f"The output {str(target)!r} is an input file; inputs are never written over "
-                            f"(choose another {output_flag}).")
-        if key in claimed:
-            raise PiSAError(f"{str(claimed[key])!r} and {str(source)!r} would both be written to {str(target)!r}; "
-                            "rename one of them or run them separately.")
-        claimed[key] = source
-        if target.exists() and not target.is_file():
-            raise PiSAError(f"The output {str(target)!r} exists and is not a file.")
-
-
-def split_existing(pairs: list[tuple[Path, Path]], overwrite: bool, *, single: bool) -> tuple[list, list]:
-    """(pairs to write, pairs skipped because their output exists); with overwrite nothing is skipped.
-    For a run of a single input an existing output is an error instead of a silent no-op."""
-    if overwrite:
-        return list(pairs), []
-    todo = [pair for pair in pairs if not pair[1].exists()]
-    skipped = [pair for pair in pairs if pair[1].exists()]
-    if single and skipped:
-        raise PiSAError(f"The output {str(skipped[0][1])!r} exists; pass --overwrite to replace it.")
-    for _, target in skipped:
-        log.info("pisa-sr: skipping %s: it exists (--overwrite replaces it)", target)
-    return todo, skipped
 
 
 def _upscale_targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
@@ -327,23 +253,6 @@ def _check_mask_shape(mask: Path, source: Path, size: tuple[int, int], mask_size
     if not (rounding or abs(math.log((mw / mh) / (w / h))) <= MASK_ASPECT_TOLERANCE):
         raise _PlanError(f"--mask {mask}: the mask is {mw}x{mh}, which does not have the shape of the input "
                          f"{source} ({w}x{h}); draw the mask on the input (any size, the same aspect ratio).")
-
-
-@dataclass
-class Tally:
-    """What a run did, for the summary line."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    seconds: float = 0.0                     # processing time of the written images, model loading excluded
-    load_seconds: float | None = None
-    model: str | None = None                 # "<dtype> on <device>"
-
-    def fail(self, source: Path, error: BaseException) -> None:
-        message = " ".join(str(error).split())
-        self.failed.append((source, message))
-        log.error("pisa-sr: error: %s", message)
 
 
 def _plan_jobs(pairs: list[tuple[Path, Path]], masks: dict[Path, Path | None], args, single: bool,
@@ -640,19 +549,6 @@ def _print_settings(path: Path, as_json: bool) -> int:
 
 
 # ----------------------------------------------------------------------------- entry
-
-
-def report_errors(run: Callable[[], int], prog: str = "pisa-sr") -> int:
-    """run() with the CLI's error contract: a PiSAError or an OS error is one line on stderr and
-    exit code 2; Ctrl-C is exit code 130."""
-    try:
-        return run()
-    except (PiSAError, OSError) as error:
-        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

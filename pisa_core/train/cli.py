@@ -33,7 +33,7 @@ def add_train_subparsers(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from ..cli import quiet_libraries
+    from ..cli_support import quiet_libraries
     from .trainer import train
 
     config = config_from_args(args)
@@ -81,7 +81,7 @@ def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_
     whether or not the images before it are written. Outputs are checked before any work (never
     an input, no two images onto one file, folders writable); existing ones are kept unless
     `overwrite`; an image that cannot be read is reported and the others go on (exit code 2)."""
-    from ..cli import Tally, check_targets, split_existing
+    from ..cli_support import Tally, check_targets, split_existing
     from ..image_io import check_output_folder, write_image
     from .data import load_rgb
     from .degradation import DegradationConfig, degrade
@@ -144,7 +144,7 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_caption(args) -> int:
-    from ..cli import quiet_libraries
+    from ..cli_support import quiet_libraries
     from .caption import caption_images
 
     quiet_libraries()
@@ -154,8 +154,8 @@ def _run_caption(args) -> int:
 
 
 def _stand_alone(parser: argparse.ArgumentParser, run, argv) -> int:
-    """Parse, show the project's logs and keep the CLI's error contract (pisa_core.cli.main's)."""
-    from ..cli import report_errors, show_project_logs
+    """Parse, show the project's logs and keep the CLI's error contract (pisa_core.cli_support.report_errors)."""
+    from ..cli_support import report_errors, show_project_logs
 
     args = parser.parse_args(argv)
     show_project_logs()
