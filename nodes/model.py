@@ -120,7 +120,7 @@ def _is_pisa_weights(path: Path) -> bool:
 
 def _holds_pisa_keys(path: Path) -> bool:
     try:
-        if is_safetensors(path):
+        if is_safetensors(path, "PiSA-SR weights"):
             keys = SafetensorsFile(path, "PiSA-SR weights").keys
             return bool(keys) and all(_PISA_TENSOR.match(k) for k in keys)
         with zipfile.ZipFile(path) as archive:

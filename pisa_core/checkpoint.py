@@ -358,7 +358,7 @@ def load_pisa_weights(path) -> PiSAWeights:
     path = Path(path)
     if not path.is_file():
         raise PiSAError(f"PiSA-SR weights file '{path}' does not exist or is not a file.")
-    if is_safetensors(path):
+    if is_safetensors(path, WHAT):
         return _weights_from_safetensors(path)
     return _weights_from_official_dict(load_pickle(path, WHAT), str(path))
 

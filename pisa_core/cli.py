@@ -25,9 +25,11 @@ from .cli_support import (
     Tally,
     check_targets,
     file_identity,
+    interruption,
+    one_line,
     quiet_libraries,
-    report_errors,
-    show_project_logs,
+    remove_stale_temporaries,
+    run_command,
     split_existing,
 )
 from .errors import PiSAError
@@ -36,7 +38,6 @@ log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under pytho
 
 STAGE_NAMES = ("VAE encode", "UNet", "VAE decode")  # the three model stages of PiSAPipeline.__call__
 LONG_IMAGE_S = 10.0  # an image running longer than this gets a log line per finished stage
-LISTED_FAILURES = 5  # failed inputs named in the summary line
 SETTINGS_KEYWORD = "pisa-sr"  # the PNG text chunk holding the settings an output was made with
 MASKED_LAMBDAS = {"lambda_pix_masked": "lambda_pix", "lambda_sem_masked": "lambda_sem"}  # inside -> outside
 # A mask may differ from its input's aspect ratio by rounding or by this much (log of the ratios).
@@ -389,7 +390,11 @@ def _load_pipeline(args, device, tally: Tally):
 
     quiet_libraries()
     tic = time.perf_counter()
-    pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype, compile=args.compile)
+    try:
+        pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype,
+                                       compile=args.compile)
+    except (PiSAError, OSError) as error:
+        raise PiSAError(f"could not load the model: {one_line(error)}") from None
     tally.load_seconds = time.perf_counter() - tic
     tally.model = f"{options.dtype_name(pipe.dtype)} on {pipe.device}"
     return pipe
@@ -399,8 +404,8 @@ def _load_pipeline(args, device, tally: Tally):
 
 
 def summary_line(tally: Tally) -> str:
-    """`pisa-sr: 3 images written, 4.87 s per image, model loaded in 6.2 s (bf16 on cpu)`, then
-    `; N skipped (...)` and `; N failed: names` when there are any. Benchmarks parse the first
+    """`pisa-sr: 3 images written, 4.87 s per image, model loaded in 6.2 s (bf16 on cpu)`, then what
+    was skipped, what failed and what stopped the run (Tally.outcome). Benchmarks parse the first
     part: keep its wording."""
     count = len(tally.written)
     parts = [f"{count} image{'' if count == 1 else 's'} written"]
@@ -408,14 +413,7 @@ def summary_line(tally: Tally) -> str:
         parts.append(f"{tally.seconds / count:.2f} s per image")
     if tally.load_seconds is not None:
         parts.append(f"model loaded in {tally.load_seconds:.1f} s ({tally.model})")
-    line = "pisa-sr: " + ", ".join(parts)
-    if tally.skipped:
-        line += f"; {len(tally.skipped)} skipped (output exists; --overwrite replaces it)"
-    if tally.failed:
-        names = ", ".join(str(source) for source, _ in tally.failed[:LISTED_FAILURES])
-        more = ", ..." if len(tally.failed) > LISTED_FAILURES else ""
-        line += f"; {len(tally.failed)} failed: {names}{more}"
-    return line
+    return "pisa-sr: " + ", ".join(parts) + tally.outcome()
 
 
 def _plan_upscale(args, state, tally: Tally) -> list[Job]:
@@ -430,29 +428,44 @@ def _plan_upscale(args, state, tally: Tally) -> list[Job]:
     masks = match_masks(pairs, args.mask)
     single = len(files) == 1
     todo, skipped = split_existing(_my_share(pairs, state), args.overwrite, single=single)
-    tally.skipped = [target for _, target in skipped]
+    for _, target in skipped:
+        tally.skip(target)
     jobs = _plan_jobs(todo, masks, args, single, tally)
-    for folder in dict.fromkeys(job.target.parent for job in jobs):
+    folders = list(dict.fromkeys(job.target.parent for job in jobs))
+    for folder in folders:
         check_output_folder(folder)
+    remove_stale_temporaries(folders)
     return jobs
 
 
 def _run_upscale(args) -> int:
+    """Plan, load, run; the summary line comes last whatever happened, naming what stopped the run."""
+    tally = Tally()
+    try:
+        jobs, state, device = _prepare_upscale(args, tally)
+        if jobs:
+            pipe = _load_pipeline(args, device, tally)
+            _run_jobs(pipe, jobs, args, tally, state)
+    except (PiSAError, OSError) as error:
+        tally.stopped = f"failed: {one_line(error)}"
+        raise
+    except KeyboardInterrupt as error:
+        tally.stopped = f"interrupted ({interruption(error)[0]})"
+        raise
+    finally:
+        print(summary_line(tally), flush=True)
+    return 2 if tally.failed else 0
+
+
+def _prepare_upscale(args, tally: Tally):
+    """(jobs, distributed state or None, device): everything before the model loads."""
     from .hardware import parse_device
 
     if not args.base or not args.weights:
         raise PiSAError("--base and --weights are required (or set PISA_SR_BASE and PISA_SR_WEIGHTS)")
     state = _distributed_state()
     device = parse_device(args.device if args.device is not None else (state.device if state else None))
-    tally = Tally()
-    jobs = _plan_upscale(args, state, tally)
-    try:
-        if jobs:
-            pipe = _load_pipeline(args, device, tally)
-            _run_jobs(pipe, jobs, args, tally, state)
-    finally:
-        print(summary_line(tally), flush=True)
-    return 2 if tally.failed else 0
+    return _plan_upscale(args, state, tally), state, device
 
 
 def _distributed_state():
@@ -484,6 +497,7 @@ def _run_convert(args) -> int:
     if destination.exists() and not args.overwrite:
         raise PiSAError(f"The destination {str(destination)!r} exists; pass --overwrite to replace it.")
     check_output_folder(destination.parent, "destination folder")
+    remove_stale_temporaries([destination.parent])
     convert_pisa_weights(args.source, destination)
     print(f"wrote {destination}")
     return 0
@@ -491,11 +505,16 @@ def _run_convert(args) -> int:
 
 def _run_info(args) -> int:
     from .checkpoint import describe, load_pisa_weights
-    from .image_io import png_header
+    from .file_kinds import IMAGE, sniff_file
 
-    if Path(args.file).is_file() and png_header(args.file) is not None:
-        return _print_settings(Path(args.file), args.json)
-    info = describe(load_pisa_weights(args.file))
+    path = Path(args.file)
+    kind = sniff_file(path) if path.is_file() else None
+    if kind is not None and kind.kind == IMAGE:
+        if kind.name != "PNG":
+            raise PiSAError(f"{str(path)!r} is {kind.describe()}, not PiSA-SR weights, and it carries no pisa-sr "
+                            "settings (only the PNG outputs of pisa-sr upscale record them).")
+        return _print_settings(path, args.json)
+    info = describe(load_pisa_weights(path))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -552,10 +571,7 @@ def _print_settings(path: Path, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    show_project_logs()
-    return report_errors(lambda: args.func(args))
+    return run_command(build_parser(), argv, lambda args: args.func(args))
 
 
 if __name__ == "__main__":

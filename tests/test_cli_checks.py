@@ -89,7 +89,8 @@ def test_a_folder_run_goes_on_past_unreadable_inputs(model_dir, photos, tmp_path
     summary = captured.out.strip()
     assert SUMMARY.match(summary.split(";")[0]), summary
     assert summary.startswith("pisa-sr: 2 images written, ")
-    assert summary.endswith(f"; 2 failed: {photos / '0notes.png'}, {photos / '1cut.png'}")
+    assert f"; 2 failed: {photos / '0notes.png'}, {photos / '1cut.png'} (first error: Cannot read " in summary
+    assert summary.endswith("0notes.png': not a recognised image file (expected PNG, JPEG, WebP, TIFF or BMP).)")
 
 
 @pytest.mark.timeout(300)
