@@ -98,7 +98,10 @@ def _add_weights_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="pisa-sr", description="PiSA-SR one-step diffusion super-resolution")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_upscale_parser(sub)
     _add_weights_parsers(sub)

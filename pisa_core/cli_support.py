@@ -124,9 +124,10 @@ def report_errors(run: Callable[[], int], prog: str = "pisa-sr") -> int:
     the code of a process killed by SIGPIPE, as shells report it."""
     try:
         with signals_interrupt():
-            code = run()
-            sys.stdout.flush()
-            return code
+            try:
+                return run()
+            finally:  # --help and --version end in SystemExit: their output too may meet a closed pipe
+                sys.stdout.flush()
     except BrokenPipeError:
         _stdout_to_devnull()
         return PIPE_CLOSED_EXIT
