@@ -37,7 +37,8 @@ def _pisa_sr(*args: str, **popen) -> subprocess.Popen:
 
 def _dead_pid() -> int:
     """The id of a process that has ended (and been reaped)."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     return int(done.stdout)
 
 
@@ -81,7 +82,8 @@ def test_a_signal_while_a_file_is_written_removes_its_temporary_file(tmp_path):
     target = tmp_path / "image.png"
     with pytest.raises(KeyboardInterrupt) as caught, signals_interrupt(), atomic_output(target) as f:
         f.write(b"half an image")
-        assert [p.name for p in tmp_path.iterdir()][0].startswith(".image.png.")
+        (temporary,) = tmp_path.iterdir()
+        assert temporary.name.startswith(".image.png.") and temporary.name.endswith(".part")
         os.kill(os.getpid(), signal.SIGTERM)  # a real signal to this process, handled on the next bytecode
         f.write(b" never reached")
     assert caught.value.signum == signal.SIGTERM
