@@ -181,7 +181,7 @@ def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", comp
         model = PiSAModel(pipe, key, base_name, weights_name)
         owner.append(weakref.ref(model))
         _loaded[key] = model
-        LOG.info("PiSA-SR: loaded %s + %s (%s on %s)", base_name, weights_name, options.dtype_name(dtype), load)
+        LOG.info("pisa-sr: loaded %s + %s (%s on %s)", base_name, weights_name, options.dtype_name(dtype), load)
         return model
 
 

@@ -33,11 +33,13 @@ from .cli_support import (
     split_existing,
 )
 from .errors import PiSAError
+from .progress import Heartbeat
 
 log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under python -m
 
 STAGE_NAMES = ("VAE encode", "UNet", "VAE decode")  # the three model stages of PiSAPipeline.__call__
 LONG_IMAGE_S = 10.0  # an image running longer than this gets a log line per finished stage
+HEARTBEAT_S = 10.0   # the longest a running image or a model load goes without a progress line
 SETTINGS_KEYWORD = "pisa-sr"  # the PNG text chunk holding the settings an output was made with
 MASKED_LAMBDAS = {"lambda_pix_masked": "lambda_pix", "lambda_sem_masked": "lambda_sem"}  # inside -> outside
 # A mask may differ from its input's aspect ratio by rounding or by this much (log of the ratios).
@@ -284,13 +286,25 @@ def _plan_jobs(pairs: list[tuple[Path, Path]], masks: dict[Path, Path | None], a
 
 
 class _StageLog:
-    """progress(done, total) of one image -> a log line per finished model stage, once the image
-    has run longer than LONG_IMAGE_S (short images get only their completion line)."""
+    """The progress lines of one image: `with _StageLog(label) as progress: pipe(..., progress=progress)`.
+    progress(done, total) -> a line per finished model stage once the image has run longer than
+    LONG_IMAGE_S (short images get only their completion line), and a heartbeat line every
+    `interval` seconds naming the stage in progress, so a stage that reports nothing for long (one
+    huge tile) still shows every HEARTBEAT_S that the run is alive."""
 
-    def __init__(self, label: str):
-        self.label, self.start, self.stage = label, time.perf_counter(), 0
+    def __init__(self, label: str, interval: float = HEARTBEAT_S):
+        self.label, self.start, self.stage, self.fraction = label, time.perf_counter(), 0, 0.0
+        self.heartbeat = Heartbeat(interval, self._beat)
+
+    def __enter__(self):
+        self.heartbeat.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.heartbeat.__exit__(*exc)
 
     def __call__(self, done: int, total: int) -> None:
+        self.fraction = done / max(1, total)
         stage = done * len(STAGE_NAMES) // max(1, total)
         if stage <= self.stage:
             return
@@ -299,6 +313,12 @@ class _StageLog:
         if elapsed >= LONG_IMAGE_S:
             log.info("pisa-sr: %s: %s done (stage %d of %d), %.0f s", self.label, STAGE_NAMES[stage - 1], stage,
                      len(STAGE_NAMES), elapsed)
+
+    def _beat(self, _since_enter: float) -> None:
+        running = min(self.stage, len(STAGE_NAMES) - 1)
+        log.info("pisa-sr: %s: %s running (stage %d of %d), %d %% of the image, %.0f s", self.label,
+                 STAGE_NAMES[running], running + 1, len(STAGE_NAMES), 100 * self.fraction,
+                 time.perf_counter() - self.start)
 
 
 def _upscale_one(pipe, job: Job, call: dict, args, label: str):
@@ -313,7 +333,8 @@ def _upscale_one(pipe, job: Job, call: dict, args, label: str):
         mask = read_mask(job.mask)
         call = {**call, **{plain: masked_lambda(call[plain], getattr(args, inside), mask)
                            for inside, plain in MASKED_LAMBDAS.items()}}
-    return pipe(batch, progress=_StageLog(label), **call)[0]
+    with _StageLog(label) as progress:
+        return pipe(batch, progress=progress, **call)[0]
 
 
 def _model_file(path) -> dict:
@@ -358,7 +379,7 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     for number, job in enumerate(jobs, 1):
         label = f"[{number}/{len(jobs)}] {job.source.name}"
         if state is not None:
-            print(f"process {state.process_index}: {job.source.name}", flush=True)
+            print(f"pisa-sr: process {state.process_index}: {job.source.name}", flush=True)
         tic = time.perf_counter()
         try:
             result = _upscale_one(pipe, job, call, args, label)
@@ -394,8 +415,9 @@ def _load_pipeline(args, device, tally: Tally):
     quiet_libraries()
     tic = time.perf_counter()
     try:
-        pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype,
-                                       compile=args.compile)
+        with Heartbeat(HEARTBEAT_S, lambda seconds: log.info("pisa-sr: loading the model, %.0f s", seconds)):
+            pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype,
+                                           compile=args.compile)
     except (PiSAError, OSError) as error:
         raise PiSAError(f"could not load the model: {one_line(error)}") from None
     tally.load_seconds = time.perf_counter() - tic
@@ -502,7 +524,7 @@ def _run_convert(args) -> int:
     check_output_folder(destination.parent, "destination folder")
     remove_stale_temporaries([destination.parent])
     convert_pisa_weights(args.source, destination)
-    print(f"wrote {destination}")
+    print(f"pisa-sr: wrote {destination}")
     return 0
 
 

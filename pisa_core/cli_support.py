@@ -44,7 +44,7 @@ class _StderrHandler(logging.Handler):
 
 def show_project_logs(level: int = logging.INFO) -> None:
     """INFO lines of the project's loggers on stderr, as plain messages (they carry their own
-    'pisa-sr:' / 'PiSA-SR:' prefix); third-party loggers are left as they are."""
+    'pisa-sr:' prefix); third-party loggers are left as they are."""
     for name in PROJECT_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):

@@ -123,7 +123,7 @@ class PiSAPipeline:
             self._compile(compile)
         self.prompt_embeds = base.prompt_embeds.to(self.device, self.dtype)
         self.base_source, self.weights_source = base.source, weights.source
-        log.info("PiSA-SR: %s%s on %s", options.dtype_name(self.dtype),
+        log.info("pisa-sr: %s%s on %s", options.dtype_name(self.dtype),
                  " with channels-last" if self.channels_last else "", self.device)
 
     @classmethod
@@ -167,7 +167,7 @@ class PiSAPipeline:
         else:
             self.vae_dtype = torch.float32
         self.upcasts.append(part)
-        log.warning("PiSA-SR: the %s overflowed in %s during the %s; it runs in float32 from now on",
+        log.warning("pisa-sr: the %s overflowed in %s during the %s; it runs in float32 from now on",
                     part.upper(), options.dtype_name(was), stage)
         if self.on_upcast is not None:
             self.on_upcast(part)
