@@ -103,3 +103,20 @@ def test_a_damaged_pickle_is_corrupted_not_unsafe(tmp_path, capsys):
     damaged.write_bytes(buffer.getvalue()[:2] + b"\x99garbage" + buffer.getvalue()[2:])
     err = one_line_error(capsys, main(["info", str(damaged)]), str(damaged), "corrupted or not a torch.save file")
     assert "safety" not in err
+
+
+def test_the_summary_line_says_what_stopped_the_run(model_dir, tmp_path, capsys):
+    weights, _ = _not_weights(tmp_path, "text")
+    source = _image(tmp_path, "PNG")
+    out = tmp_path / "out"
+    assert main(["upscale", str(source), "-o", str(out), *model_args(model_dir), "--weights", str(weights)]) == 2
+    captured = capsys.readouterr()
+    reason = f"could not load the model: '{weights}' is a text file, not PiSA-SR weights."
+    assert captured.out.strip() == f"pisa-sr: 0 images written; failed: {reason}"
+    assert captured.err.strip() == f"pisa-sr: error: {reason}"
+    out.mkdir(exist_ok=True)  # the output folder is made before the model loads
+    (out / "x.png").write_bytes(b"an earlier result")
+    assert main(["upscale", str(source), "-o", str(out), *model_args(model_dir)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.strip() == (f"pisa-sr: 0 images written; failed: The output '{out / 'x.png'}' exists; pass "
+                                    "--overwrite to replace it.")
