@@ -131,6 +131,7 @@ def test_progress_logs_summary_and_no_third_party_bars(model_dir, photos, tmp_pa
     assert match[1] == "2" and match.groups()[3:] == ("fp32", "cpu") and float(match[2]) > 0
     lines = captured.err.strip().splitlines()
     assert "pisa-sr: fp32 on cpu" in lines  # the pipeline's dtype decision (INFO)
+    assert all(line.startswith("pisa-sr: ") for line in lines), lines  # one prefix, the core's lines included
     assert [line.split(" ->")[0] for line in lines if " -> " in line] == [
         "pisa-sr: [1/2] photo0.png", "pisa-sr: [2/2] photo1.png"]
     assert not any(bar in captured.err for bar in ("it/s]", "%|", "Loading")), captured.err
