@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import PiSAError
-from .file_kinds import SAFETENSORS, TENSOR_KINDS, UNKNOWN, sniff_file
+from .file_kinds import SAFETENSORS, TENSOR_KINDS, sniff_file
 
 # torch's weights-only unpickler on a global it will not import (the pickle would run code)
 _CODE_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
@@ -24,15 +24,12 @@ _CODE_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECAS
 
 def is_safetensors(path: Path, what: str) -> bool:
     """Judge by content (file_kinds.sniff), not by the name: True for safetensors, False for
-    torch.save zips and pickles. Anything else (an image, a text file, an unknown binary) is a
-    PiSAError saying what the file is instead of `what`; an unknown binary named .safetensors is
-    read as a damaged one (its reader says what is wrong)."""
+    torch.save zips and pickles. Anything else (an image, a text file, an unknown binary, whatever
+    its name) is a PiSAError saying what the file is instead of `what`."""
     kind = sniff_file(path)
-    if kind.kind in TENSOR_KINDS:
-        return kind.kind == SAFETENSORS
-    if kind.kind == UNKNOWN and Path(path).suffix.lower() == ".safetensors":
-        return True
-    raise PiSAError(f"'{path}' is {kind.describe()}, not {what}.")
+    if kind.kind not in TENSOR_KINDS:
+        raise PiSAError(f"'{path}' is {kind.describe()}, not {what}.")
+    return kind.kind == SAFETENSORS
 
 
 # safetensors dtype names -> torch dtypes (the ones SD and PiSA-SR files use, and their kin)

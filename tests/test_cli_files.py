@@ -120,3 +120,10 @@ def test_the_summary_line_says_what_stopped_the_run(model_dir, tmp_path, capsys)
     captured = capsys.readouterr()
     assert captured.out.strip() == (f"pisa-sr: 0 images written; failed: The output '{out / 'x.png'}' exists; pass "
                                     "--overwrite to replace it.")
+
+
+def test_an_unknown_binary_is_called_unknown_whatever_its_name(tmp_path, capsys):
+    path = tmp_path / "pisa_sr.safetensors"
+    path.write_bytes(UNKNOWN_BYTES)
+    one_line_error(capsys, main(["info", str(path)]), str(path),
+                   "is a file of unknown format (it starts with the bytes 13 37 00 fe 42 99 00 01), not PiSA-SR weights")
