@@ -8,7 +8,7 @@ import logging
 if __package__:  # ComfyUI imports this folder as a package, whatever its name
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-    logging.getLogger("PiSA-SR").info("PiSA-SR: %d nodes loaded (category image/upscaling/PiSA-SR)",
+    logging.getLogger("PiSA-SR").info("pisa-sr: %d nodes loaded (category image/upscaling/PiSA-SR)",
                                       len(NODE_CLASS_MAPPINGS))
 else:  # loaded as a lone module (pytest does so when the checkout's folder name is no identifier)
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}

@@ -139,7 +139,7 @@ class ComfyHost(PlainHost):
         """Complete a partial load (what --lowvram / --novram leave of plain layers) through the
         patcher's own full load."""
         if not on_device(handle.model, device):
-            LOG.info("PiSA-SR: ComfyUI loaded the model only partly (low-VRAM mode); it needs all its weights on "
+            LOG.info("pisa-sr: ComfyUI loaded the model only partly (low-VRAM mode); it needs all its weights on "
                      "%s and is loaded fully", device)
             handle.patch_model(device_to=device, lowvram_model_memory=0, load_weights=True)
 

@@ -120,7 +120,7 @@ def _is_pisa_weights(path: Path) -> bool:
 
 def _holds_pisa_keys(path: Path) -> bool:
     try:
-        if is_safetensors(path):
+        if is_safetensors(path, "PiSA-SR weights"):
             keys = SafetensorsFile(path, "PiSA-SR weights").keys
             return bool(keys) and all(_PISA_TENSOR.match(k) for k in keys)
         with zipfile.ZipFile(path) as archive:
@@ -181,7 +181,7 @@ def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", comp
         model = PiSAModel(pipe, key, base_name, weights_name)
         owner.append(weakref.ref(model))
         _loaded[key] = model
-        LOG.info("PiSA-SR: loaded %s + %s (%s on %s)", base_name, weights_name, options.dtype_name(dtype), load)
+        LOG.info("pisa-sr: loaded %s + %s (%s on %s)", base_name, weights_name, options.dtype_name(dtype), load)
         return model
 
 

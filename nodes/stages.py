@@ -265,7 +265,7 @@ def plan_of(latent: dict, z: torch.Tensor) -> Plan:
     if isinstance(plan, Plan) and tuple(plan.latent_size) == tuple(z.shape[-2:]) and plan.batch == z.shape[0]:
         return plan
     if isinstance(plan, Plan):
-        LOG.warning("PiSA-SR: the latent was changed after PiSA Encode; decoding it at its own size")
+        LOG.warning("pisa-sr: the latent was changed after PiSA Encode; decoding it at its own size")
     return Plan.for_latent(z)
 
 
@@ -282,7 +282,7 @@ def decode_latent(model: PiSAModel, latent: dict, color_fix: str, vae_tile: int,
         reference = match_batch(check_images(color_reference, "the color_reference input"), z.shape[0])
         reference = reference[..., :3].permute(0, 3, 1, 2)
     elif plan.lq is None and color_fix != "none":
-        LOG.warning("PiSA-SR: no colour reference for this latent; colour fix skipped")
+        LOG.warning("pisa-sr: no colour reference for this latent; colour fix skipped")
         color_fix = "none"
     size = (z.shape[-2] * LATENT_FACTOR, z.shape[-1] * LATENT_FACTOR)
     model.ready(working_memory("decode", None, size, pipe.vae_dtype))

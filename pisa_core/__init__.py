@@ -8,8 +8,9 @@
 from importlib import import_module
 
 from .errors import PiSAError
+from .version import package_version
 
-__version__ = "0.2.0"
+__version__ = package_version()
 
 _LAZY = {
     "PiSAPipeline": ".pipeline",

@@ -5,16 +5,58 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import stat
 from pathlib import Path
 
 from .errors import PiSAError
+
+TOKEN_BYTES = 4
+# temporary_path's names: .NAME.PID.TOKEN.part (the token TOKEN_BYTES random bytes in hex)
+TEMPORARY_NAME = re.compile(rf"^\..+\.(?P<pid>[1-9][0-9]*)\.[0-9a-f]{{{2 * TOKEN_BYTES}}}\.part$")
 
 
 def temporary_path(path: Path) -> Path:
     """A hidden name beside `path` (same filesystem, so the final rename is atomic); input listings
     skip hidden files, so a leftover from a killed process is never taken as an input."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(TOKEN_BYTES)}.part")
+
+
+def _process_gone(pid: int) -> bool:
+    """True only when no process has this id (a live one of another user counts as alive)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only, nothing is sent
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # another user's process, or no id a process could have
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporary files of this naming pattern (TEMPORARY_NAME) in `folder` whose
+    process is gone (killed before it could clean up); returns them. Nothing else is touched:
+    not other names, not links or folders, not the files of a live process. POSIX only (elsewhere
+    a process cannot be probed without side effects): returns [] there."""
+    if os.name != "posix":
+        return []
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = TEMPORARY_NAME.match(entry.name)
+        if match is None or not _process_gone(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager

@@ -264,7 +264,7 @@ def weight_files(sub: Path) -> list[Path]:
 def _file_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if not path.is_file():
         raise PiSAError(f"'{path}' is missing (named by the folder's weight index).")
-    if is_safetensors(path):
+    if is_safetensors(path, WHAT):
         yield from SafetensorsFile(path, WHAT).items()
         return
     data = load_pickle(path, WHAT)

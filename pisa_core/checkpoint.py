@@ -361,7 +361,7 @@ def load_pisa_weights(path) -> PiSAWeights:
     path = Path(path)
     if not path.is_file():
         raise PiSAError(f"PiSA-SR weights file '{path}' does not exist or is not a file.")
-    if is_safetensors(path):
+    if is_safetensors(path, WHAT):
         return _weights_from_safetensors(path)
     return _weights_from_official_dict(load_pickle(path, WHAT), str(path))
 
@@ -463,7 +463,7 @@ def load_convertible(path) -> PiSAWeights:
     path = Path(path)
     if path.is_dir() and (path / TRAIN_STATE_FILE).is_file():
         path = path / TRAIN_STATE_FILE
-    if not path.is_file() or is_safetensors(path):
+    if not path.is_file() or is_safetensors(path, WHAT):
         return load_pisa_weights(path)
     data = load_pickle(path, WHAT)
     if is_train_state(data):

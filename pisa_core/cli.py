@@ -17,20 +17,29 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import options
+from .cli_support import (
+    Tally,
+    check_targets,
+    file_identity,
+    interruption,
+    one_line,
+    quiet_libraries,
+    remove_stale_temporaries,
+    run_command,
+    split_existing,
+)
 from .errors import PiSAError
+from .progress import Heartbeat
 
 log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under python -m
 
-# The loggers whose INFO lines the CLI shows: the core's modules and the nodes' logger.
-PROJECT_LOGGERS = ("pisa_core", "PiSA-SR")
 STAGE_NAMES = ("VAE encode", "UNet", "VAE decode")  # the three model stages of PiSAPipeline.__call__
 LONG_IMAGE_S = 10.0  # an image running longer than this gets a log line per finished stage
-LISTED_FAILURES = 5  # failed inputs named in the summary line
+HEARTBEAT_S = 10.0   # the longest a running image or a model load goes without a progress line
 SETTINGS_KEYWORD = "pisa-sr"  # the PNG text chunk holding the settings an output was made with
 MASKED_LAMBDAS = {"lambda_pix_masked": "lambda_pix", "lambda_sem_masked": "lambda_sem"}  # inside -> outside
 # A mask may differ from its input's aspect ratio by rounding or by this much (log of the ratios).
@@ -94,7 +103,10 @@ def _add_weights_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="pisa-sr", description="PiSA-SR one-step diffusion super-resolution")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_upscale_parser(sub)
     _add_weights_parsers(sub)
@@ -107,87 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ----------------------------------------------------------------------------- logging
-
-
-class _StderrHandler(logging.Handler):
-    """Writes each record to the current sys.stderr (looked up per record, so a handler installed
-    once keeps working when the stream is replaced, as test runners do)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - logging must never break the run
-            self.handleError(record)
-
-
-def show_project_logs(level: int = logging.INFO) -> None:
-    """INFO lines of the project's loggers on stderr, as plain messages (they carry their own
-    'pisa-sr:' / 'PiSA-SR:' prefix); third-party loggers are left as they are."""
-    for name in PROJECT_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
-            logger.addHandler(_StderrHandler())
-        logger.setLevel(level)
-
-
-def quiet_libraries() -> None:
-    """No progress bars or INFO/WARNING chatter from transformers, diffusers and the Hugging Face
-    hub while models load: the CLI reports progress itself, one line per image."""
-    from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-    disable_progress_bars()
-
-
 # ----------------------------------------------------------------------------- output planning
-
-
-def file_identity(path: Path) -> tuple:
-    """What makes two paths the same file: device and inode when it exists (hard and symbolic
-    links included), else the absolute path with symbolic links resolved."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return ("path", os.path.normcase(os.path.realpath(path)))
-    return ("inode", stat.st_dev, stat.st_ino)
-
-
-def check_targets(pairs: list[tuple[Path, Path]], output_flag: str = "-o") -> None:
-    """Refuse, before any work, an output that is one of the inputs (never written over, even with
-    --overwrite) and two inputs that would be written to the same file."""
-    inputs = {file_identity(source) for source, _ in pairs}
-    claimed: dict[tuple, Path] = {}
-    for source, target in pairs:
-        key = file_identity(target)
-        if key in inputs:
-            raise PiSAError(f"The output {str(target)!r} is an input file; inputs are never written over "
-                            f"(choose another {output_flag}).")
-        if key in claimed:
-            raise PiSAError(f"{str(claimed[key])!r} and {str(source)!r} would both be written to {str(target)!r}; "
-                            "rename one of them or run them separately.")
-        claimed[key] = source
-        if target.exists() and not target.is_file():
-            raise PiSAError(f"The output {str(target)!r} exists and is not a file.")
-
-
-def split_existing(pairs: list[tuple[Path, Path]], overwrite: bool, *, single: bool) -> tuple[list, list]:
-    """(pairs to write, pairs skipped because their output exists); with overwrite nothing is skipped.
-    For a run of a single input an existing output is an error instead of a silent no-op."""
-    if overwrite:
-        return list(pairs), []
-    todo = [pair for pair in pairs if not pair[1].exists()]
-    skipped = [pair for pair in pairs if pair[1].exists()]
-    if single and skipped:
-        raise PiSAError(f"The output {str(skipped[0][1])!r} exists; pass --overwrite to replace it.")
-    for _, target in skipped:
-        log.info("pisa-sr: skipping %s: it exists (--overwrite replaces it)", target)
-    return todo, skipped
 
 
 def _upscale_targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
@@ -332,24 +264,6 @@ def _check_mask_shape(mask: Path, source: Path, size: tuple[int, int], mask_size
                          f"{source} ({w}x{h}); draw the mask on the input (any size, the same aspect ratio).")
 
 
-@dataclass
-class Tally:
-    """What a run did, for the summary line."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    not_images: list[tuple[Path, str]] = field(default_factory=list)  # folder entries left out, with the reason
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    seconds: float = 0.0                     # processing time of the written images, model loading excluded
-    load_seconds: float | None = None
-    model: str | None = None                 # "<dtype> on <device>"
-
-    def fail(self, source: Path, error: BaseException) -> None:
-        message = " ".join(str(error).split())
-        self.failed.append((source, message))
-        log.error("pisa-sr: error: %s", message)
-
-
 def _plan_jobs(pairs: list[tuple[Path, Path]], masks: dict[Path, Path | None], args, single: bool,
                tally: Tally) -> list[Job]:
     """Jobs for the inputs whose header reads; an unreadable input is reported and left out
@@ -375,13 +289,25 @@ def _plan_jobs(pairs: list[tuple[Path, Path]], masks: dict[Path, Path | None], a
 
 
 class _StageLog:
-    """progress(done, total) of one image -> a log line per finished model stage, once the image
-    has run longer than LONG_IMAGE_S (short images get only their completion line)."""
+    """The progress lines of one image: `with _StageLog(label) as progress: pipe(..., progress=progress)`.
+    progress(done, total) -> a line per finished model stage once the image has run longer than
+    LONG_IMAGE_S (short images get only their completion line), and a heartbeat line every
+    `interval` seconds naming the stage in progress, so a stage that reports nothing for long (one
+    huge tile) still shows every HEARTBEAT_S that the run is alive."""
 
-    def __init__(self, label: str):
-        self.label, self.start, self.stage = label, time.perf_counter(), 0
+    def __init__(self, label: str, interval: float = HEARTBEAT_S):
+        self.label, self.start, self.stage, self.fraction = label, time.perf_counter(), 0, 0.0
+        self.heartbeat = Heartbeat(interval, self._beat)
+
+    def __enter__(self):
+        self.heartbeat.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.heartbeat.__exit__(*exc)
 
     def __call__(self, done: int, total: int) -> None:
+        self.fraction = done / max(1, total)
         stage = done * len(STAGE_NAMES) // max(1, total)
         if stage <= self.stage:
             return
@@ -390,6 +316,12 @@ class _StageLog:
         if elapsed >= LONG_IMAGE_S:
             log.info("pisa-sr: %s: %s done (stage %d of %d), %.0f s", self.label, STAGE_NAMES[stage - 1], stage,
                      len(STAGE_NAMES), elapsed)
+
+    def _beat(self, _since_enter: float) -> None:
+        running = min(self.stage, len(STAGE_NAMES) - 1)
+        log.info("pisa-sr: %s: %s running (stage %d of %d), %d %% of the image, %.0f s", self.label,
+                 STAGE_NAMES[running], running + 1, len(STAGE_NAMES), 100 * self.fraction,
+                 time.perf_counter() - self.start)
 
 
 def _upscale_one(pipe, job: Job, call: dict, args, label: str):
@@ -405,7 +337,8 @@ def _upscale_one(pipe, job: Job, call: dict, args, label: str):
         mask = read_mask(job.mask)
         call = {**call, **{plain: masked_lambda(call[plain], getattr(args, inside), mask)
                            for inside, plain in MASKED_LAMBDAS.items()}}
-    return pipe(batch, progress=_StageLog(label), **call)[0], info
+    with _StageLog(label) as progress:
+        return pipe(batch, progress=progress, **call)[0], info
 
 
 def _model_file(path) -> dict:
@@ -450,7 +383,7 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     for number, job in enumerate(jobs, 1):
         label = f"[{number}/{len(jobs)}] {job.source.name}"
         if state is not None:
-            print(f"process {state.process_index}: {job.source.name}", flush=True)
+            print(f"pisa-sr: process {state.process_index}: {job.source.name}", flush=True)
         tic = time.perf_counter()
         try:
             result, info = _upscale_one(pipe, job, call, args, label)
@@ -487,7 +420,12 @@ def _load_pipeline(args, device, tally: Tally):
 
     quiet_libraries()
     tic = time.perf_counter()
-    pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype, compile=args.compile)
+    try:
+        with Heartbeat(HEARTBEAT_S, lambda seconds: log.info("pisa-sr: loading the model, %.0f s", seconds)):
+            pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype,
+                                           compile=args.compile)
+    except (PiSAError, OSError) as error:
+        raise PiSAError(f"could not load the model: {one_line(error)}") from None
     tally.load_seconds = time.perf_counter() - tic
     tally.model = f"{options.dtype_name(pipe.dtype)} on {pipe.device}"
     return pipe
@@ -497,27 +435,16 @@ def _load_pipeline(args, device, tally: Tally):
 
 
 def summary_line(tally: Tally) -> str:
-    """`pisa-sr: 3 images written, 4.87 s per image, model loaded in 6.2 s (bf16 on cpu)`, then
-    `; N skipped (...)`, `; N skipped as not images: name (reason)` and `; N failed: names` when
-    there are any. Benchmarks parse the first part: keep its wording."""
+    """`pisa-sr: 3 images written, 4.87 s per image, model loaded in 6.2 s (bf16 on cpu)`, then what
+    was skipped, what failed and what stopped the run (Tally.outcome). Benchmarks parse the first
+    part: keep its wording."""
     count = len(tally.written)
     parts = [f"{count} image{'' if count == 1 else 's'} written"]
     if count:
         parts.append(f"{tally.seconds / count:.2f} s per image")
     if tally.load_seconds is not None:
         parts.append(f"model loaded in {tally.load_seconds:.1f} s ({tally.model})")
-    line = "pisa-sr: " + ", ".join(parts)
-    if tally.skipped:
-        line += f"; {len(tally.skipped)} skipped (output exists; --overwrite replaces it)"
-    if tally.not_images:
-        names = ", ".join(f"{source.name} ({reason})" for source, reason in tally.not_images[:LISTED_FAILURES])
-        more = ", ..." if len(tally.not_images) > LISTED_FAILURES else ""
-        line += f"; {len(tally.not_images)} skipped as not images: {names}{more}"
-    if tally.failed:
-        names = ", ".join(str(source) for source, _ in tally.failed[:LISTED_FAILURES])
-        more = ", ..." if len(tally.failed) > LISTED_FAILURES else ""
-        line += f"; {len(tally.failed)} failed: {names}{more}"
-    return line
+    return "pisa-sr: " + ", ".join(parts) + tally.outcome()
 
 
 def _plan_upscale(args, state, tally: Tally) -> list[Job]:
@@ -534,29 +461,44 @@ def _plan_upscale(args, state, tally: Tally) -> list[Job]:
     masks = match_masks(pairs, args.mask)
     single = len(files) == 1
     todo, skipped = split_existing(_my_share(pairs, state), args.overwrite, single=single)
-    tally.skipped = [target for _, target in skipped]
+    for _, target in skipped:
+        tally.skip(target)
     jobs = _plan_jobs(todo, masks, args, single, tally)
-    for folder in dict.fromkeys(job.target.parent for job in jobs):
+    folders = list(dict.fromkeys(job.target.parent for job in jobs))
+    for folder in folders:
         check_output_folder(folder)
+    remove_stale_temporaries(folders)
     return jobs
 
 
 def _run_upscale(args) -> int:
+    """Plan, load, run; the summary line comes last whatever happened, naming what stopped the run."""
+    tally = Tally()
+    try:
+        jobs, state, device = _prepare_upscale(args, tally)
+        if jobs:
+            pipe = _load_pipeline(args, device, tally)
+            _run_jobs(pipe, jobs, args, tally, state)
+    except (PiSAError, OSError) as error:
+        tally.stopped = f"failed: {one_line(error)}"
+        raise
+    except KeyboardInterrupt as error:
+        tally.stopped = f"interrupted ({interruption(error)[0]})"
+        raise
+    finally:
+        print(summary_line(tally), flush=True)
+    return 2 if tally.failed else 0
+
+
+def _prepare_upscale(args, tally: Tally):
+    """(jobs, distributed state or None, device): everything before the model loads."""
     from .hardware import parse_device
 
     if not args.base or not args.weights:
         raise PiSAError("--base and --weights are required (or set PISA_SR_BASE and PISA_SR_WEIGHTS)")
     state = _distributed_state()
     device = parse_device(args.device if args.device is not None else (state.device if state else None))
-    tally = Tally()
-    jobs = _plan_upscale(args, state, tally)
-    try:
-        if jobs:
-            pipe = _load_pipeline(args, device, tally)
-            _run_jobs(pipe, jobs, args, tally, state)
-    finally:
-        print(summary_line(tally), flush=True)
-    return 2 if tally.failed else 0
+    return _plan_upscale(args, state, tally), state, device
 
 
 def _distributed_state():
@@ -589,18 +531,24 @@ def _run_convert(args) -> int:
     if destination.exists() and not args.overwrite:
         raise PiSAError(f"The destination {str(destination)!r} exists; pass --overwrite to replace it.")
     check_output_folder(destination.parent, "destination folder")
+    remove_stale_temporaries([destination.parent])
     convert_pisa_weights(args.source, destination)
-    print(f"wrote {destination}")
+    print(f"pisa-sr: wrote {destination}")
     return 0
 
 
 def _run_info(args) -> int:
     from .checkpoint import describe, load_pisa_weights
-    from .image_io import png_header
+    from .file_kinds import IMAGE, sniff_file
 
-    if Path(args.file).is_file() and png_header(args.file) is not None:
-        return _print_settings(Path(args.file), args.json)
-    info = describe(load_pisa_weights(args.file))
+    path = Path(args.file)
+    kind = sniff_file(path) if path.is_file() else None
+    if kind is not None and kind.kind == IMAGE:
+        if kind.name != "PNG":
+            raise PiSAError(f"{str(path)!r} is {kind.describe()}, not PiSA-SR weights, and it carries no pisa-sr "
+                            "settings (only the PNG outputs of pisa-sr upscale record them).")
+        return _print_settings(path, args.json)
+    info = describe(load_pisa_weights(path))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -656,24 +604,8 @@ def _print_settings(path: Path, as_json: bool) -> int:
 # ----------------------------------------------------------------------------- entry
 
 
-def report_errors(run: Callable[[], int], prog: str = "pisa-sr") -> int:
-    """run() with the CLI's error contract: a PiSAError or an OS error is one line on stderr and
-    exit code 2; Ctrl-C is exit code 130."""
-    try:
-        return run()
-    except (PiSAError, OSError) as error:
-        print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    show_project_logs()
-    return report_errors(lambda: args.func(args))
+    return run_command(build_parser(), argv, lambda args: args.func(args))
 
 
 if __name__ == "__main__":

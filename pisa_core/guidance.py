@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PiSAError
+from .options import LAMBDA_LIMIT
 
 PIX = "pix"
 PISA = "pisa"
@@ -54,21 +55,39 @@ class PassPlan:
 
 
 def check_lambda(value, name: str) -> Lambda:
-    """A guidance scale must be a finite number, or a float tensor of finite numbers shaped [h,w],
-    [B,h,w] or [B,1,h,w] (NaN or ±inf would give a NaN image). A constant map becomes its number."""
+    """A guidance scale must be a finite number within ±LAMBDA_LIMIT, or a float tensor of such
+    numbers shaped [h,w], [B,h,w] or [B,1,h,w] (NaN, ±inf or an absurd λ would give a NaN or noise
+    image after minutes of work). A constant map becomes its number."""
+    limit = LAMBDA_LIMIT
     if torch.is_tensor(value):
         if not value.is_floating_point() or value.dim() not in (2, 3, 4) or (value.dim() == 4 and value.shape[1] != 1) \
                 or value.numel() == 0:
             raise PiSAError(f"{name} as a map must be a float tensor [h,w], [B,h,w] or [B,1,h,w]; got "
                             f"{value.dtype} {tuple(value.shape)}.")
-        if not value.is_meta and not torch.isfinite(value).all():
+        if value.is_meta:
+            return value.float()
+        if not torch.isfinite(value).all():
             raise PiSAError(f"{name} map contains NaN or infinite values.")
-        if not value.is_meta and value.min() == value.max():
+        if value.abs().max() > limit:
+            raise PiSAError(f"{name} map values must lie between {-limit:g} and {limit:g} (the paper uses 0 to 1.5); "
+                            f"got {describe_lambda(value)}.")
+        if value.min() == value.max():
             return float(value.flatten()[0])
         return value.float()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise PiSAError(f"{name} must be a finite number or a map of them; got {value!r}.")
+    if abs(value) > limit:
+        raise PiSAError(f"{name} must be between {-limit:g} and {limit:g} (the paper uses 0 to 1.5); got {value:g}.")
     return float(value)
+
+
+def describe_lambda(value: Lambda) -> str:
+    """A λ for a message: the number, or a map's range."""
+    if torch.is_tensor(value):
+        if value.is_meta:
+            return f"map {tuple(value.shape)}"
+        return f"map {value.min().item():g} to {value.max().item():g}"
+    return f"{value:g}"
 
 
 def masked_lambda(outside: float, inside: float, mask: torch.Tensor | None) -> Lambda:

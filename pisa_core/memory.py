@@ -68,7 +68,7 @@ def with_backoff(run, tile: int, *, minimum: int, what: str, release=release_cac
         if tile // 2 < minimum:
             raise PiSAError(f"Out of memory in the {what} even with a tile of {tile}; use a smaller image or "
                             "upscale factor, or free memory (close other models) and try again.")
-        log.warning("PiSA-SR: out of memory in the %s at tile %d; retrying with %d", what, tile, tile // 2)
+        log.warning("pisa-sr: out of memory in the %s at tile %d; retrying with %d", what, tile, tile // 2)
         tile //= 2
 
 

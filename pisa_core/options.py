@@ -25,6 +25,9 @@ VAE_TILE_AUTO = 0        # vae_tile 0: untiled when it fits in free memory, else
 MAX_OUTPUT_PIXELS = 64 * 1024 * 1024    # 8192² output: a guard against typos like upscale 80
 # The small-input rule enlarges at most this much beyond the output (area), see geometry.working_size.
 MAX_WORK_AREA_FACTOR = 4.0
+# |λ_pix|, |λ_sem| (numbers and every value of a map) at most this: the paper's Table 1 varies them
+# from 0 to 1.5; far beyond that the latent leaves what the VAE decodes (NaN/inf or noise).
+LAMBDA_LIMIT = 10.0
 
 COLOR_FIXES = ("adain", "wavelet", "none", "lab")  # appended last: saved ComfyUI workflows keep their choice
 # --output-profile: "input" converts back to the input's ICC profile and embeds it; "srgb" writes sRGB, tagged.

@@ -32,7 +32,7 @@ from .checkpoint import PiSAWeights, load_pisa_weights
 from .colorfix import apply_color_fix
 from .errors import PiSAError
 from .geometry import Plan, map_to_latent, merge_channels, prepare, resize, to_output_size, to_unit_range
-from .guidance import PISA, PIX, Lambda, check_lambda, plan_passes, residual_latent
+from .guidance import PISA, PIX, Lambda, check_lambda, describe_lambda, plan_passes, residual_latent
 from .options import LATENT_FACTOR, VAE_OVERLAP_PX, default
 from .progress import STAGE_STEPS, Progress
 from .resnet_inplace import use_inplace_resnets
@@ -81,6 +81,21 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return tensor.is_meta or bool(torch.isfinite(tensor).all())
 
 
+def _non_finite_message(stage: str, part: str, first: torch.dtype, latent: torch.Tensor | None) -> str:
+    """What to say when a stage gives NaN/inf in float32 too: the stage, its precision and what
+    fed it (only the decoder's input depends on λ: large λ_pix/λ_sem make large latents)."""
+    text = f"The {stage} produced NaN or infinite values even in float32"
+    if first != torch.float32:
+        text += f" (it ran in {options.dtype_name(first)} first)"
+    if latent is None or latent.is_meta:
+        weights = "UNet or PiSA-SR" if part == "unet" else "VAE"
+        return f"{text} from a finite input: the {weights} weights hold NaN or huge values."
+    largest = latent.detach().abs().max().item()
+    return (f"{text} from a latent as large as {largest:.3g}: lambda_pix and lambda_sem far from the paper's "
+            f"0 to 1.5 (|λ| ≤ {options.LAMBDA_LIMIT:g} is allowed) make such latents, or the VAE weights hold "
+            "NaN or huge values.")
+
+
 class PiSAPipeline:
     """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding)."""
 
@@ -123,7 +138,7 @@ class PiSAPipeline:
             self._compile(compile)
         self.prompt_embeds = base.prompt_embeds.to(self.device, self.dtype)
         self.base_source, self.weights_source = base.source, weights.source
-        log.info("PiSA-SR: %s%s on %s", options.dtype_name(self.dtype),
+        log.info("pisa-sr: %s%s on %s", options.dtype_name(self.dtype),
                  " with channels-last" if self.channels_last else "", self.device)
 
     @classmethod
@@ -167,24 +182,26 @@ class PiSAPipeline:
         else:
             self.vae_dtype = torch.float32
         self.upcasts.append(part)
-        log.warning("PiSA-SR: the %s overflowed in %s during the %s; it runs in float32 from now on",
+        log.warning("pisa-sr: the %s overflowed in %s during the %s; it runs in float32 from now on",
                     part.upper(), options.dtype_name(was), stage)
         if self.on_upcast is not None:
             self.on_upcast(part)
 
-    def _finite(self, part: str, stage: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _finite(self, part: str, stage: str, run: Callable[[], torch.Tensor],
+                latent: torch.Tensor | None = None) -> torch.Tensor:
         """run(), checked for NaN/inf; in half precision an overflow switches `part` to float32 and
-        runs the stage again; still non-finite: a clear error instead of an image."""
+        runs the stage again; still non-finite: a clear error naming the stage, its precision and,
+        for the decoder, how large its input `latent` is, instead of an image."""
         out = run()
         if _all_finite(out):
             return out
-        if (self.unet_dtype if part == "unet" else self.vae_dtype) != torch.float32:
+        first = self.unet_dtype if part == "unet" else self.vae_dtype
+        if first != torch.float32:
             self._upcast(part, stage)
             out = run()
             if _all_finite(out):
                 return out
-        raise PiSAError(f"The {stage} produced NaN or infinite values even in float32; the model files or the "
-                        "input are broken.")
+        raise PiSAError(_non_finite_message(stage, part, first, latent))
 
     # --- stages -----------------------------------------------------------------------------
 
@@ -271,7 +288,12 @@ class PiSAPipeline:
             raise PiSAError(f"guide needs ε {', '.join(missing)} for these λ; run predict_eps with "
                             "need=plan_passes(λ_pix, λ_sem).branches first.")
         eps = {b: eps[b].to(self.device, torch.float32) for b in passes.branches}
-        return residual_latent(z_lq, passes.combine(eps, like=z_lq)) / self.scaling_factor
+        z_high = residual_latent(z_lq, passes.combine(eps, like=z_lq)) / self.scaling_factor
+        if not _all_finite(z_high):
+            raise PiSAError(f"Guidance with lambda_pix {describe_lambda(lambdas[0])} and lambda_sem "
+                            f"{describe_lambda(lambdas[1])} gave NaN or infinite latents (the UNet ran in "
+                            f"{options.dtype_name(self.unet_dtype)}); the predicted ε is not finite.")
+        return z_high
 
     def _on_latent(self, value: Lambda, name: str, plan: Plan | None, z_lq: torch.Tensor) -> Lambda:
         value = check_lambda(value, name)
@@ -291,7 +313,7 @@ class PiSAPipeline:
 
         image = self._finite("vae", "VAE decode", lambda: vae_decode_tiled(
             run, latent.float(), tile=tile // LATENT_FACTOR, overlap=VAE_OVERLAP_PX // LATENT_FACTOR,
-            progress=progress, device=self.device))
+            progress=progress, device=self.device), latent=latent)
         return image.clamp_(-1, 1)
 
     @torch.no_grad()

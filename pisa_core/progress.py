@@ -3,6 +3,8 @@ reports one monotone count to a callback (a ComfyUI progress bar, a log line, a 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 Report = Callable[[int, int], None]
@@ -34,3 +36,34 @@ class Progress:
 
     def advance(self, steps: int = STAGE_STEPS) -> None:
         self._set(self.done + steps)
+
+
+class Heartbeat:
+    """`beat(elapsed_seconds)` every `interval` seconds on a timer thread while the `with` block
+    runs, for stages that report nothing for a long time (one huge tile, loading a model). Leaving
+    the block stops the thread and waits for it: no beat runs after the block, none is left half
+    done (a beat and the stop take the same lock)."""
+
+    def __init__(self, interval: float, beat: Callable[[float], None]):
+        self.interval, self.beat = interval, beat
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="pisa-sr heartbeat", daemon=True)
+        self._start = 0.0
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self.beat(time.perf_counter() - self._start)

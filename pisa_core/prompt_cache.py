@@ -56,7 +56,7 @@ def load(key: str) -> torch.Tensor | None:
     try:
         embeds = SafetensorsFile(path, "a cached prompt embedding").get("embeds")
     except (PiSAError, KeyError):
-        log.debug("PiSA-SR: ignoring the unreadable prompt cache %s", path)
+        log.debug("pisa-sr: ignoring the unreadable prompt cache %s", path)
         return None
     return embeds.float() if embeds.dim() == 3 and embeds.shape[0] == 1 else None
 
@@ -70,4 +70,4 @@ def store(key: str, embeds: torch.Tensor, source: str) -> None:
             f.write(save({"embeds": embeds.detach().float().cpu().contiguous()},
                          metadata={"source": source, "version": VERSION}))
     except (OSError, PiSAError) as exc:
-        log.debug("PiSA-SR: prompt cache not written (%s)", exc)
+        log.debug("pisa-sr: prompt cache not written (%s)", exc)

@@ -16,21 +16,20 @@ from pathlib import Path
 import torch
 
 from .errors import PiSAError
+from .file_kinds import SAFETENSORS, TENSOR_KINDS, sniff_file
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_MAGIC = b"\x80"
+# torch's weights-only unpickler on a global it will not import (the pickle would run code)
+_CODE_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
 
 
-def is_safetensors(path: Path) -> bool:
-    """Judge by content: torch.save zips start with 'PK', legacy pickles with 0x80, safetensors
-    with an 8-byte header length then '{'. Files too damaged to tell go by their extension."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if head[:4] == _ZIP_MAGIC or head[:1] == _PICKLE_MAGIC:
-        return False
-    if len(head) == 9 and head[8:9] == b"{":
-        return True
-    return path.suffix.lower() == ".safetensors"
+def is_safetensors(path: Path, what: str) -> bool:
+    """Judge by content (file_kinds.sniff), not by the name: True for safetensors, False for
+    torch.save zips and pickles. Anything else (an image, a text file, an unknown binary, whatever
+    its name) is a PiSAError saying what the file is instead of `what`."""
+    kind = sniff_file(path)
+    if kind.kind not in TENSOR_KINDS:
+        raise PiSAError(f"'{path}' is {kind.describe()}, not {what}.")
+    return kind.kind == SAFETENSORS
 
 
 # safetensors dtype names -> torch dtypes (the ones SD and PiSA-SR files use, and their kin)
@@ -125,12 +124,10 @@ def load_pickle(path, what: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any failure to read untrusted bytes is the file's fault
-        message = str(exc)
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-        if code or "weights only" in message.lower():
-            what_runs = f" ('{code[1]}')" if code else ""
+        code = _CODE_GLOBAL.search(str(exc))
+        if code:
             raise PiSAError(
-                f"'{path}' was refused for safety: it is a pickle that would run code{what_runs}, while "
+                f"'{path}' was refused for safety: it is a pickle that would run code ('{code[1]}'), while "
                 f"{what} hold only tensors (and lists, ints and strings); convert it to .safetensors with a "
                 "tool you trust and load that file instead.") from None
         raise PiSAError(f"'{path}' could not be read as {what}: it is corrupted or not a torch.save file "
@@ -184,7 +181,7 @@ def read_tensors(path, what: str, *, lazy: bool = False) -> dict:
     wrapper is unwrapped; non-tensor entries (e.g. `global_step`) are dropped. lazy: safetensors
     entries are LazyTensors (nothing read yet); pickles are memory-mapped either way."""
     path = Path(path)
-    if is_safetensors(path):
+    if is_safetensors(path, what):
         file = SafetensorsFile(path, what)
         return {key: LazyTensor(file, key) for key in file.keys} if lazy else file.read_all()
     data = load_pickle(path, what)

@@ -329,8 +329,9 @@ def test_pickled_code_is_refused_and_not_executed(parts, tmp_path):
 
 @pytest.mark.parametrize("name, content, finding", [
     ("notes.txt", b"hello", "not a checkpoint"),
-    ("garbage.safetensors", b"\x00" * 64, "not a readable safetensors file"),
-    ("garbage.ckpt", b"just some text", "corrupted or not a torch.save file"),
+    ("garbage.safetensors", b"\x00" * 64, "is a file of unknown format (it starts with the bytes 00 00 00"),
+    ("notes.ckpt", b"just some text", "is a text file, not a Stable Diffusion checkpoint"),
+    ("garbage.ckpt", b"\x80\x02garbage", "corrupted or not a torch.save file"),
 ])
 def test_non_checkpoint_files_are_rejected(tmp_path, name, content, finding):
     path = tmp_path / name

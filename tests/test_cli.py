@@ -88,5 +88,5 @@ def test_accelerate_launch_splits_files_between_processes(model_dir, photos, tmp
     result = run_launched(cmd, env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["photo0.png", "photo1.png"]
-    handled = [line for line in result.stdout.splitlines() if line.startswith("process ")]
-    assert sorted(handled) == ["process 0: photo0.png", "process 1: photo1.png"]
+    handled = [line for line in result.stdout.splitlines() if line.startswith("pisa-sr: process ")]
+    assert sorted(handled) == ["pisa-sr: process 0: photo0.png", "pisa-sr: process 1: photo1.png"]

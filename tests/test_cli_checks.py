@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from test_cli_outputs import NO_MODEL, one_line_error
 from pisa_core import options
 from pisa_core.cli import LONG_IMAGE_S, _StageLog, main
 from pisa_core.image_io import read_image, write_image
+from pisa_core.progress import Heartbeat
 
 # benchmarks/cpu_speed.py parses this; README "Command line" documents it.
 SUMMARY = re.compile(r"^pisa-sr: (\d+) images? written, ([\d.]+) s per image, model loaded in ([\d.]+) s "
@@ -42,6 +45,9 @@ def _no_device(name):
     (["--geometry", "release", "--upscale", "2.5"], ["--geometry release", "2.5"]),
     (["--lambda-pix", "nan"], ["--lambda-pix"]),
     (["--lambda-sem", "inf"], ["--lambda-sem"]),
+    (["--lambda-sem", "1e30"], ["--lambda-sem must be between -10 and 10", "1e+30"]),
+    (["--lambda-pix", "-10.5"], ["--lambda-pix must be between -10 and 10", "-10.5"]),
+    (["--mask", "photo", "--lambda-sem-masked", "11"], ["--lambda-sem-masked must be between -10 and 10"]),
     (["--process-size", "-5"], ["--process-size", "-5"]),
     (["--process-size", "100000"], ["--process-size"]),
     (["--seed", "-1"], ["--seed"]),
@@ -89,7 +95,8 @@ def test_a_folder_run_goes_on_past_unreadable_inputs(model_dir, photos, tmp_path
     summary = captured.out.strip()
     assert SUMMARY.match(summary.split(";")[0]), summary
     assert summary.startswith("pisa-sr: 2 images written, ")
-    assert summary.endswith(f"; 2 failed: {photos / '0notes.png'}, {photos / '1cut.png'}")
+    assert f"; 2 failed: {photos / '0notes.png'}, {photos / '1cut.png'} (first error: Cannot read " in summary
+    assert summary.endswith("0notes.png': not a recognised image file (expected PNG, JPEG, WebP, TIFF or BMP).)")
 
 
 @pytest.mark.timeout(300)
@@ -123,7 +130,8 @@ def test_progress_logs_summary_and_no_third_party_bars(model_dir, photos, tmp_pa
     assert match, captured.out
     assert match[1] == "2" and match.groups()[3:] == ("fp32", "cpu") and float(match[2]) > 0
     lines = captured.err.strip().splitlines()
-    assert "PiSA-SR: fp32 on cpu" in lines  # the pipeline's dtype decision (INFO)
+    assert "pisa-sr: fp32 on cpu" in lines  # the pipeline's dtype decision (INFO)
+    assert all(line.startswith("pisa-sr: ") for line in lines), lines  # one prefix, the core's lines included
     assert [line.split(" ->")[0] for line in lines if " -> " in line] == [
         "pisa-sr: [1/2] photo0.png", "pisa-sr: [2/2] photo1.png"]
     assert not any(bar in captured.err for bar in ("it/s]", "%|", "Loading")), captured.err
@@ -152,3 +160,33 @@ def test_16_bit_tiff_input_gives_16_bit_output(model_dir, tmp_path):
     assert (info.bit_depth, image.shape) == (16, (40, 48, 3))
     assert main(["upscale", str(source), "-o", str(tmp_path / "o.tiff"), *model_args(model_dir)]) == 0
     assert read_image(tmp_path / "o.tiff")[1].bit_depth == 16
+
+
+def test_a_long_stage_gets_a_heartbeat_line_and_none_after_it_ends(caplog):
+    caplog.set_level(logging.INFO, logger="pisa_core.cli")
+    interval = 0.05
+    with _StageLog("[1/1] huge.png", interval=interval) as progress:
+        progress(150, 300)          # half way: the UNet runs, and reports nothing for a while
+        time.sleep(8 * interval)
+    beats = list(caplog.messages)
+    assert len(beats) >= 3, beats
+    assert all(re.fullmatch(r"pisa-sr: \[1/1\] huge\.png: UNet running \(stage 2 of 3\), 50 % of the image, \d+ s", m)
+               for m in beats), beats
+    time.sleep(4 * interval)
+    assert caplog.messages == beats  # stopped with the stage: nothing printed after it
+
+
+def test_heartbeat_stops_cleanly_even_mid_beat():
+    beats, inside = [], threading.Event()
+
+    def slow_beat(seconds):
+        inside.set()
+        time.sleep(0.1)             # the stage ends while this beat runs
+        beats.append(seconds)
+
+    with Heartbeat(0.01, slow_beat):
+        assert inside.wait(5)
+    count = len(beats)
+    assert count >= 1               # leaving the block waited for the beat in progress
+    time.sleep(0.2)
+    assert len(beats) == count and all(b >= 0.01 for b in beats)

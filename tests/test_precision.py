@@ -116,8 +116,19 @@ def test_still_non_finite_in_fp32_is_an_error_not_an_image(model_dir, lq_image):
     pipe = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32")
     with torch.no_grad():
         pipe.vae.decoder.conv_in.weight[0, 0, 0, 0] = float("nan")
-    with pytest.raises(PiSAError, match="VAE decode produced NaN or infinite values even in float32"):
+    with pytest.raises(PiSAError, match="VAE decode produced NaN or infinite values even in float32 from a latent "
+                       "as large as .*lambda_pix and lambda_sem far from the paper's 0 to 1.5"):
         pipe(lq_image(16, 16), process_size=0)
+
+
+def test_non_finite_results_name_the_stage_and_the_settings(pipe):
+    with pytest.raises(PiSAError, match=r"VAE decode .* from a latent as large as 1e\+30"):
+        pipe.decode(torch.full((1, 4, 4, 4), 1e30))
+    latent = torch.zeros(1, 4, 4, 4)
+    eps = {"pix": torch.zeros(1, 4, 4, 4), "pisa": torch.full((1, 4, 4, 4), float("inf"))}
+    with pytest.raises(PiSAError, match=r"Guidance with lambda_pix 1 and lambda_sem 0.5 gave NaN or infinite latents "
+                                        r"\(the UNet ran in fp32\)"):
+        pipe.guide(latent, eps, 1.0, 0.5)
 
 
 def skip_without_half_kernels(error: RuntimeError) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli_support import run_command
 from ..errors import PiSAError
 from .config import add_config_arguments, config_from_args
 
@@ -33,7 +34,7 @@ def add_train_subparsers(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from ..cli import quiet_libraries
+    from ..cli_support import quiet_libraries
     from .trainer import train
 
     config = config_from_args(args)
@@ -81,7 +82,7 @@ def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_
     whether or not the images before it are written. Outputs are checked before any work (never
     an input, no two images onto one file, folders writable); existing ones are kept unless
     `overwrite`; an image that cannot be read is reported and the others go on (exit code 2)."""
-    from ..cli import Tally, check_targets, split_existing
+    from ..cli_support import Tally, check_targets, remove_stale_temporaries, split_existing
     from ..image_io import check_output_folder, write_image
     from .data import load_rgb
     from .degradation import DegradationConfig, degrade
@@ -95,9 +96,13 @@ def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_
     lq_todo, lq_kept = split_existing(lq_pairs, overwrite, single=single)
     hq_todo, _ = split_existing(hq_pairs, overwrite, single=single)
     wanted = {*(lq for _, lq in lq_todo), *(hq for _, hq in hq_todo)}
-    for folder in dict.fromkeys(target.parent for target in wanted):
+    folders = list(dict.fromkeys(target.parent for target in wanted))
+    for folder in folders:
         check_output_folder(folder)
-    tally = Tally(skipped=[lq for _, lq in lq_kept])
+    remove_stale_temporaries(folders)
+    tally = Tally()
+    for _, lq in lq_kept:
+        tally.skip(lq)
     for index, (path, lq_target, hq_target) in enumerate(listed):
         if lq_target not in wanted and hq_target not in wanted:
             continue
@@ -121,12 +126,7 @@ def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_
 
 
 def _degrade_summary(tally, output) -> str:
-    line = f"pisa-sr degrade: wrote {len(tally.written)} LQ image(s) to {output}"
-    if tally.skipped:
-        line += f"; {len(tally.skipped)} skipped (output exists; --overwrite replaces it)"
-    if tally.failed:
-        line += f"; {len(tally.failed)} failed: " + ", ".join(str(path) for path, _ in tally.failed)
-    return line
+    return f"pisa-sr degrade: wrote {len(tally.written)} LQ image(s) to {output}{tally.outcome()}"
 
 
 # ----------------------------------------------------------------------------- caption
@@ -144,7 +144,7 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_caption(args) -> int:
-    from ..cli import quiet_libraries
+    from ..cli_support import quiet_libraries
     from .caption import caption_images
 
     quiet_libraries()
@@ -153,20 +153,11 @@ def _run_caption(args) -> int:
     return 0
 
 
-def _stand_alone(parser: argparse.ArgumentParser, run, argv) -> int:
-    """Parse, show the project's logs and keep the CLI's error contract (pisa_core.cli.main's)."""
-    from ..cli import report_errors, show_project_logs
-
-    args = parser.parse_args(argv)
-    show_project_logs()
-    return report_errors(lambda: run(args), parser.prog)
-
-
 def degrade_main(argv=None) -> int:
     """Stand-alone entry of `pisa-sr degrade` (argv without the subcommand name)."""
     parser = argparse.ArgumentParser(prog="pisa-sr degrade", description=DEGRADE_HELP)
     add_degrade_arguments(parser)
-    return _stand_alone(parser, _run_degrade, argv)
+    return run_command(parser, argv, _run_degrade)
 
 
 def train_main(argv=None) -> int:
@@ -174,4 +165,4 @@ def train_main(argv=None) -> int:
     `accelerate launch -m pisa_core.train`."""
     parser = argparse.ArgumentParser(prog="pisa-sr train", description="Train PiSA-SR's LoRAs.")
     add_config_arguments(parser)
-    return _stand_alone(parser, _run_train, argv)
+    return run_command(parser, argv, _run_train)
