@@ -26,8 +26,8 @@ import torch
 from common import (
     Children,
     current_peak_rss_gib,
-    matmul_gflops,
     lq_image,
+    matmul_gflops,
     median_stages,
     random_weights,
     reset_peak_rss,
