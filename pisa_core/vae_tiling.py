@@ -431,9 +431,10 @@ def run_tiled(vae: nn.Module, part: str, x: torch.Tensor, *, tile: int, full: tu
     dtype = next(vae.parameters()).dtype
     device = torch.device(device)
     dry = _Run(META, META, dtype, layout, tile, full)
-    _walk(ops, Stored(x.to(META)), dry)
+    _walk(ops, Stored(torch.empty(x.shape, dtype=x.dtype, device=META)), dry)
     run = _Run(device, torch.device("cpu"), dtype, layout, tile, full, progress, total=dry.done)
-    return _walk(ops, Stored(x.detach().to("cpu")), run).to(device).float()
+    host = torch.zeros(x.shape, dtype=x.dtype) if x.is_meta else x.detach().cpu()  # a dry run's input has no values
+    return _walk(ops, Stored(host), run).to(device).float()
 
 
 @contextlib.contextmanager
