@@ -13,9 +13,9 @@ image, streaming tiles through the compute device:
   convolution then run per tile with those statistics.
 - Resnets: out = x + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))); the first pass stores conv1's output,
   the second adds into the residual in place (a new buffer only when the channels change).
-- An upsampler's output (nearest x2 then its 3x3 conv) is never stored: the resnet after it
-  recomputes it per tile from the half-resolution tensor (the decoder's largest tensor, 256
-  channels at full resolution, is never alive).
+- The last upsampler's output (nearest x2 then its 3x3 conv; 256 channels at full resolution, the
+  decoder's largest tensor) is never stored: the resnet after it recomputes it per tile from the
+  half-resolution tensor (a statistics pass and its first pass: one more conv of that size).
 - The mid-block's self-attention spans the whole latent, so it runs on the whole latent on the
   device; its resnets are tiled like the others.
 
@@ -280,10 +280,11 @@ def _downsample(run: _Run, source, *, down: Downsample2D) -> Stored:
     return _conv_pass(run, source, conv=down.conv, pads=pads)
 
 
-def _upsample(run: _Run, source, *, up: Upsample2D) -> Upsampled:
-    if isinstance(source, Upsampled):
-        source = _materialise(run, source)
-    return Upsampled(source, up)
+def _upsample(run: _Run, source, *, up: Upsample2D):
+    """Upsample2D's output: stored below full resolution; at full resolution (the decoder's
+    largest tensor) recomputed per tile by its consumer instead (one more conv pass, less memory)."""
+    lazy = Upsampled(_materialise(run, source), up)
+    return lazy if lazy.size == tuple(run.full) else _materialise(run, lazy)
 
 
 def _materialise(run: _Run, source) -> Stored:
