@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md")
+DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md", ROOT / "docs" / "tiling.md")
 COMMAND = "python benchmarks/report.py"
 REGION = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
@@ -208,6 +208,24 @@ def memory(device: str):
     return render
 
 
+def vae_tiles(device: str):
+    def render(results: dict) -> str:
+        run = results.get(f"vae-tiles-{device}")
+        if run is None:
+            return missing(f"vae-tiles-{device}", f"python benchmarks/vae_tiles.py --device {device}")
+        f = run["figures"]
+        rows = [["untiled (reference)", "–", "–", f"{r['encode_s']:.1f}", f"{r['decode_s']:.1f}"]
+                if r["tile"] == "untiled" else
+                [f"{r['tile']} px", f"{100 * r['encode_mean_of_std']:.4f} / {100 * r['encode_max_of_std']:.4f}",
+                 f"{r['decode_mean_levels']:.4f} / {r['decode_max_levels']:.4f}", f"{r['encode_s']:.1f}",
+                 f"{r['decode_s']:.1f}"] for r in f["rows"]]
+        header = ["VAE tile", "encode: mean / max abs diff, % of latent std", "decode: mean / max abs diff, 8-bit levels",
+                  "encode s", "decode s"]
+        return (f"{f['size']}² image, {f['dtype']}:\n\n" + _table(header, rows)
+                + f"\n\n{source_line(run)}\n")
+    return render
+
+
 def gpu_speed(results: dict) -> str:
     run = results.get("speed-cuda")
     if run is None:
@@ -219,7 +237,7 @@ def gpu_speed(results: dict) -> str:
 
 RENDER = {"summary": summary, "cpu-image": cpu_image, "cpu-stages": cpu_stages, "cpu-process": cpu_process,
           "cpu-targets": cpu_targets, "flops": flops, "memory-cpu": memory("cpu"), "gpu-speed": gpu_speed,
-          "memory-cuda": memory("cuda")}
+          "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu")}
 
 
 # ------------------------------------------------------------------------------ the files
