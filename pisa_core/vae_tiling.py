@@ -11,16 +11,19 @@ image, streaming tiles through the compute device:
   moments of the tiles it writes (mean and squared deviations, merged pairwise in float64), and
   the next GroupNorm folds them into its groups. Normalisation, SiLU and the following
   convolution then run per tile with those statistics.
-- Resnets: out = x + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))); the first pass stores conv1's output,
-  the second adds into the residual in place (a new buffer only when the channels change).
+- Resnets: out = x + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))); the first pass stores conv1's output
+  h, the second writes the sum over x in place, or over h (row by row, keeping the lines the next
+  row reads) when the channels change: two full tensors of a level at a time.
 - The last upsampler's output (nearest x2 then its 3x3 conv; 256 channels at full resolution, the
   decoder's largest tensor) is never stored: the resnet after it recomputes it per tile from the
-  half-resolution tensor (a statistics pass and its first pass: one more conv of that size).
+  half-resolution tensor (in a statistics pass, with halos in its first pass, and for the
+  residual in its second: two more convs of that size).
 - The mid-block's self-attention spans the whole latent, so it runs on the whole latent on the
   device; its resnets are tiled like the others.
 
 Device memory: one operation's tile (see docs/tiling.md for the formula) and, for the attention,
-the whole latent at 512 channels. Host memory: at most three full activations of one level.
+the whole latent at 512 channels. Host memory: two full activations of one level (and the
+half-resolution input of the decoder's last upsampler beside them).
 
 A dry run on the `meta` device (shape-only, no data) counts the tiles first, so progress(done,
 total) is called after every tile of every pass with a fixed total; it may raise to cancel.
@@ -301,36 +304,60 @@ def _materialise(run: _Run, source) -> Stored:
 
 def _resnet(run: _Run, source, *, block: ResnetBlock2D) -> Stored:
     """out = (shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x))))))) / output_scale_factor in two
-    tiled passes; the sum is formed in place in the residual's buffer."""
+    tiled passes. The first stores conv1's output h; the second writes out over x in place when
+    the shortcut is the identity on a stored x, else over h (then x is read only for its tile)."""
     pre1 = _norm_act(run, block.norm1, _stats(run, source))
     conv1, conv2, shortcut = block.conv1, block.conv2, block.conv_shortcut
     size = source.size
     hidden, hidden_stats = run.empty(source.batch, conv1.out_channels, size), ChannelStats()
-    in_place = shortcut is None and isinstance(source, Stored)
-    out = source.tensor if in_place else run.empty(source.batch, conv2.out_channels, size)
     for y0, y1, x0, x1 in run.tiles(size):
         (ay, by), (ax, bx) = _reach(conv1, y0, y1, 0), _reach(conv1, x0, x1, 1)
-        raw, window = _window(run, source.region, size, ay, by, ax, bx, pre1)
-        tile = _conv(conv1, window)
+        tile = _conv(conv1, _window(run, source.region, size, ay, by, ax, bx, pre1)[1])
         hidden_stats.add(tile)
         _store(hidden, y0, y1, x0, x1, tile)
-        if not in_place:
-            dy, dx = y0 - max(ay, 0), x0 - max(ax, 0)
-            core = raw[..., dy:dy + y1 - y0, dx:dx + x1 - x0]
-            _store(out, y0, y1, x0, x1, core if shortcut is None else _conv(shortcut, core))
-    del source
     hidden = Stored(hidden, hidden_stats)
     pre2 = _norm_act(run, block.norm2, hidden_stats)
-    stats = ChannelStats()
-    for y0, y1, x0, x1 in run.tiles(size):
-        (ay, by), (ax, bx) = _reach(conv2, y0, y1, 0), _reach(conv2, x0, x1, 1)
-        tile = _conv(conv2, _window(run, hidden.region, size, ay, by, ax, bx, pre2)[1])
-        tile = tile.add_(run.on_device(out[..., y0:y1, x0:x1]))
+
+    def finish(tile, y0, y1, x0, x1):  # add the residual, scale, count
+        residual = source.region(run, y0, y1, x0, x1)
+        tile = tile.add_(residual if shortcut is None else _conv(shortcut, residual))
         if block.output_scale_factor != 1:
             tile = tile.div_(block.output_scale_factor)
         stats.add(tile)
-        _store(out, y0, y1, x0, x1, tile)
-    return Stored(out, stats)
+        return tile
+
+    stats = ChannelStats()
+    if shortcut is None and isinstance(source, Stored):
+        for y0, y1, x0, x1 in run.tiles(size):
+            (ay, by), (ax, bx) = _reach(conv2, y0, y1, 0), _reach(conv2, x0, x1, 1)
+            tile = _conv(conv2, _window(run, hidden.region, size, ay, by, ax, bx, pre2)[1])
+            _store(source.tensor, y0, y1, x0, x1, finish(tile, y0, y1, x0, x1))
+        return Stored(source.tensor, stats)
+    _conv_over_input(run, hidden, conv2, pre2, finish)
+    return Stored(hidden.tensor, stats)
+
+
+def _conv_over_input(run: _Run, source: Stored, conv: nn.Conv2d, pre, finish) -> None:
+    """finish(conv(pre(source)) tile) written over `source` itself (same shape): a row of tiles is
+    held until the row is done (its neighbours read the original values across the tile edges),
+    and the lines the next row reads above itself are kept before the row is written."""
+    size, reach = source.size, conv.padding[0]
+    above, pending = None, []
+    for y0, y1, x0, x1 in run.tiles(size):
+        def read(r, cy0, cy1, cx0, cx1, y0=y0, above=above):
+            if cy0 >= y0:
+                return source.region(r, cy0, cy1, cx0, cx1)
+            kept = r.on_device(above[..., cy0 - y0 + reach:, cx0:cx1])  # lines above this row, as they were
+            return torch.cat([kept, source.region(r, y0, cy1, cx0, cx1)], dim=2)
+
+        (ay, by), (ax, bx) = _reach(conv, y0, y1, 0), _reach(conv, x0, x1, 1)
+        tile = finish(_conv(conv, _window(run, read, size, ay, by, ax, bx, pre)[1]), y0, y1, x0, x1)
+        pending.append((y0, y1, x0, x1, tile if tile.is_meta else tile.to(run.host)))
+        if x1 == size[1]:  # the row is complete
+            above = source.tensor[..., max(y1 - reach, 0):y1, :].clone()
+            for py0, py1, px0, px1, done in pending:
+                _store(source.tensor, py0, py1, px0, px1, done)
+            pending = []
 
 
 def _attention(run: _Run, source, *, attn: nn.Module) -> Stored:
@@ -396,7 +423,9 @@ def _check_supported(vae: nn.Module, part: str) -> None:
         if isinstance(module, ResnetBlock2D):
             if (module.upsample is not None or module.downsample is not None or module.time_emb_proj is not None
                     or not isinstance(module.nonlinearity, nn.SiLU) or not isinstance(module.norm1, nn.GroupNorm)
-                    or (module.conv_shortcut is not None and tuple(module.conv_shortcut.kernel_size) != (1, 1))):
+                    or (module.conv_shortcut is not None and tuple(module.conv_shortcut.kernel_size) != (1, 1))
+                    or module.conv2.stride != (1, 1) or module.conv2.kernel_size != (3, 3)
+                    or module.conv2.padding != (1, 1)):
                 bad = "a resnet with resampling, a time embedding, another activation or norm"
         elif isinstance(module, Upsample2D):
             if (module.use_conv_transpose or not module.use_conv or module.norm is not None or not module.interpolate
