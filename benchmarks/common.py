@@ -227,25 +227,29 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def matmul_gflops(side: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Matrix-multiply throughput now, fp32 and bf16 (GFLOP/s, best of `repeats`): on a shared
-    machine the same code runs at different speeds at different times (bf16 on AMX most of all),
-    so each run records how fast the processor was before and after it."""
+def matmul_gflops(side: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
+    """Matrix-multiply throughput now, fp32 and bf16 (GFLOP/s, best of `repeats`) on `device`: on a
+    shared machine the same code runs at different speeds at different times (bf16 on AMX most of
+    all), so each run records how fast the processor was before and after it."""
     result = {}
+    device = torch.device(device)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+        a, b = (torch.randn(side, side, dtype=dtype, device=device) for _ in range(2))
         a @ b  # warm-up
         best = float("inf")
         for _ in range(repeats):
+            sync(device)
             start = time.perf_counter()
             a @ b
+            sync(device)
             best = min(best, time.perf_counter() - start)
         result[name] = round(2 * side ** 3 / best / 1e9)
     return result
 
 
-def machine_info() -> dict:
-    """CPU model and features as torch sees them, torch version, threads, date."""
+def machine_info(device: str = "cpu") -> dict:
+    """CPU model and features as torch sees them, the GPU's name when `device` is one, torch
+    version, threads, date."""
     cpu = torch.cpu
     info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
@@ -253,6 +257,8 @@ def machine_info() -> dict:
             "amx_tile": bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
             "avx512_bf16": bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
             "logical_cpus": os.cpu_count()}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 
@@ -274,9 +280,31 @@ def cpu_model_name() -> str:
     return platform.processor() or "unknown"
 
 
-def write_results(name: str, data: dict, out: str | None = None) -> Path:
-    """JSON under benchmarks/results/ (git-ignored), or at `out`."""
-    target = Path(out) if out else RESULTS / name
+def git_commit() -> str:
+    """The checkout's commit (short), `+changes` when tracked files differ from it (the results
+    folder aside), or "unknown" outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    if head.returncode != 0:
+        return "unknown"
+    changed = git("diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results").returncode != 0
+    return head.stdout.strip() + ("+changes" if changed else "")
+
+
+def write_result(name: str, figures: dict, *, device: str = "cpu", probe: dict | None = None,
+                 out: str | None = None) -> Path:
+    """One run of benchmark `name` as one JSON file: commit, date, the machine, the matrix
+    throughput probe (`probe`, else measured now as "after") and the figures. Written to
+    benchmarks/results/<name>-<date>.json, or to `out`; benchmarks/report.py makes the docs'
+    tables from the newest file of each name."""
+    machine = machine_info(device)
+    record = {"benchmark": name, "commit": git_commit(), "date": machine["date"], "command": sys.argv,
+              "machine": machine, "probe_gflops": probe or {"after": matmul_gflops(device=device)},
+              "figures": figures}
+    stamp = machine["date"].replace(" UTC", "").replace(" ", "T").replace(":", "")
+    target = Path(out) if out else RESULTS / f"{name}-{stamp}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2))
+    target.write_text(json.dumps(record, indent=1) + "\n")
     return target

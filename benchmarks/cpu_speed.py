@@ -20,7 +20,8 @@ SD2.1-base architecture with random weights, 128² -> 512²:
   ops      torch.profiler per stage in bf16 and in fp32: the ops that take longer in bf16
 
 Prints the tables (markdown), the targets with PASS/FAIL, the machine (CPU features, torch, date,
-load averages and matmul GFLOP/s before and after) and writes benchmarks/results/cpu-speed.json.
+load averages and matmul GFLOP/s before and after) and writes one JSON file per run,
+benchmarks/results/cpu-speed-<date>.json (`python benchmarks/report.py` makes the docs' tables from it).
 Exit code: 1 when a measurement failed, 2 when a target failed (the quality guard included), else
 0. --quick runs everything on the tests' tiny models (PISA_BENCH_TINY=1): a smoke test, figures
 meaningless.
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import speed
 import torch
-from common import Children, load_average, lq_image, machine_info, matmul_gflops, measure_process, write_results
+from common import Children, load_average, lq_image, machine_info, matmul_gflops, measure_process, write_result
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("image", "process", "ops")
@@ -339,12 +340,11 @@ def _op_label(row: dict) -> str:
     return f"{row['op']} for {row['via']}" if row["via"] else row["op"]
 
 
-def report(data: dict) -> None:
-    m = data["machine"]
+def report(data: dict, m: dict, probe: dict) -> None:
     print(f"\n{m['cpu_model']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} ({m['threads']} threads), "
           f"capability {m['cpu_capability']}, AMX tile {m['amx_tile']}, AVX512-BF16 {m['avx512_bf16']}, "
           f"{m['date']}; load average before {data['load_before']}, after {data['load_after']}; "
-          f"matmul GFLOP/s before {data['gflops_before']}, after {data['gflops_after']}")
+          f"matmul GFLOP/s before {probe['before']}, after {probe['after']}")
     image = data["image"]
     if image:
         print("\n| variant | dtype | median s per image | min–max s | peak RSS GiB (run) |\n|---|---|---|---|---|")
@@ -398,7 +398,7 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="where the random-weight model files are written once (default: a folder in $TMPDIR)")
     parser.add_argument("--quick", action="store_true", help="the tests' tiny models: a smoke test in a minute")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/cpu-speed.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/cpu-speed-<date>.json)")
     parser.add_argument("--write-models", type=Path, help=argparse.SUPPRESS)  # child: write the model files
     parser.add_argument("--ops-child", help=argparse.SUPPRESS)  # child: profile the stages in one dtype
     args = parser.parse_args()
@@ -413,8 +413,8 @@ def main() -> int:
         os.environ["PISA_BENCH_TINY"] = "1"  # inherited by every child
     model_dir = args.model_dir or Path(tempfile.gettempdir()) / f"pisa-sr-bench-models{'-tiny' if args.quick else ''}"
     children = Children()
-    data = {"machine": machine_info(), "load_before": load_average(), "uptime_before": _uptime(),
-            "gflops_before": matmul_gflops(),
+    probe = {"before": matmul_gflops()}
+    data = {"load_before": load_average(), "uptime_before": _uptime(),
             "quick": args.quick, "repeats": args.repeats, "image": {}, "interleaved": {}, "stage_ratios": {},
             "quality": {}, "process": {}, "ops": {}}
     with tempfile.TemporaryDirectory(prefix="pisa-sr-bench-") as tmp:
@@ -434,10 +434,10 @@ def main() -> int:
             print("ops (torch.profiler, bf16 and fp32):", flush=True)
             data["ops"] = ops(children)
     data["load_after"], data["uptime_after"] = load_average(), _uptime()
-    data["gflops_after"] = matmul_gflops()
+    probe["after"] = matmul_gflops()
     data["targets"] = targets(data["interleaved"], data["process"], data["quality"])
-    report(data)
-    print(f"\nwrote {write_results('cpu-speed.json', data, args.out)}")
+    report(data, machine_info(), probe)
+    print(f"\nwrote {write_result('cpu-speed', data, probe=probe, out=args.out)}")
     if children.exit_code():
         return 1
     return 2 if any(t["pass"] is False for t in data["targets"]) else 0

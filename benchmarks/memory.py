@@ -6,7 +6,8 @@ the real-size SD2.1-base architecture with random weights.
 Each size runs in its own process, through the pipeline's public stages one by one: peak RSS
 after loading (model weights included) for the whole upscale and per stage, and the VAE tile each
 VAE stage actually ran with (the default 0 = auto: untiled when the stage fits in free memory).
-Writes benchmarks/results/memory-<device>.json; exits with 1 when any size failed.
+Writes one JSON file per run, benchmarks/results/memory-<device>-<date>.json; exits with 1 when any
+size failed.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from common import (
     current_peak_rss_gib,
     load_average,
     lq_image,
+    matmul_gflops,
     random_weights,
     run_stages,
     sd21_base,
-    write_results,
+    write_result,
 )
 
 
@@ -62,14 +64,14 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--vae-tile", type=int, default=0, help="VAE tile in pixels; 0 = auto (the default)")
     parser.add_argument("--latent-tile", type=int, default=96)
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/memory-<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/memory-<device>-<date>.json)")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)  # one size, in a child process
     args = parser.parse_args()
     if args.size:
         print(json.dumps(run_size(args.size, args.device, args.dtype, args.vae_tile, args.latent_tile)))
         return 0
     children, results = Children(), []
-    load_before = load_average()
+    load_before, probe = load_average(), {"before": matmul_gflops(device=args.device)}
     print("| output | dtype | total s | peak RSS GiB (run) | VAE tile encode/decode | encode | UNet | decode |\n"
           "|---|---|---|---|---|---|---|---|", flush=True)
     for size in args.sizes:
@@ -82,7 +84,10 @@ def main() -> int:
     meta = {"device": args.device, "dtype": args.dtype, "vae_tile": args.vae_tile, "latent_tile": args.latent_tile,
             "torch": torch.__version__, "load_average_before": load_before, "load_average_after": load_average()}
     print(f"load average before {load_before}, after {meta['load_average_after']}")
-    write_results(f"memory-{args.device}.json", {"meta": meta, "results": results}, args.out)
+    probe["after"] = matmul_gflops(device=args.device)
+    path = write_result(f"memory-{torch.device(args.device).type}", {"meta": meta, "results": results},
+                        device=args.device, probe=probe, out=args.out)
+    print(f"wrote {path}")
     return children.exit_code()
 
 

@@ -8,8 +8,8 @@ pairs of variants in turn in one process, `run_interleaved`, for ratios on a dri
 Our full upscales run the pipeline's public stages one by one and report each stage's time. The
 release-structure variants always run in fp32 on the CPU (the structure of the authors' release,
 tests/release_reference.py).
-Prints a table, writes benchmarks/results/speed-<device>.json, and exits with 1 when any variant
-failed.
+Prints a table, writes one JSON file per run, benchmarks/results/speed-<device>-<date>.json, and
+exits with 1 when any variant failed.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from common import (
     Children,
     current_peak_rss_gib,
     lq_image,
+    matmul_gflops,
     median_stages,
     random_weights,
     reset_peak_rss,
@@ -34,7 +35,7 @@ from common import (
     sd21_base,
     sd21_text_encoder,
     sync,
-    write_results,
+    write_result,
 )
 
 VARIANTS = {
@@ -231,7 +232,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", help="our variants' dtype (release structure: always fp32)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed-<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed-<device>-<date>.json)")
     parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in OPTIONAL],
                         choices=list(VARIANTS))
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # one variant, in a child process
@@ -247,16 +248,18 @@ def main() -> int:
         return 0
     children = Children()
     results = []
+    probe = {"before": matmul_gflops(device=args.device)}
     for variant in args.variants:
         r = children.run(variant, variant_command(variant, args.device, args.dtype, args.repeats))
         if r is not None:
             results.append(r)
             print(f"{variant:28s} {r['seconds']:8.3f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
-    report(results, args)
+    probe["after"] = matmul_gflops(device=args.device)
+    report(results, args, probe)
     return children.exit_code()
 
 
-def report(results: list[dict], args) -> None:
+def report(results: list[dict], args, probe: dict) -> None:
     by = {r["variant"]: r for r in results}
 
     def ratio(a, b):
@@ -282,7 +285,9 @@ def report(results: list[dict], args) -> None:
             print(f"| {name} | {value:.2f} |")
     meta = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
-    write_results(f"speed-{args.device}.json", {"meta": meta, "results": results, "ratios": ratios}, args.out)
+    path = write_result(f"speed-{torch.device(args.device).type}", {"meta": meta, "results": results, "ratios": ratios},
+                        device=args.device, probe=probe, out=args.out)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

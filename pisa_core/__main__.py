@@ -5,8 +5,8 @@ Huge pages for large CPU tensors: PyTorch (2.2 and later, on Linux) backs CPU te
 and more with transparent huge pages when THP_MEM_ALLOC_ENABLE=1 is in the environment before
 torch is imported; it reads the variable once, at its first allocation. Otherwise the kernel maps
 every fresh large tensor in 4 KiB pages at first touch, and the VAE's full-resolution activations
-are fresh at every image (README, "Memory allocator and huge pages": about 1 M page faults and
-2.5 s of system time per 512² image on a 2-core machine, down to 45 k and 0.9 s, the image about
+are fresh at every image (docs/performance.md, "Memory allocator and huge pages": about 1 M page
+faults and 2.5 s of system time per 512² image on a 2-core machine, down to 45 k and 0.9 s, the image about
 10 % faster). The command sets it unless the environment already says either way; the Python API
 and ComfyUI leave the process they run in as they find it.
 """

@@ -15,14 +15,19 @@ import math
 import torch
 
 from .errors import PiSAError
-from .options import LATENT_FACTOR, VAE_OVERLAP_PX
+from .options import LATENT_FACTOR
 
 log = logging.getLogger(__name__)
 
 # Peak bytes per (pixel x dtype byte): VAE encode per input pixel, VAE decode per output pixel,
 # UNet per latent pixel and batch sample.
 BYTES_PER_PIXEL = {"encode": 850, "decode": 1250, "unet": 0.01 * 2**20}
-MIN_VAE_TILE = 2 * VAE_OVERLAP_PX  # the feathered overlap needs two overlaps per tile
+MIN_VAE_TILE = 128  # below it the per-tile calls and the 1-pixel halos cost more than they save
+# On a CPU the whole stage is fastest untiled up to this many image pixels, and in tiles of
+# CPU_VAE_TILE pixels above (benchmarks/vae_tiles.py times both): an untiled stage's
+# full-resolution tensors outgrow the caches, a tile's do not.
+CPU_UNTILED_VAE_PIXELS = 1024 * 1024
+CPU_VAE_TILE = 512
 RESERVE_BYTES = 256 * 2**20        # left free for the allocator, the host and the output buffers' rounding
 
 # Messages of allocation failures that arrive as a plain RuntimeError (older torch, MPS, cuBLAS,
@@ -84,12 +89,21 @@ def working_memory(stage: str, tile: int | None, size_hw, dtype: torch.dtype, ba
     return int(batch * h * w * dtype.itemsize * BYTES_PER_PIXEL[stage])
 
 
-def auto_vae_tile(stage: str, size_hw, dtype: torch.dtype, free_bytes: int | None) -> int | None:
-    """The VAE tile `vae_tile=0` (auto) means for an image of `size_hw` pixels: None (untiled)
-    when the whole stage fits in `free_bytes` (tiling changes pixels: each tile normalises on its
-    own), else the largest multiple of 64 pixels that fits, at least MIN_VAE_TILE. Unknown free
-    memory counts as enough."""
+def auto_vae_tile(stage: str, size_hw, dtype: torch.dtype, free_bytes: int | None,
+                  device_type: str = "cuda") -> int | None:
+    """The VAE tile `vae_tile=0` (auto) means for an image of `size_hw` pixels (tiles keep the
+    picture, so this is only about speed and memory): None (untiled) when the whole stage fits in
+    `free_bytes`, else the largest multiple of 64 pixels that fits, at least MIN_VAE_TILE. On a
+    CPU ("cpu") also CPU_VAE_TILE for images above CPU_UNTILED_VAE_PIXELS, when that is smaller.
+    Unknown free memory counts as enough."""
     h, w = (int(s) for s in size_hw)
+    fits = _fitting_vae_tile(stage, h, w, dtype, free_bytes)
+    if device_type != "cpu" or h * w <= CPU_UNTILED_VAE_PIXELS:
+        return fits
+    return CPU_VAE_TILE if fits is None else min(fits, CPU_VAE_TILE)
+
+
+def _fitting_vae_tile(stage: str, h: int, w: int, dtype: torch.dtype, free_bytes: int | None) -> int | None:
     # the float32 result buffer and the stage's input live beside the tile's activations
     buffers = h * w * 4 * (3 + 3 if stage == "decode" else 3 + 8 / LATENT_FACTOR**2)
     budget = None if free_bytes is None else free_bytes - RESERVE_BYTES - buffers

@@ -25,7 +25,7 @@ import torch
 from diffusers import Transformer2DModel
 from torch import nn
 
-from . import hardware, memory, options
+from . import hardware, memory, options, vae_tiling
 from .adapters import DualLoRAUNet, LoRAMerge
 from .base_model import BaseModel, load_base_model
 from .checkpoint import PiSAWeights, load_pisa_weights
@@ -33,10 +33,10 @@ from .colorfix import apply_color_fix
 from .errors import PiSAError
 from .geometry import Plan, map_to_latent, merge_channels, prepare, resize, to_output_size, to_unit_range
 from .guidance import PISA, PIX, Lambda, check_lambda, describe_lambda, plan_passes, residual_latent
-from .options import LATENT_FACTOR, VAE_OVERLAP_PX, default
+from .options import LATENT_FACTOR, default
 from .progress import STAGE_STEPS, Progress
 from .resnet_inplace import use_inplace_resnets
-from .tiling import tiled_latent_map, vae_decode_tiled, vae_encode_tiled
+from .tiling import tiled_latent_map
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ class PiSAPipeline:
             nn.Module.to(self.vae, memory_format=torch.channels_last)
         self.unet_dtype = self.vae_dtype = self.dtype
         self.upcasts: list[str] = []  # parts switched to float32 after an overflow, in order
+        self.compiled = bool(compile)
         if compile:
             self._compile(compile)
         self.prompt_embeds = base.prompt_embeds.to(self.device, self.dtype)
@@ -215,18 +216,42 @@ class PiSAPipeline:
 
     def vae_tile_for(self, stage: str, size_hw, vae_tile: int = default("vae_tile")) -> int:
         """The VAE tile (image pixels) a stage runs with on an image of `size_hw`: vae_tile itself,
-        or for 0 (auto) the whole image when it fits in free memory, else the largest tile that
-        fits (memory.auto_vae_tile)."""
+        or for 0 (auto) memory.auto_vae_tile's choice for this device (the whole image when that
+        is None). A tile as large as the image runs the VAE untiled."""
         if memory.check_vae_tile(vae_tile):
             return vae_tile
-        auto = memory.auto_vae_tile(stage, size_hw, self.vae_dtype, self.free_memory())
+        auto = memory.auto_vae_tile(stage, size_hw, self.vae_dtype, self.free_memory(), self.device.type)
         whole = max(memory.MIN_VAE_TILE, *(int(s) for s in size_hw))
         return whole + (-whole) % LATENT_FACTOR if auto is None else auto
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         """The model's memory format, contiguous (tile slices are not): one input layout, so a
         compiled model is never recompiled for strides."""
-        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return x.contiguous(memory_format=self._memory_format)
+
+    def _vae(self, part: str, x: torch.Tensor, tile: int, full, progress: ProgressFn | None) -> torch.Tensor:
+        """The VAE's encoder (+ quant_conv) or decoder (+ post_quant_conv) on x, float32 on the device:
+        the plain forward when one tile covers the image (progress per block, so a Cancel answers
+        between blocks), else vae_tiling's exact tiles (progress per tile)."""
+        if tile < max(int(s) for s in full):
+            return vae_tiling.run_tiled(self.vae, part, x, tile=tile, full=tuple(full), device=self.device,
+                                        layout=self._memory_format, progress=progress)
+        blocks = [] if self.compiled else vae_tiling.vae_blocks(self.vae, part)
+        with vae_tiling.block_progress(blocks, progress):
+            x = self._layout(x.to(self.device, self.vae_dtype))
+            if part == "encoder":
+                out = self.vae.encoder(x)
+                out = out if self.vae.quant_conv is None else self.vae.quant_conv(out)
+            else:
+                x = x if self.vae.post_quant_conv is None else self.vae.post_quant_conv(x)
+                out = self.vae.decoder(x)
+        if progress is not None and not blocks:
+            progress(1, 1)
+        return out.float()
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, *, vae_tile: int = default("vae_tile"), sample: bool = False,
@@ -235,14 +260,9 @@ class PiSAPipeline:
         float32 on the compute device. The posterior mean by default; a seeded sample with sample=True."""
         _check_pixels(pixels)
         tile = self.vae_tile_for("encode", pixels.shape[-2:], vae_tile)
-
-        def moments(part: torch.Tensor) -> torch.Tensor:
-            dist = self.vae.encode(self._layout(part.to(self.vae_dtype))).latent_dist
-            return torch.cat([dist.mean, dist.logvar], dim=1).float()
-
-        stats = self._finite("vae", "VAE encode", lambda: vae_encode_tiled(
-            moments, pixels, tile=tile, overlap=VAE_OVERLAP_PX, progress=progress, device=self.device))
-        mean, logvar = stats.chunk(2, dim=1)
+        moments = self._finite("vae", "VAE encode", lambda: self._vae(
+            "encoder", pixels, tile, pixels.shape[-2:], progress))
+        mean, logvar = moments.chunk(2, dim=1)  # diffusers' DiagonalGaussianDistribution
         if not sample:
             return mean
         generator = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
@@ -307,13 +327,8 @@ class PiSAPipeline:
         """Unscaled latent -> image [B,3,8h,8w] in [-1,1], float32 on the compute device."""
         size = (latent.shape[-2] * LATENT_FACTOR, latent.shape[-1] * LATENT_FACTOR)
         tile = self.vae_tile_for("decode", size, vae_tile)
-
-        def run(part: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(self._layout(part.to(self.vae_dtype))).sample.float()
-
-        image = self._finite("vae", "VAE decode", lambda: vae_decode_tiled(
-            run, latent.float(), tile=tile // LATENT_FACTOR, overlap=VAE_OVERLAP_PX // LATENT_FACTOR,
-            progress=progress, device=self.device), latent=latent)
+        image = self._finite("vae", "VAE decode", lambda: self._vae("decoder", latent.float(), tile, size, progress),
+                             latent=latent)
         return image.clamp_(-1, 1)
 
     @torch.no_grad()

@@ -6,8 +6,8 @@ diffusers' forward ends in `(shortcut + h) / output_scale_factor` and adds the t
 full-resolution blocks those are 64 MiB apiece at 512² in bf16, and on a CPU a fresh tensor of that
 size is new memory the kernel maps page by page at first touch. Here they are added into the
 convolution's output, which nothing else holds, and SiLU runs in place on the GroupNorm outputs.
-A 512² image's VAE encode and decode measured about 5 % faster on a 2-core CPU (README,
-"Performance"); bit-identical results.
+A 512² image's VAE encode and decode measured about 5 % faster on a 2-core CPU (docs/precision.md); bit-identical
+results.
 
 Only in eager inference (adapters.eager_inference: no autograd, not traced by torch.compile) and
 only for the configuration SD2.1 uses: no resampling inside the block, the "default" time-embedding

@@ -1,9 +1,9 @@
-"""Tiled processing: Gaussian-blended latent tiles (release parity) and feathered VAE tiles.
+"""Tiled processing: Gaussian-blended latent tiles (release parity). The VAE's tiles are exact
+and live in vae_tiling.
 
 Latent tiling reproduces the authors' release layout and weights wherever the release works
 (docs/release.md, "Inference") and fixes its two defects: thin latents get rectangular tiles, and a non-positive stride is an error
-instead of an endless loop. VAE tiling is our own design: overlapping tiles blended by linear
-ramps on interior edges, so large images fit in memory without visible seams.
+instead of an endless loop.
 
 Every tile's weight is separable (an outer product of a row profile and a column profile) and the
 tiles form a product grid, so the sum of all weights is itself an outer product of the per-axis
@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .errors import PiSAError
-from .options import LATENT_FACTOR
 
 Progress = Callable[[int, int], None] | None
 
@@ -102,20 +101,8 @@ def gaussian_tile_weights(tile_h: int, tile_w: int, *, device=None, dtype=torch.
     return torch.tensor(rows, dtype=dtype, device=device)
 
 
-def ramp_profile(size: int, ramp_start: int, ramp_end: int) -> list[float]:
-    """1-D feather profile for a VAE tile: 1 inside, linear ramps of `ramp_start` / `ramp_end`
-    samples at the tile's two ends (only interior edges get one), values (k + 0.5) / ramp so that
-    two facing ramps sum to 1 and no weight is ever 0."""
-    out = [1.0] * size
-    for k in range(min(ramp_start, size)):
-        out[k] = min(out[k], (k + 0.5) / ramp_start)
-    for k in range(min(ramp_end, size)):
-        out[size - 1 - k] = min(out[size - 1 - k], (k + 0.5) / ramp_end)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
-# Blending engine (shared by latent and VAE tiling)
+# Blending engine
 # ---------------------------------------------------------------------------------------------
 
 def _axis_plan(starts: Sequence[int], size: int, scale_num: int, scale_den: int, profiles: Sequence[list[float]]):
@@ -221,75 +208,3 @@ def tiled_latent_map(latent: torch.Tensor, fn: Callable[[torch.Tensor], torch.Te
     gy, gx = gaussian_profile(th), gaussian_profile(tw)
     return _blend(fn, latent, ys, xs, th, tw, row_profiles=[gy] * len(ys), col_profiles=[gx] * len(xs),
                   max_batch=max_batch, progress=progress, what=what)
-
-
-# ---------------------------------------------------------------------------------------------
-# VAE tiling (feathered)
-# ---------------------------------------------------------------------------------------------
-
-def _ramp_profiles(starts: Sequence[int], size: int, out_per_in_num: int, out_per_in_den: int) -> list[list[float]]:
-    """Per tile, a ramp profile in output units whose ramps span the actual overlap with each
-    neighbour (interior edges only; an edge on the image border keeps weight 1)."""
-    out_size = size * out_per_in_num // out_per_in_den
-    profiles = []
-    for k, s in enumerate(starts):
-        before = starts[k - 1] + size - s if k > 0 else 0
-        after = s + size - starts[k + 1] if k + 1 < len(starts) else 0
-        profiles.append(ramp_profile(out_size, before * out_per_in_num // out_per_in_den,
-                                     after * out_per_in_num // out_per_in_den))
-    return profiles
-
-
-def vae_encode_tiled(encode_fn: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, *, tile: int = 1024,
-                     overlap: int = 64, progress: Progress = None, factor: int = LATENT_FACTOR,
-                     device=None) -> torch.Tensor:
-    """Encode pixels [B, C, H, W] to a latent [B, C', H/factor, W/factor] in overlapping tiles.
-
-    Tile and overlap are in image pixels and must be multiples of `factor` (8), so every tile starts
-    on the latent grid; H and W must be multiples of `factor` when tiling. The image goes through
-    encode_fn in one call when it fits in one tile (H <= tile and W <= tile). Tile outputs are
-    blended with linear ramps across the overlaps and accumulated in float32. progress(done, total)
-    is called after every tile. `device`: where encode_fn computes; the image moves there once.
-    """
-    what = "VAE tiled encode"
-    _check_4d(pixels, what, "the image")
-    _check_tile_overlap(tile, overlap, what)
-    pixels = pixels if device is None else pixels.to(device)
-    if tile % factor or overlap % factor:
-        raise PiSAError(f"{what}: tile and overlap must be multiples of {factor} pixels, found tile {tile}, "
-                        f"overlap {overlap}.")
-    h, w = pixels.shape[-2:]
-    if h <= tile and w <= tile:
-        return _untiled(encode_fn, pixels, progress, what)
-    if h % factor or w % factor:
-        raise PiSAError(f"{what}: the image size must be a multiple of {factor} to tile, found {h}x{w}.")
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    return _blend(encode_fn, pixels, ys, xs, th, tw, scale=(1, factor),
-                  row_profiles=_ramp_profiles(ys, th, 1, factor), col_profiles=_ramp_profiles(xs, tw, 1, factor),
-                  max_batch=1, progress=progress, what=what)
-
-
-def vae_decode_tiled(decode_fn: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tensor, *, tile: int = 128,
-                     overlap: int = 16, progress: Progress = None, factor: int = LATENT_FACTOR,
-                     device=None) -> torch.Tensor:
-    """Decode a latent [B, C, h, w] to pixels [B, C', h*factor, w*factor] in overlapping tiles.
-
-    Tile and overlap are in latent pixels (so pixel offsets are multiples of `factor`). The latent
-    goes through decode_fn in one call when it fits in one tile (h <= tile and w <= tile). Tile
-    outputs are blended with linear ramps across the overlaps (ramp length = overlap * factor pixels
-    between regular neighbours) and accumulated in float32. progress(done, total) after every tile.
-    `device`: where decode_fn computes; the latent moves there once.
-    """
-    what = "VAE tiled decode"
-    _check_4d(latent, what, "the latent")
-    _check_tile_overlap(tile, overlap, what)
-    latent = latent if device is None else latent.to(device)
-    h, w = latent.shape[-2:]
-    if h <= tile and w <= tile:
-        return _untiled(decode_fn, latent, progress, what)
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    return _blend(decode_fn, latent, ys, xs, th, tw, scale=(factor, 1),
-                  row_profiles=_ramp_profiles(ys, th, factor, 1), col_profiles=_ramp_profiles(xs, tw, factor, 1),
-                  max_batch=1, progress=progress, what=what)

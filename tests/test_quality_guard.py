@@ -1,5 +1,5 @@
 """Speed options keep the results: fp32 optimisations within 1e-4 of the plain path, half
-precision within a documented tolerance of fp32 (README, "Precision")."""
+precision within a documented tolerance of fp32 (docs/precision.md)."""
 
 from __future__ import annotations
 

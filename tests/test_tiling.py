@@ -1,4 +1,4 @@
-"""Latent tiling (release parity) and VAE tiling (feathered) on CPU."""
+"""Latent tiling (release parity) on CPU (the VAE's exact tiles: test_vae_tiling.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from release_reference import gaussian_weights_release, release_tile_offsets
-from tiny_models import tiny_vae
 
 from pisa_core.errors import PiSAError
 from pisa_core.tiling import (
@@ -18,11 +16,8 @@ from pisa_core.tiling import (
     gaussian_tile_weights,
     latent_tile_grid,
     needs_latent_tiling,
-    ramp_profile,
     tile_starts,
     tiled_latent_map,
-    vae_decode_tiled,
-    vae_encode_tiled,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -155,15 +150,6 @@ def test_gaussian_weights_match_float64_formula(th, tw):
     np.testing.assert_allclose(prof, prof[::-1], rtol=1e-12)                # centred
 
 
-def test_ramp_profile():
-    assert ramp_profile(6, 0, 0) == [1.0] * 6
-    r = ramp_profile(8, 4, 2)
-    assert r[:4] == [0.125, 0.375, 0.625, 0.875] and r[4:6] == [1.0, 1.0] and r[6:] == [0.75, 0.25]
-    # facing ramps of the same length sum to 1
-    a, b = ramp_profile(10, 0, 4), ramp_profile(10, 4, 0)
-    assert [x + y for x, y in zip(a[-4:], b[:4])] == [1.0] * 4
-
-
 # ---------------------------------------------------------------------------------------------
 # tiled_latent_map
 # ---------------------------------------------------------------------------------------------
@@ -285,170 +271,4 @@ def test_no_host_synchronisation_in_the_loop():
     latent = torch.randn(1, 4, 50, 60)
     with Spy():
         tiled_latent_map(latent, lambda x: x * 2, tile=20, overlap=4, max_batch=2)
-        vae_decode_tiled(lambda z: F.interpolate(z[:, :3], scale_factor=8), latent[..., :20, :30], tile=8, overlap=2)
     assert seen == []
-
-
-# ---------------------------------------------------------------------------------------------
-# VAE tiling: exact with local maps
-# ---------------------------------------------------------------------------------------------
-
-_MIX_ENC = torch.randn(4, 3, generator=torch.Generator().manual_seed(11))
-_MIX_DEC = torch.randn(3, 4, generator=torch.Generator().manual_seed(12))
-
-
-def local_encode(p):      # 8x8 average + per-pixel channel mix: the output pixel sees only its own block
-    return torch.einsum("oc,bchw->bohw", _MIX_ENC, F.avg_pool2d(p, 8))
-
-
-def local_decode(z):
-    return torch.einsum("oc,bchw->bohw", _MIX_DEC, F.interpolate(z, scale_factor=8, mode="nearest"))
-
-
-@pytest.mark.parametrize("h,w,tile,overlap", [(96, 160, 64, 16), (200, 56, 64, 24), (40, 304, 128, 64),
-                                              (64, 64, 32, 8), (16, 1000, 256, 8)])
-def test_vae_encode_tiled_local_exact(h, w, tile, overlap):
-    pixels = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h + w)) * 2 - 1
-    ticks = []
-    got = vae_encode_tiled(local_encode, pixels, tile=tile, overlap=overlap, progress=lambda d, t: ticks.append(d))
-    torch.testing.assert_close(got, local_encode(pixels), rtol=1e-5, atol=1e-6)
-    assert got.dtype == torch.float32
-    assert ticks == list(range(1, len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap)) + 1))
-
-
-@pytest.mark.parametrize("h,w,tile,overlap", [(12, 20, 8, 2), (25, 7, 8, 3), (5, 40, 16, 4), (30, 30, 10, 0)])
-def test_vae_decode_tiled_local_exact(h, w, tile, overlap):
-    latent = torch.randn(2, 4, h, w, generator=torch.Generator().manual_seed(h * w))
-    got = vae_decode_tiled(local_decode, latent, tile=tile, overlap=overlap)
-    torch.testing.assert_close(got, local_decode(latent), rtol=1e-5, atol=1e-5)
-    assert got.shape == (2, 3, 8 * h, 8 * w) and got.dtype == torch.float32
-
-
-def test_vae_encode_tiles_start_on_the_latent_grid():
-    h, w = 136, 200
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    pixels = torch.stack([ys, xs, xs * 0], dim=0)[None].float()
-    corners = []
-
-    def record(p):
-        corners.append((int(p[0, 0, 0, 0]), int(p[0, 1, 0, 0]), p.shape[-2], p.shape[-1]))
-        return local_encode(p)
-
-    vae_encode_tiled(record, pixels, tile=64, overlap=24)
-    assert all(y % 8 == 0 and x % 8 == 0 and th % 8 == 0 and tw % 8 == 0 for y, x, th, tw in corners)
-    assert {c[:2] for c in corners} == {(y, x) for y in tile_starts(h, 64, 24) for x in tile_starts(w, 64, 24)}
-
-
-def test_vae_small_inputs_untiled():
-    pixels = torch.rand(1, 3, 48, 80)
-    calls = []
-    out = vae_encode_tiled(lambda p: calls.append(p.shape) or local_encode(p), pixels, tile=1024)
-    assert calls == [pixels.shape] and out.shape == (1, 4, 6, 10)
-    latent = torch.randn(1, 4, 6, 10)
-    calls.clear()
-    out = vae_decode_tiled(lambda z: calls.append(z.shape) or local_decode(z), latent)
-    assert calls == [latent.shape] and out.shape == (1, 3, 48, 80)
-
-
-def test_vae_tiling_errors():
-    with pytest.raises(PiSAError, match="multiples of 8"):
-        vae_encode_tiled(local_encode, torch.rand(1, 3, 64, 64), tile=60, overlap=8)
-    with pytest.raises(PiSAError, match="multiples of 8"):
-        vae_encode_tiled(local_encode, torch.rand(1, 3, 64, 64), tile=32, overlap=12)
-    with pytest.raises(PiSAError, match="multiple of 8"):
-        vae_encode_tiled(local_encode, torch.rand(1, 3, 64, 100), tile=32, overlap=8)
-    with pytest.raises(PiSAError, match="overlap"):
-        vae_decode_tiled(local_decode, torch.rand(1, 4, 64, 64), tile=16, overlap=16)
-
-
-# ---------------------------------------------------------------------------------------------
-# VAE tiling: seams
-# ---------------------------------------------------------------------------------------------
-
-def _pasted(fn, source, tile, overlap, num, den):
-    """A deliberately naive tiling (each tile pasted over the previous one) that shows seams."""
-    h, w = source.shape[-2:]
-    th, tw, corners = latent_tile_grid(h, w, tile, overlap)
-    out = None
-    for y, x in corners:
-        o = fn(source[..., y:y + th, x:x + tw])
-        if out is None:
-            out = torch.zeros(source.shape[0], o.shape[1], h * num // den, w * num // den)
-        out[..., y * num // den:(y + th) * num // den, x * num // den:(x + tw) * num // den] = o
-    return out
-
-
-def _tile_edges(length, tile, overlap, num, den):
-    """Indices b of the pixel pairs (b, b+1) that straddle a tile edge, in output units."""
-    starts, t = tile_starts(length, tile, overlap), min(tile, length)
-    edges = {s * num // den - 1 for s in starts if s > 0} | {(s + t) * num // den - 1 for s in starts if s + t < length}
-    return sorted(edges)
-
-
-def _seam_ratio(out, ref, edges_y, edges_x):
-    """Gradient energy across tile edges relative to elsewhere, each measured against the untiled
-    output at the same place (so the content's own structure cancels); ~1 means no seam."""
-    ratios = []
-    for dim, edges in ((-2, edges_y), (-1, edges_x)):
-        if not edges:
-            continue
-        other = tuple(d for d in (0, 1, 2, 3) if d != dim % 4)
-        grad = (out.diff(dim=dim).abs().mean(dim=other)) / (ref.diff(dim=dim).abs().mean(dim=other))
-        rest = [i for i in range(grad.shape[0]) if i not in edges]
-        ratios.append((grad[edges].mean() / grad[rest].mean()).item())
-    return max(ratios)
-
-
-def test_feathering_removes_per_tile_offsets():
-    """Tiles that differ by a per-tile offset (what per-tile GroupNorm statistics do): the blend
-    spreads the step over the overlap instead of leaving a jump at the tile edge."""
-    h, w = 16, 40
-    ramp = torch.linspace(0, 4, w).expand(1, 4, h, w).contiguous()
-
-    def per_tile_offset(z):
-        return F.interpolate(z[:, :3], scale_factor=8) - z.mean(dim=(2, 3), keepdim=True)[:, :3]
-
-    untiled = per_tile_offset(ramp)
-    ours = vae_decode_tiled(per_tile_offset, ramp, tile=16, overlap=8) - untiled
-    naive = _pasted(per_tile_offset, ramp, 16, 8, 8, 1) - untiled
-    step = naive.diff(dim=-1).abs().max()
-    assert step > 0.5                                       # the tiles do disagree
-    assert ours.diff(dim=-1).abs().max() < 0.05 * step      # spread over the 64-pixel ramp
-
-
-@torch.no_grad()
-def test_vae_decode_tiled_tiny_vae():
-    vae = tiny_vae()
-
-    def decode(z):
-        return vae.decode(z).sample
-
-    latent = torch.randn(1, 4, 16, 32, generator=torch.Generator().manual_seed(0))
-    untiled = decode(latent)
-    tiled = vae_decode_tiled(decode, latent, tile=16, overlap=6)     # 3 tiles across, starts 0, 10, 16
-    assert tiled.shape == untiled.shape
-    # Tolerance: tiles see their own GroupNorm statistics and attention context (no GroupNorm sync
-    # by design); on this random tiny VAE that costs ~15-25% of the output's spread.
-    assert (tiled - untiled).abs().mean() < 0.3 * untiled.std()
-    edges_y, edges_x = _tile_edges(16, 16, 6, 8, 1), _tile_edges(32, 16, 6, 8, 1)
-    ours = _seam_ratio(tiled, untiled, edges_y, edges_x)
-    naive = _seam_ratio(_pasted(decode, latent, 16, 6, 8, 1), untiled, edges_y, edges_x)
-    assert ours < 1.1
-    assert naive > ours + 0.1          # the measure does see seams when there are some
-    # a single tile is exactly the untiled call
-    torch.testing.assert_close(vae_decode_tiled(decode, latent, tile=32), untiled)
-
-
-@torch.no_grad()
-def test_vae_encode_tiled_tiny_vae():
-    vae = tiny_vae()
-
-    def encode(p):
-        return vae.encode(p).latent_dist.mean
-
-    pixels = torch.rand(1, 3, 192, 320, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    untiled = encode(pixels)
-    tiled = vae_encode_tiled(encode, pixels, tile=128, overlap=32)
-    assert tiled.shape == untiled.shape == (1, 4, 24, 40)
-    assert (tiled - untiled).abs().mean() < 0.3 * untiled.std()
-    assert _seam_ratio(tiled, untiled, _tile_edges(192, 128, 32, 1, 8), _tile_edges(320, 128, 32, 1, 8)) < 1.1

@@ -281,7 +281,7 @@ def test_the_real_host_gives_the_clis_pixels_with_every_front_ends_defaults(serv
     """One upscale path: PiSAUpscale and the four-node chain on the real server, each node with
     the defaults its widgets show, against `pisa-sr upscale` with the CLI's defaults. Both in fp32:
     in another process (other thread counts) bf16 rounding differs, and the tiny random model
-    magnifies it far beyond what the real one does (README, "Precision")."""
+    magnifies it far beyond what the real one does (docs/precision.md)."""
     import numpy as np
     from PIL import Image
 

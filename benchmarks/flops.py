@@ -1,0 +1,69 @@
+"""Floating-point operations per stage of one upscale, counted (not timed) on the real-size
+SD2.1-base architecture placed on PyTorch's `meta` device: the shapes are real, no weight or
+activation is ever allocated, so the count takes seconds and no memory.
+
+    python benchmarks/flops.py [--side 128] [--upscale 4]
+
+Counts with torch.utils.flop_counter.FlopCounterMode (matrix products, convolutions and
+attention; 2 operations per multiply-add, as the matmul throughput probe counts them), through
+the pipeline's public stages: VAE encode, UNet (default: one pass; adjustable: two as one batch),
+VAE decode. Writes benchmarks/results/flops-<date>.json; benchmarks/report.py divides these counts
+by the stage times of the newest cpu_speed.py run for the share of the machine's matrix throughput
+each stage reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from common import lq_image, random_weights, sd21_base, write_result
+from torch.utils.flop_counter import FlopCounterMode
+
+from pisa_core.guidance import PISA, PIX
+from pisa_core.pipeline import PiSAPipeline
+
+
+def meta_pipeline() -> PiSAPipeline:
+    """The real-size architecture and LoRAs of the release's shape, built on the meta device."""
+    with torch.device("meta"):
+        base = sd21_base()
+    return PiSAPipeline(base, random_weights(base.unet), device="meta", dtype="fp32")
+
+
+def count(stage) -> float:
+    """GFLOP of one call of `stage()`."""
+    with FlopCounterMode(display=False) as counter:
+        stage()
+    return counter.get_total_flops() / 1e9
+
+
+def stage_gflop(pipe: PiSAPipeline, side: int, upscale: float) -> dict[str, float]:
+    with torch.inference_mode():
+        pixels, _ = pipe.prepare(lq_image(side), upscale=upscale)
+        latent = pipe.encode(pixels)
+        eps = pipe.predict_eps(latent, need=(PISA,))
+        z_high = pipe.guide(latent, eps, 1.0, 1.0)
+        return {"encode": count(lambda: pipe.encode(pixels)),
+                "unet": count(lambda: pipe.predict_eps(latent, need=(PISA,))),
+                "unet (adjustable)": count(lambda: pipe.predict_eps(latent, need=(PIX, PISA))),
+                "decode": count(lambda: pipe.decode(z_high))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side", type=int, default=128, help="input side in pixels (square)")
+    parser.add_argument("--upscale", type=float, default=4.0)
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/flops-<date>.json)")
+    args = parser.parse_args()
+    stages = stage_gflop(meta_pipeline(), args.side, args.upscale)
+    for stage, gflop in stages.items():
+        print(f"{stage:20s} {gflop:10.1f} GFLOP")
+    figures = {"input_side": args.side, "upscale": args.upscale, "stages_gflop": stages}
+    print(f"wrote {write_result('flops', figures, out=args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
