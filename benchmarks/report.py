@@ -182,7 +182,8 @@ def flops(results: dict) -> str:
             share = f" ({rate / probe[run['dtype']]:.0%})" if run["dtype"] in probe else ""
             row += [f"{measured['seconds']:.2f}", f"{rate:.0f}{share}"]
         rows.append(row)
-    text = _table(header, rows) + f"\n\nCounted: {source_line(counted)}"
+    text = _table(header, rows) + (f"\n\nCounted: *{counted['date']}, commit `{counted['commit']}`, torch "
+                                   f"{counted['machine']['torch']}. Data: `benchmarks/results/{counted['file']}`.*")
     if cpu:
         text += f"\nTimed: {source_line(cpu)}"
     return text + "\n"

@@ -86,6 +86,17 @@ def test_every_command_in_the_docs_parses(doc, monkeypatch):
             assert args.base and args.weights, f"{doc.name}: `pisa-sr {command}` lacks --base or --weights"
 
 
+def test_every_flag_the_readme_names_exists():
+    """A flag named anywhere in the README's prose or tables is one of today's parsers."""
+    flags = set()
+    parser = build_parser()
+    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        for command in sub.choices.values():
+            flags.update(f for action in command._actions for f in action.option_strings)
+    named = set(re.findall(r"(--[a-z][a-z0-9-]*)(?![\w])", (ROOT / "README.md").read_text()))
+    assert named and named <= flags, f"README names flags no parser has: {sorted(named - flags)}"
+
+
 def test_the_docs_show_commands_at_all():
     """The extraction above finds the README's commands (a broken pattern would pass vacuously)."""
     commands = _commands((ROOT / "README.md").read_text())
