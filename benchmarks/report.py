@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md")
 COMMAND = "python benchmarks/report.py"
-REGION = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+REGION = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.DOTALL)
 
 STAGE_NAMES = {"encode": "VAE encode", "unet": "UNet", "decode": "VAE decode",
                "unet (adjustable)": "UNet, adjustable (two passes as one batch)"}

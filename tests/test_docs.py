@@ -21,7 +21,7 @@ import cli_reference  # noqa: E402
 from pisa_core.cli import build_parser  # noqa: E402
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 INLINE = re.compile(r"`(pisa-sr [^`]+)`")
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 PLACEHOLDERS = ("...", "…", "[options]", "*")  # synopses, not commands
