@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md", ROOT / "docs" / "tiling.md")
 COMMAND = "python benchmarks/report.py"
-REGION = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+REGION = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.DOTALL)
 
 STAGE_NAMES = {"encode": "VAE encode", "unet": "UNet", "decode": "VAE decode",
                "unet (adjustable)": "UNet, adjustable (two passes as one batch)"}
@@ -36,14 +36,26 @@ VARIANT_NAMES = {"ours-default": "ours, default λ = (1, 1)", "ours-adjustable":
 # ------------------------------------------------------------------------------ the results
 
 
-def load_results(folder: Path = RESULTS) -> dict[str, dict]:
-    """benchmark name -> its newest run (file names end in the run's date, so they sort by it)."""
-    newest: dict[str, dict] = {}
+def load_runs(folder: Path = RESULTS) -> dict[str, list[dict]]:
+    """benchmark name -> its runs, oldest first (file names end in the run's date, so they sort by it)."""
+    runs: dict[str, list[dict]] = {}
     for path in sorted(folder.glob("*.json")):
         record = json.loads(path.read_text())
         record["file"] = path.name
-        newest[record["benchmark"]] = record
-    return newest
+        runs.setdefault(record["benchmark"], []).append(record)
+    return runs
+
+
+def load_results(folder: Path = RESULTS) -> dict[str, dict]:
+    """benchmark name -> its newest run."""
+    return {name: records[-1] for name, records in load_runs(folder).items()}
+
+
+def memory_rows(runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(run, row) per output size, each size from the newest run that measured it: a large size
+    takes a long run, so the sizes of one table may come from several runs."""
+    by_size = {row["output"]: (run, row) for run in runs for row in run["figures"]["results"]}
+    return [by_size[size] for size in sorted(by_size)]
 
 
 def source_line(record: dict) -> str:
@@ -52,7 +64,7 @@ def source_line(record: dict) -> str:
     machine = m.get("gpu") or f"{m['cpu_model']}, {m['threads']} threads"
     probe = "; ".join(f"{when} " + ", ".join(f"{k} {v}" for k, v in found.items())
                       for when, found in record["probe_gflops"].items())
-    return (f"*{record['date']}, commit `{record['commit']}`, {machine}, torch {m['torch']}; matrix throughput "
+    return (f"*{record['date'][:10]}, commit `{record['commit']}`, {machine}, torch {m['torch']}; matrix throughput "
             f"(GFLOP/s, 2048² matmul) {probe}. Data: `benchmarks/results/{record['file']}`.*")
 
 
@@ -80,12 +92,13 @@ def summary(results: dict) -> str:
     f = cpu["figures"]
     rows = []
     for variant in ("ours-default", "ours-adjustable"):
-        pair = f["interleaved"].get(variant)
+        pair = f["interleaved"].get(variant)  # ours and the release structure in turn, else ours alone
+        ours = pair["ours"] if pair else f["image"].get(f"{variant}@auto")
         fp32 = f["image"].get(f"{variant}@fp32")
-        if pair:
+        if ours:
             rows.append([f"one 128² → 512² image, {VARIANT_NAMES[variant].removeprefix('ours, ')}",
-                         f"{pair['ours']['seconds']:.2f} s ({pair['ours']['dtype']})",
-                         _s(fp32 and fp32["seconds"]) + " s", f"{pair['release']['seconds']:.2f} s"])
+                         f"{ours['seconds']:.2f} s ({ours['dtype']})", _s(fp32 and fp32["seconds"]) + " s",
+                         f"{pair['release']['seconds']:.2f} s" if pair else "not measured"])
     process = f["process"]
     if "ours" in process and "release" in process:
         rows.append(["whole `pisa-sr upscale` process, one image", f"{process['ours']['seconds']:.1f} s",
@@ -162,7 +175,9 @@ def flops(results: dict) -> str:
     if counted is None:
         return missing("flops", "python benchmarks/flops.py")
     image = cpu["figures"]["image"] if cpu else {}
-    probe = cpu["probe_gflops"]["before"] if cpu else {}
+    # the machine's throughput: the better of the probes before and after the run
+    probes = list(cpu["probe_gflops"].values()) if cpu else []
+    probe = {dtype: max(p[dtype] for p in probes) for dtype in (probes[0] if probes else {})}
     header = ["stage (128² → 512²)", "GFLOP"]
     dtypes = [d for d in ("auto", "fp32") if f"ours-default@{d}" in image]
     for d in dtypes:
@@ -182,7 +197,8 @@ def flops(results: dict) -> str:
             share = f" ({rate / probe[run['dtype']]:.0%})" if run["dtype"] in probe else ""
             row += [f"{measured['seconds']:.2f}", f"{rate:.0f}{share}"]
         rows.append(row)
-    text = _table(header, rows) + f"\n\nCounted: {source_line(counted)}"
+    text = _table(header, rows) + (f"\n\nCounted: *{counted['date'][:10]}, commit `{counted['commit']}`, torch "
+                                   f"{counted['machine']['torch']}. Data: `benchmarks/results/{counted['file']}`.*")
     if cpu:
         text += f"\nTimed: {source_line(cpu)}"
     return text + "\n"
@@ -190,21 +206,27 @@ def flops(results: dict) -> str:
 
 def memory(device: str):
     def render(results: dict) -> str:
-        run = results.get(f"memory-{device}")
-        if run is None:
+        runs = load_runs().get(f"memory-{device}")
+        if not runs:
             return missing(f"memory-{device}", f"python benchmarks/memory.py --device {device}")
-        rows = []
-        for r in run["figures"]["results"]:
+        rows, sources = [], []
+        for run, r in memory_rows(runs):
             s = r["stages"]
             tiles = " / ".join("whole image" if s[k]["vae_tile"] >= r["output"] else str(s[k]["vae_tile"])
                                for k in ("encode", "decode"))
             gpu = [f"{r['peak_gpu_gib']:.2f}"] if "peak_gpu_gib" in r else []
             rows.append([f"{r['output']}²", r["dtype"], tiles, f"{r['peak_rss_gib']:.2f}", *gpu, f"{r['seconds']:.1f}",
                          " / ".join(f"{s[k]['seconds']:.1f}" for k in ("encode", "unet", "decode"))])
+            shown = next((entry for entry in sources if entry[0] is run), None)
+            if shown is None:
+                sources.append((run, [r["output"]]))
+            else:
+                shown[1].append(r["output"])
         header = ["output (input ×4)", "dtype", "VAE tile (encode / decode)", "peak RSS GiB"]
         header += ["peak GPU GiB"] if rows and len(rows[0]) == 7 else []
         header += ["total s", "encode / UNet / decode s"]
-        return _table(header, rows) + f"\n\n{source_line(run)}\n"
+        lines = "\n\n".join(f"{', '.join(f'{size}²' for size in sizes)}: {source_line(run)}" for run, sizes in sources)
+        return _table(header, rows) + f"\n\n{lines}\n"
     return render
 
 

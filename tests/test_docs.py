@@ -21,7 +21,7 @@ import cli_reference  # noqa: E402
 from pisa_core.cli import build_parser  # noqa: E402
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 INLINE = re.compile(r"`(pisa-sr [^`]+)`")
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 PLACEHOLDERS = ("...", "…", "[options]", "*")  # synopses, not commands
@@ -84,6 +84,17 @@ def test_every_command_in_the_docs_parses(doc, monkeypatch):
             raise AssertionError(f"{doc.name}: `pisa-sr {command}` does not parse") from error
         if args.command == "upscale":
             assert args.base and args.weights, f"{doc.name}: `pisa-sr {command}` lacks --base or --weights"
+
+
+def test_every_flag_the_readme_names_exists():
+    """A flag named anywhere in the README's prose or tables is one of today's parsers."""
+    flags = set()
+    parser = build_parser()
+    for sub in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
+        for command in sub.choices.values():
+            flags.update(f for action in command._actions for f in action.option_strings)
+    named = set(re.findall(r"(--[a-z][a-z0-9-]*)(?![\w])", (ROOT / "README.md").read_text()))
+    assert named and named <= flags, f"README names flags no parser has: {sorted(named - flags)}"
 
 
 def test_the_docs_show_commands_at_all():
