@@ -248,6 +248,27 @@ def vae_tiles(device: str):
     return render
 
 
+def vae_tile_speed(device: str):
+    def render(results: dict) -> str:
+        run = results.get(f"vae-tile-speed-{device}")
+        if run is None:
+            return missing(f"vae-tile-speed-{device}", f"python benchmarks/vae_tile_speed.py --device {device}")
+        f = run["figures"]
+        rows = [[f"auto ({r['encode_auto_tile']} / {r['decode_auto_tile']})" if r["tile"] == "auto"
+                 else f"{r['tile']} px" + (" (untiled)" if r["tile"] >= f["size"] else ""),
+                 *(_s(r[k], 1) for k in ("encode_s", "decode_s", "total_s"))] for r in f["rows"]]
+        ratios = "; ".join(f"{stage} {found['auto_over_fastest']:.2f} (fastest fixed: {found['fastest_fixed_tile']} px)"
+                           for stage, found in f["auto_over_fastest"].items()) or "not measured"
+        done = sum(len(times) for stage in f["seconds"].values() for times in stage.values())
+        planned = 2 * f["rounds"] * len(f["order"])
+        stopped = "" if f["complete"] else f" The run was stopped after {done} of its {planned} measurements."
+        return (f"{f['size']}² image, {f['dtype']}, {f['rounds']} round(s), measured in the order "
+                f"{', '.join(map(str, f['order']))} (encodes, then decodes):{stopped}\n\n"
+                + _table(["VAE tile (encode / decode)", "encode s", "decode s", "total s"], rows)
+                + f"\n\nauto / fastest fixed tile: {ratios}.\n\n{source_line(run)}\n")
+    return render
+
+
 def gpu_speed(results: dict) -> str:
     run = results.get("speed-cuda")
     if run is None:
@@ -259,7 +280,8 @@ def gpu_speed(results: dict) -> str:
 
 RENDER = {"summary": summary, "cpu-image": cpu_image, "cpu-stages": cpu_stages, "cpu-process": cpu_process,
           "cpu-targets": cpu_targets, "flops": flops, "memory-cpu": memory("cpu"), "gpu-speed": gpu_speed,
-          "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu")}
+          "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu"),
+          "vae-tile-speed-cpu": vae_tile_speed("cpu")}
 
 
 # ------------------------------------------------------------------------------ the files
