@@ -14,13 +14,12 @@ writes benchmarks/results/vae-tile-speed-<device>-<date>.json after every measur
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import torch
-from common import matmul_gflops, random_weights, write_result
-from vae_tiles import regions_image, timed, vae_only_base
+from common import matmul_gflops, write_result
+from vae_tiles import regions_image, timed, vae_arguments, vae_only_pipeline
 
 from pisa_core.options import LATENT_FACTOR
 
@@ -67,19 +66,11 @@ def table(summary: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024])
+    parser = vae_arguments(__doc__, 4096, [256, 512, 1024], "bf16")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--dtype", default="bf16")
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    from pisa_core.pipeline import PiSAPipeline
-
     probe = {"before": matmul_gflops(device=args.device)}
-    base = vae_only_base()
-    pipe = PiSAPipeline(base, random_weights(base.unet), device=args.device, dtype=args.dtype)
-    del base
+    pipe = vae_only_pipeline(args.device, args.dtype)
     pixels = regions_image(args.size)
     side = args.size // LATENT_FACTOR
     auto_tiles = {"encode": pipe.vae_tile_for("encode", pixels.shape[-2:], 0),
@@ -101,7 +92,7 @@ def main() -> int:
                         if config == "auto":
                             latent = out
                     else:
-                        out, took = timed(pipe, lambda t=tile: pipe.decode(latent, vae_tile=t))
+                        out, took = timed(pipe, lambda t=tile, z=latent: pipe.decode(z, vae_tile=t))
                     del out
                     seconds[stage].setdefault(config, []).append(took)
                     print(f"round {round_ + 1} {stage} {config}: {took:.1f} s", flush=True)
