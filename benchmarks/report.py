@@ -230,22 +230,50 @@ def memory(device: str):
     return render
 
 
-def vae_tiles(device: str):
-    def render(results: dict) -> str:
-        run = results.get(f"vae-tiles-{device}")
-        if run is None:
-            return missing(f"vae-tiles-{device}", f"python benchmarks/vae_tiles.py --device {device}")
-        f = run["figures"]
-        rows = [["untiled (reference)", "–", "–", f"{r['encode_s']:.1f}", f"{r['decode_s']:.1f}"]
-                if r["tile"] == "untiled" else
-                [f"{r['tile']} px", f"{100 * r['encode_mean_of_std']:.4f} / {100 * r['encode_max_of_std']:.4f}",
-                 f"{r['decode_mean_levels']:.4f} / {r['decode_max_levels']:.4f}", f"{r['encode_s']:.1f}",
-                 f"{r['decode_s']:.1f}"] for r in f["rows"]]
-        header = ["VAE tile", "encode: mean / max abs diff, % of latent std", "decode: mean / max abs diff, 8-bit levels",
-                  "encode s", "decode s"]
-        return (f"{f['size']}² image, {f['dtype']}:\n\n" + _table(header, rows)
-                + f"\n\n{source_line(run)}\n")
-    return render
+def per_device(benchmark: str, script: str):
+    """A region per device from the newest run of `benchmark`-<device> (rendered by the decorated
+    function), or how to make one."""
+    def decorate(body):
+        def for_device(device: str):
+            def render(results: dict) -> str:
+                run = results.get(f"{benchmark}-{device}")
+                if run is None:
+                    return missing(f"{benchmark}-{device}", f"python benchmarks/{script} --device {device}")
+                return body(run)
+            return render
+        return for_device
+    return decorate
+
+
+@per_device("vae-tiles", "vae_tiles.py")
+def vae_tiles(run: dict) -> str:
+    f = run["figures"]
+    rows = [["untiled (reference)", "–", "–", f"{r['encode_s']:.1f}", f"{r['decode_s']:.1f}"]
+            if r["tile"] == "untiled" else
+            [f"{r['tile']} px", f"{100 * r['encode_mean_of_std']:.4f} / {100 * r['encode_max_of_std']:.4f}",
+             f"{r['decode_mean_levels']:.4f} / {r['decode_max_levels']:.4f}", f"{r['encode_s']:.1f}",
+             f"{r['decode_s']:.1f}"] for r in f["rows"]]
+    header = ["VAE tile", "encode: mean / max abs diff, % of latent std", "decode: mean / max abs diff, 8-bit levels",
+              "encode s", "decode s"]
+    return (f"{f['size']}² image, {f['dtype']}:\n\n" + _table(header, rows)
+            + f"\n\n{source_line(run)}\n")
+
+
+@per_device("vae-tile-speed", "vae_tile_speed.py")
+def vae_tile_speed(run: dict) -> str:
+    f = run["figures"]
+    rows = [[f"auto ({r['encode_auto_tile']} / {r['decode_auto_tile']})" if r["tile"] == "auto"
+             else f"{r['tile']} px" + (" (untiled)" if r["tile"] >= f["size"] else ""),
+             *(_s(r[k], 1) for k in ("encode_s", "decode_s", "total_s"))] for r in f["rows"]]
+    ratios = "; ".join(f"{stage} {found['auto_over_fastest']:.2f} (fastest fixed: {found['fastest_fixed_tile']} px)"
+                       for stage, found in f["auto_over_fastest"].items()) or "not measured"
+    done = sum(len(times) for stage in f["seconds"].values() for times in stage.values())
+    planned = 2 * f["rounds"] * len(f["order"])
+    stopped = "" if f["complete"] else f" The run was stopped after {done} of its {planned} measurements."
+    return (f"{f['size']}² image, {f['dtype']}, {f['rounds']} round(s), measured in the order "
+            f"{', '.join(map(str, f['order']))} (encodes, then decodes):{stopped}\n\n"
+            + _table(["VAE tile (encode / decode)", "encode s", "decode s", "total s"], rows)
+            + f"\n\nauto / fastest fixed tile: {ratios}.\n\n{source_line(run)}\n")
 
 
 def gpu_speed(results: dict) -> str:
@@ -259,7 +287,8 @@ def gpu_speed(results: dict) -> str:
 
 RENDER = {"summary": summary, "cpu-image": cpu_image, "cpu-stages": cpu_stages, "cpu-process": cpu_process,
           "cpu-targets": cpu_targets, "flops": flops, "memory-cpu": memory("cpu"), "gpu-speed": gpu_speed,
-          "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu")}
+          "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu"),
+          "vae-tile-speed-cpu": vae_tile_speed("cpu")}
 
 
 # ------------------------------------------------------------------------------ the files

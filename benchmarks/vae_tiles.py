@@ -49,6 +49,24 @@ def vae_only_base() -> BaseModel:
                      source="random SD2.1 VAE architecture", kind="random")
 
 
+def vae_only_pipeline(device: str, dtype: str):
+    """PiSAPipeline around vae_only_base() (random LoRAs on its tiny UNet) on `device`."""
+    from pisa_core.pipeline import PiSAPipeline
+
+    base = vae_only_base()
+    return PiSAPipeline(base, random_weights(base.unet), device=device, dtype=dtype)
+
+
+def vae_arguments(doc: str, size: int, tiles: list[int], dtype: str) -> argparse.ArgumentParser:
+    """The options both VAE benchmarks take: image side, tiles, dtype, device."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--tiles", type=int, nargs="+", default=tiles)
+    parser.add_argument("--dtype", default=dtype)
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
 def timed(pipe, fn):
     sync(pipe.device)
     start = time.perf_counter()
@@ -62,19 +80,11 @@ def to_levels(image: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--tiles", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--device", default="cpu")
+    parser = vae_arguments(__doc__, 1024, [256, 512], "fp32")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/vae-tiles-...)")
     args = parser.parse_args()
-    from pisa_core.pipeline import PiSAPipeline
-
     probe = {"before": matmul_gflops(device=args.device)}
-    base = vae_only_base()
-    pipe = PiSAPipeline(base, random_weights(base.unet), device=args.device, dtype=args.dtype)
-    del base
+    pipe = vae_only_pipeline(args.device, args.dtype)
     pixels = regions_image(args.size)
     whole = args.size  # a tile as large as the image: the plain untiled forward
     ref_latent, enc_s = timed(pipe, lambda: pipe.encode(pixels, vae_tile=whole))

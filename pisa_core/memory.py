@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 # UNet per latent pixel and batch sample.
 BYTES_PER_PIXEL = {"encode": 850, "decode": 1250, "unet": 0.01 * 2**20}
 MIN_VAE_TILE = 128  # below it the per-tile calls and the 1-pixel halos cost more than they save
-# On a CPU the whole stage is fastest untiled up to this many image pixels, and in tiles of
-# CPU_VAE_TILE pixels above (benchmarks/vae_tiles.py times both): an untiled stage's
-# full-resolution tensors outgrow the caches, a tile's do not.
-CPU_UNTILED_VAE_PIXELS = 1024 * 1024
+# On a CPU too the untiled VAE is the fastest wherever it fits in the available RAM: the exact
+# tiled one makes extra passes over every activation, whatever the tile (benchmarks/
+# vae_tile_speed.py: 2048² encode untiled in about half the time of 256-, 512- or 1024-pixel
+# tiles, which are within 10 % of each other). Where it does not fit, CPU_VAE_TILE-pixel tiles;
+# and with the free RAM unknown, untiled only up to CPU_UNKNOWN_RAM_UNTILED_PIXELS.
+CPU_UNKNOWN_RAM_UNTILED_PIXELS = 1024 * 1024
 CPU_VAE_TILE = 512
 RESERVE_BYTES = 256 * 2**20        # left free for the allocator, the host and the output buffers' rounding
 
@@ -93,13 +95,15 @@ def auto_vae_tile(stage: str, size_hw, dtype: torch.dtype, free_bytes: int | Non
                   device_type: str = "cuda") -> int | None:
     """The VAE tile `vae_tile=0` (auto) means for an image of `size_hw` pixels (tiles keep the
     picture, so this is only about speed and memory): None (untiled) when the whole stage fits in
-    `free_bytes`, else the largest multiple of 64 pixels that fits, at least MIN_VAE_TILE. On a
-    CPU ("cpu") also CPU_VAE_TILE for images above CPU_UNTILED_VAE_PIXELS, when that is smaller.
-    Unknown free memory counts as enough."""
+    `free_bytes`, else the largest multiple of 64 pixels that fits, at least MIN_VAE_TILE. Unknown
+    free memory counts as enough. On a CPU ("cpu") the tiles are at most CPU_VAE_TILE, and with
+    unknown free memory only images up to CPU_UNKNOWN_RAM_UNTILED_PIXELS run untiled."""
     h, w = (int(s) for s in size_hw)
     fits = _fitting_vae_tile(stage, h, w, dtype, free_bytes)
-    if device_type != "cpu" or h * w <= CPU_UNTILED_VAE_PIXELS:
+    if device_type != "cpu":
         return fits
+    if fits is None and (free_bytes is not None or h * w <= CPU_UNKNOWN_RAM_UNTILED_PIXELS):
+        return None
     return CPU_VAE_TILE if fits is None else min(fits, CPU_VAE_TILE)
 
 

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 LATENT_FACTOR = 8        # the SD VAE's latent is 8x smaller per side (three 2x downsamplings)
 MIN_WORK_SIDE = 64       # 8 latent pixels: the UNet's three 2x downsamplings need at least this
-VAE_TILE_AUTO = 0        # vae_tile 0: chosen for speed on a CPU, the largest that fits on a GPU (memory.auto_vae_tile)
+VAE_TILE_AUTO = 0        # vae_tile 0: untiled where it fits, else the largest tile that fits (memory.auto_vae_tile)
 MAX_OUTPUT_PIXELS = 64 * 1024 * 1024    # 8192² output: a guard against typos like upscale 80
 # The small-input rule enlarges at most this much beyond the output (area), see geometry.working_size.
 MAX_WORK_AREA_FACTOR = 4.0
@@ -127,8 +127,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("latent_overlap", int, 32, "Overlap between UNet tiles in latent pixels (blended with Gaussian "
            "weights).", min=0, max=256, step=8),
     Option("vae_tile", int, VAE_TILE_AUTO, "VAE tile size in image pixels (a multiple of 8, at least 128); 0 = "
-           "auto: on a GPU untiled when the image fits in free memory, else the largest tile that fits; on a "
-           "CPU the fastest. Tiles give the untiled picture (whole-image GroupNorm statistics).",
+           "auto: untiled when the image fits in free memory (the fastest, on a GPU and a CPU), else the "
+           "largest tile that fits (on a CPU 512 at most). Tiles give the untiled picture (whole-image GroupNorm "
+           "statistics).",
            min=0, max=8192, step=64),
     Option("process_size", int, 512, "Outputs whose short side is below this are computed at this size and "
            "resized back (the model was trained at 512, as in the release); the enlargement is bounded for "

@@ -81,3 +81,22 @@ def test_a_run_written_by_the_benchmarks_comes_back_in_the_tables(tmp_path):
 def test_an_unknown_region_is_an_error():
     with pytest.raises(SystemExit, match="unknown report region 'nonsense'"):
         report.render_file("<!-- report:nonsense -->\n<!-- /report:nonsense -->", {}, "doc.md")
+
+
+def test_the_vae_tile_speed_table_compares_auto_with_the_fastest_fixed_tile(tmp_path):
+    """vae_tile_speed.py's summary of its seconds, written and rendered: auto / fastest fixed tile
+    per stage and in total, and a stopped run says how far it got."""
+    pytest.importorskip("diffusers")
+    import common
+    from vae_tile_speed import summarise
+
+    seconds = {"encode": {"auto": [10.0], 256: [12.0], 1024: [8.0]}, "decode": {"auto": [20.0], 256: [16.0]}}
+    figures = {"size": 2048, "dtype": "bf16", "rounds": 1, "order": ["auto", 256, 1024], "complete": False,
+               "seconds": seconds, **summarise(seconds, {"encode": 512, "decode": 512}, [256, 1024])}
+    common.write_result("vae-tile-speed-cpu", figures, probe={"before": {"bf16": 100}},
+                        out=str(tmp_path / "vae-tile-speed-cpu-2026-01-01T0000.json"))
+    out = report.RENDER["vae-tile-speed-cpu"](report.load_results(tmp_path))
+    assert "| auto (512 / 512) | 10.0 | 20.0 | 30.0 |" in out and "| 1024 px | 8.0 | – | – |" in out
+    assert "encode 1.25 (fastest fixed: 1024 px); decode 1.25 (fastest fixed: 256 px); total 1.07 (fastest " \
+           "fixed: 256 px)" in out
+    assert "stopped after 5 of its 6 measurements" in out

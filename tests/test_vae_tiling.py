@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pisa_core import vae_tiling
 from pisa_core.errors import PiSAError
-from pisa_core.memory import MIN_VAE_TILE, auto_vae_tile, with_backoff
+from pisa_core.memory import CPU_VAE_TILE, MIN_VAE_TILE, auto_vae_tile, with_backoff
 from pisa_core.resnet_inplace import use_inplace_resnets
 from pisa_core.vae_tiling import group_moments, merge_moments, run_tiled
 
@@ -243,6 +243,11 @@ def test_auto_tile_on_a_cpu_is_for_speed_and_on_a_gpu_the_largest_that_fits():
     assert cpu_big is not None and cpu_big < 4096
     assert auto_vae_tile("decode", big, torch.bfloat16, None, "cuda") is None  # unknown free memory: untiled
     assert auto_vae_tile("decode", big, torch.bfloat16, 2**30, "cpu") <= cpu_big  # memory still bounds it
+    # a CPU runs untiled (the fastest) wherever the stage fits in the available RAM, tiles where not
+    ram = 24 * 2**30
+    assert auto_vae_tile("decode", (2048, 2048), torch.bfloat16, ram, "cpu") is None
+    assert auto_vae_tile("encode", big, torch.bfloat16, ram, "cpu") == CPU_VAE_TILE
+    assert auto_vae_tile("decode", (2048, 2048), torch.bfloat16, 4 * 2**30, "cpu") == CPU_VAE_TILE
 
 
 # ---------------------------------------------------------------------------------------------
