@@ -92,6 +92,34 @@ def test_pairwise_moments_equal_the_whole_sets_moments():
     torch.testing.assert_close(var_g, var_ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tile_moments_are_each_samples_channel_moments(dtype):
+    g = torch.Generator().manual_seed(2)
+    tile = (torch.randn(2, 8, 37, 29, generator=g) * torch.linspace(0.1, 5, 8)[:, None, None]
+            + torch.linspace(-20, 20, 8)[:, None, None]).to(dtype)
+    tile[1] = tile[1] * 3 - 7  # the second sample's statistics differ from the first's
+    for layout in (torch.contiguous_format, torch.channels_last):
+        mean, m2 = vae_tiling.tile_moments(tile.contiguous(memory_format=layout))
+        var_ref, mean_ref = torch.var_mean(tile.double(), dim=(2, 3), correction=0)
+        assert mean.dtype == m2.dtype == torch.float64 and mean.shape == (2, 8)
+        torch.testing.assert_close(mean, mean_ref, rtol=0, atol=1e-4)
+        torch.testing.assert_close(m2 / (37 * 29), var_ref, rtol=1e-3, atol=0)
+    mean, m2 = vae_tiling.tile_moments(tile[..., :1, :1])  # one pixel: no spread
+    torch.testing.assert_close(mean, tile[..., 0, 0].double())
+    assert not m2.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scale_shift_is_a_float_affine_per_sample_and_channel(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 6, 9, 11, generator=g) * 4).to(dtype).contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.rand(2, 6, 1, 1, generator=g) + 0.5, torch.randn(2, 6, 1, 1, generator=g)
+    got = vae_tiling.scale_shift(x, scale, shift).to(dtype)
+    want = (x.double() * scale.double() + shift.double()).to(dtype)  # computed exactly, rounded once
+    ulp = torch.finfo(dtype).eps * want.double().abs()
+    assert ((got.double() - want.double()).abs() <= ulp).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiled == untiled
 # ---------------------------------------------------------------------------------------------
