@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 BYTES_PER_PIXEL = {"encode": 850, "decode": 1250, "unet": 0.01 * 2**20}
 MIN_VAE_TILE = 128  # below it the per-tile calls and the 1-pixel halos cost more than they save
 # On a CPU too the untiled VAE is the fastest wherever it fits in the available RAM: the exact
-# tiled one makes extra passes over every activation, whatever the tile (benchmarks/
-# vae_tile_speed.py: 2048² encode untiled in about half the time of 256-, 512- or 1024-pixel
-# tiles, which are within 10 % of each other). Where it does not fit, CPU_VAE_TILE-pixel tiles;
-# and with the free RAM unknown, untiled only up to CPU_UNKNOWN_RAM_UNTILED_PIXELS.
+# tiled one makes extra passes over every activation and recomputes the decoder's last upsampler,
+# whatever the tile. Where it does not fit, CPU_VAE_TILE-pixel tiles (benchmarks/vae_tile_speed.py
+# compares them with other tiles); with the free RAM unknown, untiled only up to
+# CPU_UNKNOWN_RAM_UNTILED_PIXELS.
 CPU_UNKNOWN_RAM_UNTILED_PIXELS = 1024 * 1024
 CPU_VAE_TILE = 512
 RESERVE_BYTES = 256 * 2**20        # left free for the allocator, the host and the output buffers' rounding
