@@ -25,7 +25,7 @@ import torch
 from diffusers import Transformer2DModel
 from torch import nn
 
-from . import hardware, memory, options, vae_tiling
+from . import hardware, memory, options, vae_attention, vae_tiling
 from .adapters import DualLoRAUNet, LoRAMerge
 from .base_model import BaseModel, load_base_model
 from .checkpoint import PiSAWeights, load_pisa_weights
@@ -235,13 +235,16 @@ class PiSAPipeline:
 
     def _vae(self, part: str, x: torch.Tensor, tile: int, full, progress: ProgressFn | None) -> torch.Tensor:
         """The VAE's encoder (+ quant_conv) or decoder (+ post_quant_conv) on x, float32 on the device:
-        the plain forward when one tile covers the image (progress per block, so a Cancel answers
-        between blocks), else vae_tiling's exact tiles (progress per tile)."""
+        the plain forward when one tile covers the image (progress after every resnet, resampler
+        and attention chunk, so a Cancel answers between them), else vae_tiling's exact tiles
+        (progress per tile)."""
         if tile < max(int(s) for s in full):
             return vae_tiling.run_tiled(self.vae, part, x, tile=tile, full=tuple(full), device=self.device,
                                         layout=self._memory_format, progress=progress)
         blocks = [] if self.compiled else vae_tiling.vae_blocks(self.vae, part)
-        with vae_tiling.block_progress(blocks, progress):
+        attentions = [] if self.compiled else vae_attention.mid_attentions(self.vae, part)
+        positions = x.shape[-2] * x.shape[-1] // (LATENT_FACTOR**2 if part == "encoder" else 1)
+        with vae_tiling.block_progress(blocks, progress, attentions, positions, self.device):
             x = self._layout(x.to(self.device, self.vae_dtype))
             if part == "encoder":
                 out = self.vae.encoder(x)

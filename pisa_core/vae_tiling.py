@@ -19,7 +19,7 @@ image, streaming tiles through the compute device:
   half-resolution tensor (in a statistics pass, with halos in its first pass, and for the
   residual in its second: two more convs of that size).
 - The mid-block's self-attention spans the whole latent, so it runs on the whole latent on the
-  device; its resnets are tiled like the others.
+  device (its queries in chunks on a CPU, vae_attention); its resnets are tiled like the others.
 
 Device memory: one operation's tile (see docs/tiling.md for the formula) and, for the attention,
 the whole latent at 512 channels. Host memory: two full activations of one level (and the
@@ -43,6 +43,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
+from . import vae_attention
 from .errors import PiSAError
 
 Progress = Callable[[int, int], None] | None
@@ -146,6 +147,7 @@ class _Run:
     progress: Progress = None
     total: int = 0
     done: int = field(default=0)
+    chunks_for: torch.device | None = None  # the device whose attention chunks count (a dry run: the real one)
 
     def tiles(self, size) -> Iterator[tuple[int, int, int, int]]:
         """Non-overlapping tiles (y0, y1, x0, x1) of a tensor of `size`, the tile side scaled to its
@@ -155,9 +157,13 @@ class _Run:
         for y in range(0, h, th):
             for x in range(0, w, tw):
                 yield y, min(y + th, h), x, min(x + tw, w)
-                self.done += 1
-                if self.progress is not None:
-                    self.progress(self.done, self.total)
+                self.tick()
+
+    def tick(self) -> None:
+        """One tile's (or one attention chunk's) work done: progress, and a cancel point."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
     def on_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, self.dtype).contiguous(memory_format=self.layout)
@@ -392,16 +398,20 @@ def _conv_over_input(run: _Run, source: Stored, conv: nn.Conv2d, pre, finish) ->
 
 
 def _attention(run: _Run, source, *, attn: nn.Module) -> Stored:
-    """The mid-block's self-attention on the whole latent on the device (it spans all of it)."""
+    """The mid-block's self-attention on the whole latent on the device (it spans all of it), its
+    queries in chunks with progress and a cancel point after each."""
     whole = _materialise(run, source)
     x = run.on_device(whole.tensor)
-    out = x if run.host == META else attn(x)  # a dry run only needs the shape
+    if run.host == META:  # a dry run only needs the shape and the count of chunks
+        out = x
+        for _chunk in range(vae_attention.chunk_count(whole.size[0] * whole.size[1], run.chunks_for or run.device)):
+            run.tick()
+    else:
+        out = vae_attention.self_attention(attn, x, run.tick)
     result = run.empty(whole.batch, out.shape[1], whole.size)
     stats = ChannelStats()
     stats.add(out)
     _store(result, 0, whole.size[0], 0, whole.size[1], out)
-    for _tile in run.tiles((1, 1)):  # one step of progress, and a cancel point
-        pass
     return Stored(result, stats)
 
 
@@ -470,6 +480,10 @@ def _check_supported(vae: nn.Module, part: str) -> None:
         if bad is not None:
             raise PiSAError(f"The exact tiled VAE does not support this VAE's {part}.{name}: {bad}; use vae_tile 0 "
                             "with enough memory for the untiled VAE.")
+    for attn in getattr(getattr(vae, part).mid_block, "attentions", []):
+        if attn is not None and not vae_attention.supported(attn):
+            raise PiSAError(f"The exact tiled VAE does not support this VAE's {part} mid-block attention (a "
+                            "spatial norm or q/k norms); use vae_tile 0 with enough memory for the untiled VAE.")
     if not isinstance(getattr(vae, part).conv_norm_out, nn.GroupNorm):
         raise PiSAError(f"The exact tiled VAE needs a GroupNorm as the VAE's {part}.conv_norm_out.")
 
@@ -491,7 +505,7 @@ def run_tiled(vae: nn.Module, part: str, x: torch.Tensor, *, tile: int, full: tu
     ops = encoder_ops(vae) if part == "encoder" else decoder_ops(vae)
     dtype = next(vae.parameters()).dtype
     device = torch.device(device)
-    dry = _Run(META, META, dtype, layout, tile, full)
+    dry = _Run(META, META, dtype, layout, tile, full, chunks_for=device)
     _walk(ops, Stored(torch.empty(x.shape, dtype=x.dtype, device=META)), dry)
     run = _Run(device, torch.device("cpu"), dtype, layout, tile, full, progress, total=dry.done)
     host = torch.zeros(x.shape, dtype=x.dtype) if x.is_meta else x.detach().cpu()  # a dry run's input has no values
@@ -499,30 +513,38 @@ def run_tiled(vae: nn.Module, part: str, x: torch.Tensor, *, tile: int, full: tu
 
 
 @contextlib.contextmanager
-def block_progress(modules: list[nn.Module], progress: Progress):
-    """progress(done, total) after each of `modules` runs (an untiled VAE's blocks): a Cancel can
-    answer between blocks. Removes its hooks on leaving."""
+def block_progress(modules: list[nn.Module], progress: Progress, attentions: list[nn.Module] = (),
+                   positions: int = 0, device=META):
+    """progress(done, total) after each of `modules` runs (an untiled VAE's blocks) and after each
+    query chunk of `attentions` over `positions` latent positions on `device` (vae_attention): a
+    Cancel can answer between blocks and inside the attention. Removes its hooks on leaving."""
     if progress is None:
         yield
         return
+    total = len(modules) + len(attentions) * vae_attention.chunk_count(positions, device)
     done = [0]
 
-    def hook(_module, _args, _output):
+    def tick(*_hook_args):
         done[0] += 1
-        progress(min(done[0], len(modules)), len(modules))
+        progress(min(done[0], total), total)
 
-    handles = [m.register_forward_hook(hook) for m in modules]
+    handles = [m.register_forward_hook(tick) for m in modules]
     try:
-        yield
+        with vae_attention.chunked(attentions, tick):
+            yield
     finally:
         for handle in handles:
             handle.remove()
 
 
 def vae_blocks(vae: nn.Module, part: str) -> list[nn.Module]:
-    """The blocks of the VAE's `part` that block_progress counts, in order."""
+    """The modules of the VAE's `part` after which block_progress reports, in forward order: the
+    input convolution, every resnet and resampler, the output convolution (each at most two 3x3
+    convolutions of one level; the mid-block attention reports its own chunks)."""
     coder = getattr(vae, part)
-    blocks = list(coder.down_blocks if part == "encoder" else [])
-    blocks.append(coder.mid_block)
-    blocks += list(coder.up_blocks if part == "decoder" else [])
-    return blocks + [coder.conv_out]
+    levels = coder.down_blocks if part == "encoder" else []
+    modules = [coder.conv_in]
+    for block in [*levels, coder.mid_block, *(coder.up_blocks if part == "decoder" else [])]:
+        modules += list(block.resnets)
+        modules += list(getattr(block, "downsamplers", None) or []) + list(getattr(block, "upsamplers", None) or [])
+    return modules + [coder.conv_out]

@@ -4,6 +4,8 @@ the out-of-memory back-off, and device placement with the model on the `meta` de
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from tiny_models import tiny_vae
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pisa_core import vae_tiling
+from pisa_core import vae_attention, vae_tiling
 from pisa_core.errors import PiSAError
 from pisa_core.memory import CPU_VAE_TILE, MIN_VAE_TILE, auto_vae_tile, with_backoff
 from pisa_core.resnet_inplace import use_inplace_resnets
@@ -206,7 +208,8 @@ def test_an_untiled_stage_reports_and_cancels_between_blocks(pipe):
     pixels = regions_image(1, 64, 64)
     ticks = []
     pipe.encode(pixels, vae_tile=0, progress=lambda d, t: ticks.append((d, t)))
-    assert len(ticks) == len(vae_tiling.vae_blocks(pipe.vae, "encoder")) == ticks[-1][1]
+    attention_chunks = len(vae_attention.mid_attentions(pipe.vae, "encoder")) * vae_attention.chunk_count(8 * 8, "cpu")
+    assert len(ticks) == len(vae_tiling.vae_blocks(pipe.vae, "encoder")) + attention_chunks == ticks[-1][1]
     ran = []
     handle = pipe.vae.encoder.mid_block.register_forward_pre_hook(lambda *a: ran.append(1))
     try:
@@ -216,6 +219,58 @@ def test_an_untiled_stage_reports_and_cancels_between_blocks(pipe):
         handle.remove()
     assert ran == []  # cancelled after the first down block, before the mid-block
     assert all(not m._forward_hooks for m in vae_tiling.vae_blocks(pipe.vae, "encoder"))
+
+
+class CountAttention(TorchFunctionMode):
+    """Counts the attention computations that run on data (not on the meta device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention and not args[0].is_meta:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_in_query_chunks_equals_the_module_and_reports_each_chunk(vae, dtype):
+    attn = copy.deepcopy(vae.decoder.mid_block.attentions[0]).to(dtype)
+    x = torch.randn(2, attn.to_q.in_features, 9, 7, generator=torch.Generator().manual_seed(4)).to(dtype)
+    chunks = []
+    with CountAttention() as counted:
+        got = vae_attention.self_attention(attn, x, lambda: chunks.append(1), chunk_scores=63 * 10)
+    assert len(chunks) == counted.calls == vae_attention.chunk_count(63, "cpu", 63 * 10) == 7
+    torch.testing.assert_close(got, attn(x), **({} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.02}))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("vae_tile", [0, 128])
+def test_a_cancel_inside_the_attention_stops_it(pipe, vae_tile, monkeypatch):
+    """Untiled (between its blocks) and tiled alike, the whole-latent attention reports each chunk
+    of queries, and a cancel there stops it: no later chunk runs; the module is as before."""
+    monkeypatch.setattr(vae_attention, "CHUNK_SCORES", 32 * 32 * 128)  # 128 queries a chunk on a 32x32 latent
+    pixels = regions_image(1, 256, 256)
+    assert pipe.vae_tile_for("encode", (256, 256), vae_tile) == (256 if vae_tile == 0 else 128)
+    attn = pipe.vae.encoder.mid_block.attentions[0]
+    processor = attn.processor
+    ticks = []
+    with CountAttention() as counted:
+        whole = pipe.encode(pixels, vae_tile=vae_tile, progress=lambda d, t: ticks.append((d, t)))
+    assert counted.calls == vae_attention.chunk_count(32 * 32, "cpu") == 8
+    assert [d for d, _ in ticks] == list(range(1, len(ticks) + 1)) and {t for _, t in ticks} == {len(ticks)}
+
+    def cancel_after_three_chunks(_done, _total):
+        if counted.calls == 3:
+            raise Cancelled
+
+    with CountAttention() as counted, pytest.raises(Cancelled):
+        pipe.encode(pixels, vae_tile=vae_tile, progress=cancel_after_three_chunks)
+    assert counted.calls == 3
+    assert attn.processor is processor
+    torch.testing.assert_close(pipe.encode(pixels, vae_tile=vae_tile), whole)  # the pipeline works after a cancel
 
 
 # ---------------------------------------------------------------------------------------------
