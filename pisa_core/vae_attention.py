@@ -62,8 +62,7 @@ def self_attention(attn: nn.Module, x: torch.Tensor, on_chunk: Callable[[], None
     step = query_chunk(h * w, x.device, chunk_scores)
     parts = []
     for start in range(0, h * w, step):
-        parts.append(F.scaled_dot_product_attention(query[:, :, start:start + step], key, value, dropout_p=0.0,
-                                                    is_causal=False))
+        parts.append(F.scaled_dot_product_attention(query[:, :, start:start + step], key, value))
         if on_chunk is not None:
             on_chunk()
     out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]

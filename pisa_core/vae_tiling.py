@@ -513,9 +513,9 @@ def run_tiled(vae: nn.Module, part: str, x: torch.Tensor, *, tile: int, full: tu
 
 
 @contextlib.contextmanager
-def block_progress(modules: list[nn.Module], progress: Progress, attentions: list[nn.Module] = (),
-                   positions: int = 0, device=META):
-    """progress(done, total) after each of `modules` runs (an untiled VAE's blocks) and after each
+def block_progress(modules: list[nn.Module], progress: Progress, attentions: list[nn.Module], positions: int,
+                   device: torch.device):
+    """progress(done, total) after each of `modules` runs (vae_blocks of an untiled VAE) and after each
     query chunk of `attentions` over `positions` latent positions on `device` (vae_attention): a
     Cancel can answer between blocks and inside the attention. Removes its hooks on leaving."""
     if progress is None:
@@ -542,9 +542,9 @@ def vae_blocks(vae: nn.Module, part: str) -> list[nn.Module]:
     input convolution, every resnet and resampler, the output convolution (each at most two 3x3
     convolutions of one level; the mid-block attention reports its own chunks)."""
     coder = getattr(vae, part)
-    levels = coder.down_blocks if part == "encoder" else []
+    blocks = [*coder.down_blocks, coder.mid_block] if part == "encoder" else [coder.mid_block, *coder.up_blocks]
     modules = [coder.conv_in]
-    for block in [*levels, coder.mid_block, *(coder.up_blocks if part == "decoder" else [])]:
+    for block in blocks:
         modules += list(block.resnets)
         modules += list(getattr(block, "downsamplers", None) or []) + list(getattr(block, "upsamplers", None) or [])
     return modules + [coder.conv_out]
