@@ -60,7 +60,6 @@ def main(target_file: str) -> None:
     """Run the target under libFuzzer; seeds are written to fuzz/corpus/<name> unless a folder is given."""
     sys.path.insert(0, str(ROOT))
     import atheris  # a test/fuzz dependency only, never imported by the pack
-
     import torch  # noqa: F401  (imported before instrumentation: instrumenting torch is slow and useless)
     with atheris.instrument_imports(include=["pisa_core", "PIL", "png"]):
         import pisa_core  # noqa: F401

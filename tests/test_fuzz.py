@@ -27,7 +27,7 @@ def test_target_holds_its_contract(target, tmp_path):
     write_seeds(load_target(target), corpus)
     result = subprocess.run([sys.executable, str(target), f"-runs={RUNS}", "-seed=1",
                              f"-artifact_prefix={tmp_path}/", str(corpus)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                            check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{target.name} found an input that breaks its contract:\n{result.stderr[-4000:]}"
 
 
