@@ -36,7 +36,7 @@ CHUNK_SCORES = 2**28  # query x key scores per chunk on a CPU: about 0.5 TFLOP a
 
 
 @dataclass(frozen=True)
-class Plan:
+class AttentionPlan:
     """How self_attention computes one attention over `positions` positions of `batch` samples:
     with the "fused" or the "math" kernel, `queries` queries a call in `chunks` calls, each
     allocating about `chunk_bytes` within a budget of `budget_bytes`."""
@@ -66,7 +66,7 @@ def resident_bytes(attn: nn.Module, batch: int, positions: int, dtype: torch.dty
 
 
 def plan(attn: nn.Module, batch: int, positions: int, device, dtype: torch.dtype, free_bytes: int | None,
-         probe: hardware.Probe | None = None) -> Plan:
+         probe: hardware.Probe | None = None) -> AttentionPlan:
     """The chunks self_attention computes `attn` over `positions` positions of `batch` samples in,
     computing in `dtype` on `device` with `free_bytes` free there (None: unknown) before the
     attention's input exists: the most queries a call whose memory.attention_bytes fit the
@@ -83,7 +83,7 @@ def plan(attn: nn.Module, batch: int, positions: int, device, dtype: torch.dtype
     queries = n if need(n) <= budget else max(1, (budget - need(0)) // (need(1) - need(0)))
     if device.type == "cpu":
         queries = min(queries, max(1, CHUNK_SCORES // n))
-    return Plan(batch, positions, "fused" if fused else "math", queries, math.ceil(n / queries), need(queries),
+    return AttentionPlan(batch, positions, "fused" if fused else "math", queries, math.ceil(n / queries), need(queries),
                 budget)
 
 
@@ -95,7 +95,7 @@ def supported(attn: nn.Module) -> bool:
 
 
 def self_attention(attn: nn.Module, x: torch.Tensor, on_chunk: Callable[[], None] | None = None,
-                   chunks: Plan | None = None) -> torch.Tensor:
+                   chunks: AttentionPlan | None = None) -> torch.Tensor:
     """attn(x) for x [B, C, H, W], the computation of diffusers' AttnProcessor2_0 step by step,
     with the queries in the chunks of `chunks` (default: plan() with the free memory x's device
     reports now) and on_chunk() after each (it may raise to cancel)."""
@@ -139,7 +139,7 @@ class ChunkedProcessor:
     """A diffusers attention processor running self_attention (self-attention on 4-D input only)
     with the chunks of `chunks` (planned for its input's size; others are planned when called)."""
 
-    def __init__(self, on_chunk: Callable[[], None] | None, chunks: Plan | None = None):
+    def __init__(self, on_chunk: Callable[[], None] | None, chunks: AttentionPlan | None = None):
         self.on_chunk, self.chunks = on_chunk, chunks
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
@@ -157,7 +157,7 @@ def mid_attentions(vae: nn.Module, part: str) -> list[nn.Module]:
 
 @contextlib.contextmanager
 def chunked(attentions: Iterable[nn.Module], on_chunk: Callable[[], None] | None,
-            plans: Sequence[Plan | None] | None = None):
+            plans: Sequence[AttentionPlan | None] | None = None):
     """The attentions compute in chunks (`plans`, one per attention; on_chunk after each chunk)
     while inside; their own processors are back on leaving, also after an error or a cancel."""
     attentions = list(attentions)

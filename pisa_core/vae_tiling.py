@@ -23,8 +23,8 @@ image, streaming tiles through the compute device:
   tiled like the others.
 
 Device memory: one operation's tile (see docs/tiling.md for the formula) and, for the attention,
-the whole latent at 512 channels and one chunk of its queries. Host memory: two full activations of one level (and the
-half-resolution input of the decoder's last upsampler beside them).
+the whole latent at 512 channels and one chunk of its queries. Host memory: two full activations
+of one level (and the half-resolution input of the decoder's last upsampler beside them).
 
 A dry run on the `meta` device (shape-only, no data) counts the tiles first, so progress(done,
 total) is called after every tile of every pass with a fixed total; it may raise to cancel.
@@ -524,7 +524,7 @@ def run_tiled(vae: nn.Module, part: str, x: torch.Tensor, *, tile: int, full: tu
 
 @contextlib.contextmanager
 def block_progress(modules: list[nn.Module], progress: Progress, attentions: list[nn.Module],
-                   plans: list[vae_attention.Plan]):
+                   plans: list[vae_attention.AttentionPlan]):
     """While inside, `attentions` compute in the query chunks of `plans` (one each, vae_attention)
     and, with `progress`, progress(done, total) is called after each of `modules` runs (vae_blocks
     of an untiled VAE) and after each chunk: a Cancel can answer between blocks and inside the
