@@ -1,7 +1,9 @@
-"""What the machine can do: devices, native half-precision support, free memory.
+"""What the machine can do: devices, native half-precision support, fused attention kernels,
+free memory.
 
 Probes only read; they never change torch's state. `Probe` bundles the capability questions the
-dtype policy asks (options.auto_dtype), so tests can answer them for a machine they are not on.
+dtype policy (options.auto_dtype) and the attention's chunking (vae_attention.plan) ask, so tests
+can answer them for a machine they are not on.
 """
 
 from __future__ import annotations
@@ -98,20 +100,44 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+def fused_attention(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int) -> bool:
+    """Whether torch's scaled_dot_product_attention on `device` runs a fused kernel (flash,
+    memory-efficient, cuDNN, CPU flash, or a backend's own) for `heads` heads of `head_dim`
+    channels in `dtype`: one that never stores the query x key score matrix. False where it falls
+    back to the plain formula (math), which does store it. Asked of torch's own kernel choice on a
+    tiny input on that device, so it follows the torch build, the GPU, the head size (flash
+    kernels stop at 256) and kernels the user disabled; devices without that choice (MPS, older
+    torch) count as math."""
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is None:
+        return False
+    q = torch.empty((1, heads, 8, head_dim), dtype=dtype, device=device)
+    try:
+        return int(choose(q, q, q)) > 0  # SDPBackend: -1 error, 0 math, above: fused kernels
+    except (RuntimeError, NotImplementedError):  # no kernel choice registered for this device
+        return False
+
+
 @dataclass(frozen=True)
 class Probe:
-    """The capability questions of the dtype policy; tests pass their own answers."""
+    """The capability questions of the dtype policy and the attention's chunking; tests pass
+    their own answers."""
 
     cpu_native_bf16: Callable[[], bool] = cpu_native_bf16
     cuda_capability: Callable[[torch.device], tuple[int, int]] = cuda_capability
+    fused_attention: Callable[[torch.device, torch.dtype, int, int], bool] = fused_attention
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Bytes a new allocation can use on `device`: free device memory on CUDA, the allocator's
-    recommended limit minus what is allocated on MPS, available RAM on the CPU; None if unknown."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        reserved_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    """Bytes a new allocation can use on `device`: free device memory on CUDA and XPU (with the
+    allocator's cached blocks), the allocator's recommended limit minus what is allocated on MPS,
+    available RAM on the CPU; None if unknown."""
+    if device.type in ("cuda", "xpu"):
+        backend = getattr(torch, device.type)
+        if not hasattr(backend, "mem_get_info"):  # torch.xpu has it from 2.6
+            return None
+        free, _total = backend.mem_get_info(device)
+        reserved_unused = backend.memory_reserved(device) - backend.memory_allocated(device)
         return int(free + reserved_unused)
     if device.type == "mps":
         mps = getattr(torch, "mps", None)

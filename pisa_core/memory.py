@@ -1,5 +1,5 @@
-"""Memory: how much a stage needs, the automatic VAE tile, and out-of-memory recognition and
-back-off.
+"""Memory: how much a stage needs, the automatic VAE tile, the whole-latent attention's budget,
+and out-of-memory recognition and back-off.
 
 The working-memory figures are peak activation bytes per pixel and per byte of the compute dtype,
 measured on the SD2.1-base VAE (CPU, fp32 and bf16, 256² to 768²: decode ~950, encode ~650) with
@@ -31,6 +31,14 @@ MIN_VAE_TILE = 128  # below it the per-tile calls and the 1-pixel halos cost mor
 CPU_UNKNOWN_RAM_UNTILED_PIXELS = 1024 * 1024
 CPU_VAE_TILE = 512
 RESERVE_BYTES = 256 * 2**20        # left free for the allocator, the host and the output buffers' rounding
+# Bytes per query-key score of an attention call on torch's plain (math) kernel: the scores and
+# their softmax in float32 (recent torch computes half-precision inputs in float32 there), the
+# softmax's all-masked-row check (a bool per score) and its select (another float32 copy): 13,
+# rounded up. A fused kernel (flash, memory-efficient, cuDNN) never stores the scores.
+MATH_BYTES_PER_SCORE = 16
+# An attention call's budget where the free memory is unknown (CUDA, MPS and ComfyUI report it):
+# the plain kernel's per-call copies of a 4096² image's keys and values take 1.5 GiB of it.
+ATTENTION_BUDGET_UNKNOWN_FREE = 4 * 2**30
 
 # Messages of allocation failures that arrive as a plain RuntimeError (older torch, MPS, cuBLAS,
 # cuDNN, the CPU allocator).
@@ -116,6 +124,27 @@ def _fitting_vae_tile(stage: str, h: int, w: int, dtype: torch.dtype, free_bytes
     per_px = dtype.itemsize * BYTES_PER_PIXEL[stage]
     side = int(math.sqrt(max(budget, 0) / per_px)) // 64 * 64
     return max(MIN_VAE_TILE, side)
+
+
+def attention_bytes(queries: int, keys: int, *, rows: int, head_dim: int, itemsize: int, fused: bool) -> int:
+    """Peak bytes one scaled-dot-product attention call allocates for `queries` query rows against
+    `keys` keys, in `rows` = batch x heads independent attentions of `head_dim` channels (inputs
+    excluded). Fused: its output (and a float32 log-sum-exp per query). Math: per query the
+    MATH_BYTES_PER_SCORE scores, float32 copies of the query and of the output; per call float32
+    copies of the keys (twice: cast and scaled) and the values."""
+    if fused:
+        return rows * queries * (head_dim * itemsize + 4)
+    per_query = keys * MATH_BYTES_PER_SCORE + 2 * head_dim * 4 + head_dim * itemsize
+    return rows * (queries * per_query + 3 * keys * head_dim * 4)
+
+
+def attention_budget(free_bytes: int | None, resident_bytes: int) -> int:
+    """Bytes one attention call may allocate: the free device memory less RESERVE_BYTES and the
+    `resident_bytes` the attention holds throughout (its input, queries, keys, values, output);
+    ATTENTION_BUDGET_UNKNOWN_FREE where the free memory is unknown."""
+    if free_bytes is None:
+        return ATTENTION_BUDGET_UNKNOWN_FREE
+    return max(0, free_bytes - RESERVE_BYTES - resident_bytes)
 
 
 def check_vae_tile(vae_tile: int) -> int:

@@ -102,7 +102,7 @@ class PiSAPipeline:
     def __init__(self, base: BaseModel, weights: PiSAWeights, *, device=None, dtype=None,
                  channels_last: bool | None = None, compile=False, weights_device=None,
                  lora_merged: bool = False, free_memory: Callable[[], int | None] | None = None,
-                 on_upcast: Callable[[str], None] | None = None):
+                 on_upcast: Callable[[str], None] | None = None, probe: hardware.Probe | None = None):
         """device: where the stages compute (default: CUDA, else MPS, else CPU). dtype: 'auto'
         (options.auto_dtype), 'fp32', 'fp16', 'bf16'. weights_device: where the weights are put
         at load (default: device); a host that moves them to `device` before each use (ComfyUI's
@@ -110,10 +110,12 @@ class PiSAPipeline:
         (default options.auto_channels_last). compile: torch.compile the UNet and the VAE with
         dynamic shapes (True, or a backend name or callable). lora_merged: the base UNet already
         holds W_PiSA (from_files merges while loading). free_memory(): bytes free for the VAE's
-        automatic tile (default: what the device reports). on_upcast(part): told when the "unet" or
-        the "vae" is switched to float32 after a half-precision overflow."""
+        automatic tile and its attention's query chunks (default: what the device reports).
+        on_upcast(part): told when the "unet" or the "vae" is switched to float32 after a
+        half-precision overflow. probe: the device's capabilities (default: asked of torch)."""
         self.device = hardware.parse_device(device)
-        self.dtype = options.resolve_dtype(dtype, self.device)
+        self.probe = probe or hardware.Probe()
+        self.dtype = options.resolve_dtype(dtype, self.device, self.probe)
         self.channels_last = (options.auto_channels_last(self.device, self.dtype)
                               if channels_last is None else bool(channels_last))
         self.scaling_factor = base.scaling_factor
@@ -149,7 +151,7 @@ class PiSAPipeline:
         read, in float32, and the model is cast once to its dtype on its device. Options as in
         __init__."""
         device = hardware.parse_device(device)
-        dtype = options.resolve_dtype(dtype, device)
+        dtype = options.resolve_dtype(dtype, device, options_.get("probe"))
         lora = load_pisa_weights(weights)
         merge = LoRAMerge(lora, lora.source or str(weights))
         place = weights_device if weights_device is not None else device
@@ -237,14 +239,18 @@ class PiSAPipeline:
         """The VAE's encoder (+ quant_conv) or decoder (+ post_quant_conv) on x, float32 on the device:
         the plain forward when one tile covers the image (progress after every resnet, resampler
         and attention chunk, so a Cancel answers between them), else vae_tiling's exact tiles
-        (progress per tile)."""
+        (progress per tile). The mid-block attention's query chunks fit the free memory at the start."""
+        free = self.free_memory()
         if tile < max(int(s) for s in full):
             return vae_tiling.run_tiled(self.vae, part, x, tile=tile, full=tuple(full), device=self.device,
-                                        layout=self._memory_format, progress=progress)
+                                        layout=self._memory_format, progress=progress, free_bytes=free,
+                                        probe=self.probe)
         blocks = [] if self.compiled else vae_tiling.vae_blocks(self.vae, part)
         attentions = [] if self.compiled else vae_attention.mid_attentions(self.vae, part)
         positions = x.shape[-2] * x.shape[-1] // (LATENT_FACTOR**2 if part == "encoder" else 1)
-        with vae_tiling.block_progress(blocks, progress, attentions, positions, self.device):
+        plans = [vae_attention.plan(a, x.shape[0], positions, self.device, self.vae_dtype, free, self.probe)
+                 for a in attentions]
+        with vae_tiling.block_progress(blocks, progress, attentions, plans):
             x = self._layout(x.to(self.device, self.vae_dtype))
             if part == "encoder":
                 out = self.vae.encoder(x)

@@ -19,11 +19,12 @@ image, streaming tiles through the compute device:
   half-resolution tensor (in a statistics pass, with halos in its first pass, and for the
   residual in its second: two more convs of that size).
 - The mid-block's self-attention spans the whole latent, so it runs on the whole latent on the
-  device (its queries in chunks on a CPU, vae_attention); its resnets are tiled like the others.
+  device (its queries in chunks that fit the device's free memory, vae_attention); its resnets are
+  tiled like the others.
 
 Device memory: one operation's tile (see docs/tiling.md for the formula) and, for the attention,
-the whole latent at 512 channels. Host memory: two full activations of one level (and the
-half-resolution input of the decoder's last upsampler beside them).
+the whole latent at 512 channels and one chunk of its queries. Host memory: two full activations
+of one level (and the half-resolution input of the decoder's last upsampler beside them).
 
 A dry run on the `meta` device (shape-only, no data) counts the tiles first, so progress(done,
 total) is called after every tile of every pass with a fixed total; it may raise to cancel.
@@ -45,6 +46,7 @@ from torch import nn
 
 from . import vae_attention
 from .errors import PiSAError
+from .hardware import Probe
 
 Progress = Callable[[int, int], None] | None
 META = torch.device("meta")
@@ -147,7 +149,9 @@ class _Run:
     progress: Progress = None
     total: int = 0
     done: int = field(default=0)
-    chunks_for: torch.device | None = None  # the device whose attention chunks count (a dry run: the real one)
+    compute: torch.device | None = None  # the device the attention's chunks are planned for (a dry run: the real one)
+    free_bytes: int | None = None  # free memory there when the stage began (vae_attention.plan)
+    probe: Probe | None = None
 
     def tiles(self, size) -> Iterator[tuple[int, int, int, int]]:
         """Non-overlapping tiles (y0, y1, x0, x1) of a tensor of `size`, the tile side scaled to its
@@ -399,15 +403,18 @@ def _conv_over_input(run: _Run, source: Stored, conv: nn.Conv2d, pre, finish) ->
 
 def _attention(run: _Run, source, *, attn: nn.Module) -> Stored:
     """The mid-block's self-attention on the whole latent on the device (it spans all of it), its
-    queries in chunks with progress and a cancel point after each."""
+    queries in the chunks vae_attention.plan sizes to the free memory, with progress and a cancel
+    point after each."""
     whole = _materialise(run, source)
+    chunks = vae_attention.plan(attn, whole.batch, whole.size[0] * whole.size[1], run.compute or run.device,
+                                run.dtype, run.free_bytes, run.probe)
     x = run.on_device(whole.tensor)
     if run.host == META:  # a dry run only needs the shape and the count of chunks
         out = x
-        for _chunk in range(vae_attention.chunk_count(whole.size[0] * whole.size[1], run.chunks_for or run.device)):
+        for _chunk in range(chunks.chunks):
             run.tick()
     else:
-        out = vae_attention.self_attention(attn, x, run.tick)
+        out = vae_attention.self_attention(attn, x, run.tick, chunks)
     result = run.empty(whole.batch, out.shape[1], whole.size)
     stats = ChannelStats()
     stats.add(out)
@@ -497,31 +504,36 @@ def _walk(ops: list, source: Stored, run: _Run) -> torch.Tensor:
 
 
 def run_tiled(vae: nn.Module, part: str, x: torch.Tensor, *, tile: int, full: tuple[int, int], device,
-              layout=torch.contiguous_format, progress: Progress = None) -> torch.Tensor:
+              layout=torch.contiguous_format, progress: Progress = None, free_bytes: int | None = None,
+              probe: Probe | None = None) -> torch.Tensor:
     """The VAE's `part` ("encoder": pixels [B,3,H,W] -> moments [B,8,H/8,W/8]; "decoder": unscaled
     latent -> pixels) in exact tiles of `tile` full-image pixels a side (`full`: the image size),
-    computing on `device`. Returns float32 on `device`."""
+    computing on `device`, where `free_bytes` are free (None: unknown; it sizes the attention's
+    query chunks, vae_attention.plan, with `probe`'s answers). Returns float32 on `device`."""
     _check_supported(vae, part)
     ops = encoder_ops(vae) if part == "encoder" else decoder_ops(vae)
     dtype = next(vae.parameters()).dtype
     device = torch.device(device)
-    dry = _Run(META, META, dtype, layout, tile, full, chunks_for=device)
+    planning = {"compute": device, "free_bytes": free_bytes, "probe": probe}
+    dry = _Run(META, META, dtype, layout, tile, full, **planning)
     _walk(ops, Stored(torch.empty(x.shape, dtype=x.dtype, device=META)), dry)
-    run = _Run(device, torch.device("cpu"), dtype, layout, tile, full, progress, total=dry.done)
+    run = _Run(device, torch.device("cpu"), dtype, layout, tile, full, progress, total=dry.done, **planning)
     host = torch.zeros(x.shape, dtype=x.dtype) if x.is_meta else x.detach().cpu()  # a dry run's input has no values
     return _walk(ops, Stored(host), run).to(device).float()
 
 
 @contextlib.contextmanager
-def block_progress(modules: list[nn.Module], progress: Progress, attentions: list[nn.Module], positions: int,
-                   device: torch.device):
-    """progress(done, total) after each of `modules` runs (vae_blocks of an untiled VAE) and after each
-    query chunk of `attentions` over `positions` latent positions on `device` (vae_attention): a
-    Cancel can answer between blocks and inside the attention. Removes its hooks on leaving."""
+def block_progress(modules: list[nn.Module], progress: Progress, attentions: list[nn.Module],
+                   plans: list[vae_attention.AttentionPlan]):
+    """While inside, `attentions` compute in the query chunks of `plans` (one each, vae_attention)
+    and, with `progress`, progress(done, total) is called after each of `modules` runs (vae_blocks
+    of an untiled VAE) and after each chunk: a Cancel can answer between blocks and inside the
+    attention. Removes its hooks on leaving."""
     if progress is None:
-        yield
+        with vae_attention.chunked(attentions, None, plans):
+            yield
         return
-    total = len(modules) + len(attentions) * vae_attention.chunk_count(positions, device)
+    total = len(modules) + sum(p.chunks for p in plans)
     done = [0]
 
     def tick(*_hook_args):
@@ -530,7 +542,7 @@ def block_progress(modules: list[nn.Module], progress: Progress, attentions: lis
 
     handles = [m.register_forward_hook(tick) for m in modules]
     try:
-        with vae_attention.chunked(attentions, tick):
+        with vae_attention.chunked(attentions, tick, plans):
             yield
     finally:
         for handle in handles:

@@ -4,8 +4,6 @@ the out-of-memory back-off, and device placement with the model on the `meta` de
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -208,7 +206,8 @@ def test_an_untiled_stage_reports_and_cancels_between_blocks(pipe):
     pixels = regions_image(1, 64, 64)
     ticks = []
     pipe.encode(pixels, vae_tile=0, progress=lambda d, t: ticks.append((d, t)))
-    attention_chunks = len(vae_attention.mid_attentions(pipe.vae, "encoder")) * vae_attention.chunk_count(8 * 8, "cpu")
+    attention_chunks = sum(vae_attention.plan(a, 1, 8 * 8, "cpu", pipe.vae_dtype, pipe.free_memory()).chunks
+                           for a in vae_attention.mid_attentions(pipe.vae, "encoder"))
     assert len(ticks) == len(vae_tiling.vae_blocks(pipe.vae, "encoder")) + attention_chunks == ticks[-1][1]
     ran = []
     handle = pipe.vae.encoder.mid_block.register_forward_pre_hook(lambda *a: ran.append(1))
@@ -235,18 +234,6 @@ class CountAttention(TorchFunctionMode):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attention_in_query_chunks_equals_the_module_and_reports_each_chunk(vae, dtype):
-    attn = copy.deepcopy(vae.decoder.mid_block.attentions[0]).to(dtype)
-    x = torch.randn(2, attn.to_q.in_features, 9, 7, generator=torch.Generator().manual_seed(4)).to(dtype)
-    chunks = []
-    with CountAttention() as counted:
-        got = vae_attention.self_attention(attn, x, lambda: chunks.append(1), chunk_scores=63 * 10)
-    assert len(chunks) == counted.calls == vae_attention.chunk_count(63, "cpu", 63 * 10) == 7
-    torch.testing.assert_close(got, attn(x), **({} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.02}))
-
-
-@torch.no_grad()
 @pytest.mark.parametrize("vae_tile", [0, 128])
 def test_a_cancel_inside_the_attention_stops_it(pipe, vae_tile, monkeypatch):
     """Untiled (between its blocks) and tiled alike, the whole-latent attention reports each chunk
@@ -259,7 +246,7 @@ def test_a_cancel_inside_the_attention_stops_it(pipe, vae_tile, monkeypatch):
     ticks = []
     with CountAttention() as counted:
         whole = pipe.encode(pixels, vae_tile=vae_tile, progress=lambda d, t: ticks.append((d, t)))
-    assert counted.calls == vae_attention.chunk_count(32 * 32, "cpu") == 8
+    assert counted.calls == 8
     assert [d for d, _ in ticks] == list(range(1, len(ticks) + 1)) and {t for _, t in ticks} == {len(ticks)}
 
     def cancel_after_three_chunks(_done, _total):
