@@ -11,7 +11,8 @@ checks. Each measurement runs in its own process (a clean peak), the two decoder
 decode at each size (default vae_tile 0 = auto, the tile recorded), then the whole upscale. The
 decode's peak memory is its rise above the memory at its start (RSS on a CPU, allocated memory on
 a GPU), so the model's weights do not count. Prints the fast / VAE ratios; writes
-benchmarks/results/decoder-speed-<device>-<date>.json.
+benchmarks/results/decoder-speed-<device>-<date>.json after every measurement ("complete": false
+until the last; the 2048² decodes come last, so a run stopped there keeps the rest).
 """
 
 from __future__ import annotations
@@ -125,10 +126,12 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(*args.child, args.device, args.dtype, args.repeats)))
         return 0
-    children, results = Children(), []
+    children, results, path = Children(), [], None
     probe = {"before": matmul_gflops(device=args.device)}
-    jobs = [(f"decode-{side}", args.repeats if side < 1024 else 1) for side in args.sizes] + [("whole", 2)]
-    for job, repeats in jobs:
+    small = [(f"decode-{side}", args.repeats) for side in args.sizes if side < 1024]
+    large = [(f"decode-{side}", 1) for side in args.sizes if side >= 1024]
+    figures = {"device": args.device, "dtype": args.dtype, "whole_input": WHOLE_INPUT, "complete": False}
+    for job, repeats in [*small, ("whole", 2), *large]:  # the long ones last: a stopped run keeps the rest
         for decoder in DECODERS:
             cmd = [sys.executable, __file__, "--child", decoder, job, "--device", args.device, "--dtype", args.dtype,
                    "--repeats", str(repeats)]
@@ -137,13 +140,15 @@ def main() -> int:
                 results.append(r)
                 memory = f", peak +{r['peak_rise_gib']:.2f} GiB (tile {r['vae_tile']})" if "peak_rise_gib" in r else ""
                 print(f"{decoder:5s} {job:12s} {r['seconds']:8.2f} s{memory}", flush=True)
+                figures.update(results=results, fast_over_vae=ratios(results))
+                path = write_result(f"decoder-speed-{torch.device(args.device).type}", figures, device=args.device,
+                                    probe=probe, out=path or args.out)
     probe["after"] = matmul_gflops(device=args.device)
-    figures = {"device": args.device, "dtype": args.dtype, "whole_input": WHOLE_INPUT, "results": results,
-               "fast_over_vae": ratios(results)}
-    for job, ratio in figures["fast_over_vae"].items():
+    figures["complete"] = True
+    for job, ratio in figures.get("fast_over_vae", {}).items():
         print(f"fast / vae {job}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratio.items()))
     path = write_result(f"decoder-speed-{torch.device(args.device).type}", figures, device=args.device, probe=probe,
-                        out=args.out)
+                        out=path or args.out)
     print(f"wrote {path}")
     return children.exit_code()
 

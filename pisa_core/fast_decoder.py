@@ -152,14 +152,13 @@ def _published_parts(data, source: str) -> tuple[dict, dict | None]:
 
 
 def _metadata_config(metadata: dict, source: str) -> dict | None:
+    """The config stored as JSON in our metadata (None when absent: the shapes alone decide)."""
     text = metadata.get(CONFIG_KEY)
-    if text is None:
-        return None
     try:
-        config = json.loads(text)
+        config = None if text is None else json.loads(text)
     except ValueError:
-        config = None
-    if not isinstance(config, dict):
+        config = "not JSON"
+    if config is not None and not isinstance(config, dict):
         raise PiSAError(f"'{source}': its '{CONFIG_KEY}' metadata is not a JSON object.")
     return config
 
@@ -189,7 +188,8 @@ def build_decoder(state: dict, config: dict | None, source: str, fmt: str = "sta
         if tuple(state[key].shape) != shape:
             raise PiSAError(f"'{source}': tensor '{key}' has shape {tuple(state[key].shape)}, but a Decoder of "
                             f"widths {inferred['block_out_channels']} needs {shape}.")
-    decoder.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, assign=True)
+    # copies: a memory-mapped file's tensors would otherwise become the weights
+    decoder.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in state.items()}, assign=True)
     return DecoderFile(decoder.eval().requires_grad_(False), inferred, source, fmt)
 
 
