@@ -62,9 +62,10 @@ def _add_upscale_parser(sub) -> None:
     p.add_argument("--weights", default=os.environ.get("PISA_SR_WEIGHTS"),
                    help="PiSA-SR weights: official pisa_sr.pkl or converted .safetensors (env PISA_SR_WEIGHTS)")
     p.add_argument("--decoder", default=os.environ.get("PISA_SR_DECODER") or None, metavar="FILE",
-                   help="fast decoder: VOSR's half-width SD2.1 VAE decoder sd21_lwdecoder.pth (or its .safetensors), "
-                        "about 4x less decode work; quality as its authors report on SD2.1 latents, not measured on "
-                        "PiSA-SR outputs here (default: the base model's VAE decoder; env PISA_SR_DECODER)")
+                   help="fast decoder: sd21_lwdecoder.pth from VOSR (arXiv 2604.03225, Apache-2.0), a half-width "
+                        "SD2.1 VAE decoder doing a quarter of the decode work, or its .safetensors; its authors report "
+                        "comparable quality on SD2.1 latents, not measured on PiSA-SR outputs here (default: the base "
+                        "model's VAE decoder; env PISA_SR_DECODER)")
     for name in ("lambda_pix", "lambda_sem", "upscale", "color_fix", "latent_tile", "latent_overlap", "vae_tile",
                  "tile_batch", "geometry", "process_size", "resampling", "dtype"):
         options.add_cli_argument(p, name)
