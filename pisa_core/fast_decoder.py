@@ -318,7 +318,7 @@ def decoder_setting(decoder: DecoderFile | None):
     if decoder is None:
         return BASE_DECODER
     path = Path(decoder.source)
-    return {"file": path.name, "bytes": path.stat().st_size} if path.is_file() else decoder.source
+    return {"file": decoder.name, "bytes": path.stat().st_size} if path.is_file() else decoder.source
 
 
 def resolve(decoder) -> DecoderFile | None:

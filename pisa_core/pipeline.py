@@ -97,7 +97,8 @@ def _non_finite_message(stage: str, part: str, first: torch.dtype, latent: torch
 
 
 class PiSAPipeline:
-    """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding)."""
+    """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding).
+    `decoder`: the fast decoder (fast_decoder.DecoderFile) that is the VAE's decoder, or None."""
 
     def __init__(self, base: BaseModel, weights: PiSAWeights, *, device=None, dtype=None,
                  channels_last: bool | None = None, compile=False, weights_device=None,

@@ -343,3 +343,18 @@ def test_the_walker_handles_the_fast_decoder_unchanged(reference):
     latent = latent_with_regions(8, 12)
     got = vae_tiling.run_tiled(holder, "decoder", latent, tile=32, full=(64, 96), device="cpu")
     assert (got - reference(latent)).abs().max() <= PARITY
+
+
+def test_is_decoder_file_answers_false_for_any_damage(decoder_path, tmp_path):
+    data = decoder_path.read_bytes()
+    g = np.random.default_rng(5)
+    target = tmp_path / "damaged.pth"
+    for cut in np.linspace(0, len(data), 24, dtype=int)[:-1]:
+        target.write_bytes(data[:cut])
+        assert not is_decoder_file(target)
+    for _ in range(24):
+        damaged = bytearray(data[:4096])
+        for position in g.integers(0, len(damaged), 8):
+            damaged[position] = int(g.integers(0, 256))
+        target.write_bytes(bytes(damaged) + data[4096:])
+        assert is_decoder_file(target) in (True, False)  # no exception, whatever the bytes
