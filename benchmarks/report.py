@@ -293,11 +293,11 @@ def decoder_speed(device: str):
             return missing(f"decoder-speed-{device}", f"python benchmarks/decoder_speed.py --device {device}")
         f = run["figures"]
         by = {(r["decoder"], r["job"]): r for r in f["results"]}
-        names = {"whole": f"whole default upscale ({f['whole_input']}² → {4 * f['whole_input']}²)"}
         rows = []
         for job, ratio in f["fast_over_vae"].items():
             vae, fast = by[("vae", job)], by[("fast", job)]
-            name = names.get(job, f"decode stage, {job.split('-')[1]}² output")
+            name = (f"whole default upscale ({f['whole_input']}² → {4 * f['whole_input']}²)" if job == "whole"
+                    else f"decode stage, {job.removeprefix('decode-')}² output")
             memory = [_s(vae.get("peak_rise_gib")), _s(fast.get("peak_rise_gib")), _s(ratio.get("peak_memory"))]
             rows.append([name, vae["dtype"], _s(vae["seconds"], 1), _s(fast["seconds"], 1), _s(ratio["seconds"]),
                          *memory])
