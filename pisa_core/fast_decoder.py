@@ -99,12 +99,16 @@ def _decoder_names(keys) -> bool:
 
 
 def _zip_names_decoder(path: Path) -> bool:
-    """The strings of a torch.save zip's pickle (its opcodes only) name the published layout."""
+    """The strings of a torch.save zip's pickle (its opcodes only) name the published layout. torch
+    stores its records uncompressed and unencrypted; a record stored otherwise is not torch's."""
     with zipfile.ZipFile(path) as archive:
         pickles = [i for i in archive.infolist() if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
         if len(pickles) != 1 or pickles[0].file_size > MAX_PICKLE_BYTES:
             return False
-        data = archive.read(pickles[0])
+        record = pickles[0]
+        if record.compress_type != zipfile.ZIP_STORED or record.flag_bits & 0x1:
+            return False
+        data = archive.read(record)
     strings = {arg for op, arg, _ in pickletools.genops(io.BytesIO(data)) if isinstance(arg, str)}
     return STATE_KEY in strings and "conv_in.weight" in strings and any(s.startswith("up_blocks.") for s in strings)
 

@@ -358,3 +358,16 @@ def test_is_decoder_file_answers_false_for_any_damage(decoder_path, tmp_path):
             damaged[position] = int(g.integers(0, 256))
         target.write_bytes(bytes(damaged) + data[4096:])
         assert is_decoder_file(target) in (True, False)  # no exception, whatever the bytes
+
+
+def test_is_decoder_file_refuses_compressed_or_encrypted_records(decoder_path, tmp_path):
+    """Fuzz finding: a data.pkl record with another compression method made zipfile raise
+    NotImplementedError; torch stores its records uncompressed, so such a file is not a decoder."""
+    with zipfile.ZipFile(decoder_path) as source, zipfile.ZipFile(tmp_path / "deflated.pth", "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    assert not is_decoder_file(tmp_path / "deflated.pth")
+    data = bytearray((tmp_path / "deflated.pth").read_bytes())
+    data[data.index(b"PK\x01\x02") + 10] = 99  # the central directory names method 99 (AES)
+    (tmp_path / "method99.pth").write_bytes(bytes(data))
+    assert not is_decoder_file(tmp_path / "method99.pth")
