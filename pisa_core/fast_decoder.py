@@ -57,6 +57,9 @@ _LEGACY_ATTENTION = {"query.": "to_q.", "key.": "to_k.", "value.": "to_v.", "pro
 FORMAT_MARKER = "pisa-sr-decoder"
 FORMAT_VERSION = 1
 MAX_PICKLE_BYTES = 16 * 2**20      # is_decoder_file reads at most this much of a torch zip's pickle
+# Python's zipfile on a damaged archive raises these (NotImplementedError: an unknown zip version or
+# compression method); pickletools on a damaged pickle raises ValueError.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError)
 
 
 @dataclass
@@ -88,7 +91,7 @@ def is_decoder_file(path) -> bool:
             return file.metadata.get("format") == FORMAT_MARKER or _decoder_names(file.keys)
         if kind == TORCH_ZIP:
             return _zip_names_decoder(Path(path))
-    except (OSError, PiSAError, ValueError, zipfile.BadZipFile, EOFError, KeyError, IndexError):
+    except (PiSAError, *_ZIP_ERRORS, KeyError, IndexError):
         return False
     return False
 

@@ -371,3 +371,6 @@ def test_is_decoder_file_refuses_compressed_or_encrypted_records(decoder_path, t
     data[data.index(b"PK\x01\x02") + 10] = 99  # the central directory names method 99 (AES)
     (tmp_path / "method99.pth").write_bytes(bytes(data))
     assert not is_decoder_file(tmp_path / "method99.pth")
+    data[data.index(b"PK\x01\x02") + 6] = 104  # "needs zip version 10.4": zipfile raised NotImplementedError
+    (tmp_path / "version.pth").write_bytes(bytes(data))
+    assert not is_decoder_file(tmp_path / "version.pth")
