@@ -7,7 +7,8 @@ activation is ever allocated, so the count takes seconds and no memory.
 Counts with torch.utils.flop_counter.FlopCounterMode (matrix products, convolutions and
 attention; 2 operations per multiply-add, as the matmul throughput probe counts them), through
 the pipeline's public stages: VAE encode, UNet (default: one pass; adjustable: two as one batch),
-VAE decode. Writes benchmarks/results/flops-<date>.json; benchmarks/report.py divides these counts
+VAE decode, and the decode with the fast decoder (VOSR's half-width SD2.1 VAE decoder, published
+structure: tests/decoder_files.py). Writes benchmarks/results/flops-<date>.json; benchmarks/report.py divides these counts
 by the stage times of the newest cpu_speed.py run for the share of the machine's matrix throughput
 each stage reaches.
 """
@@ -19,17 +20,19 @@ import sys
 
 import torch
 from common import lq_image, random_weights, sd21_base, write_result
+from decoder_files import random_fast_decoder
 from torch.utils.flop_counter import FlopCounterMode
 
 from pisa_core.guidance import PISA, PIX
 from pisa_core.pipeline import PiSAPipeline
 
 
-def meta_pipeline() -> PiSAPipeline:
-    """The real-size architecture and LoRAs of the release's shape, built on the meta device."""
+def meta_pipeline(decoder=None) -> PiSAPipeline:
+    """The real-size architecture and LoRAs of the release's shape, built on the meta device
+    (decoder: a fast decoder in place of the VAE's)."""
     with torch.device("meta"):
         base = sd21_base()
-    return PiSAPipeline(base, random_weights(base.unet), device="meta", dtype="fp32")
+    return PiSAPipeline(base, random_weights(base.unet), device="meta", dtype="fp32", decoder=decoder)
 
 
 def count(stage) -> float:
@@ -39,7 +42,7 @@ def count(stage) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def stage_gflop(pipe: PiSAPipeline, side: int, upscale: float) -> dict[str, float]:
+def stage_gflop(pipe: PiSAPipeline, fast: PiSAPipeline, side: int, upscale: float) -> dict[str, float]:
     with torch.inference_mode():
         pixels, _ = pipe.prepare(lq_image(side), upscale=upscale)
         latent = pipe.encode(pixels)
@@ -48,7 +51,8 @@ def stage_gflop(pipe: PiSAPipeline, side: int, upscale: float) -> dict[str, floa
         return {"encode": count(lambda: pipe.encode(pixels)),
                 "unet": count(lambda: pipe.predict_eps(latent, need=(PISA,))),
                 "unet (adjustable)": count(lambda: pipe.predict_eps(latent, need=(PIX, PISA))),
-                "decode": count(lambda: pipe.decode(z_high))}
+                "decode": count(lambda: pipe.decode(z_high)),
+                "decode (fast decoder)": count(lambda: fast.decode(z_high))}
 
 
 def main() -> int:
@@ -57,7 +61,8 @@ def main() -> int:
     parser.add_argument("--upscale", type=float, default=4.0)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/flops-<date>.json)")
     args = parser.parse_args()
-    stages = stage_gflop(meta_pipeline(), args.side, args.upscale)
+    fast = meta_pipeline(random_fast_decoder(device="meta"))
+    stages = stage_gflop(meta_pipeline(), fast, args.side, args.upscale)
     for stage, gflop in stages.items():
         print(f"{stage:20s} {gflop:10.1f} GFLOP")
     figures = {"input_side": args.side, "upscale": args.upscale, "stages_gflop": stages}

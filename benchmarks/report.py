@@ -27,7 +27,8 @@ COMMAND = "python benchmarks/report.py"
 REGION = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.DOTALL)
 
 STAGE_NAMES = {"encode": "VAE encode", "unet": "UNet", "decode": "VAE decode",
-               "unet (adjustable)": "UNet, adjustable (two passes as one batch)"}
+               "unet (adjustable)": "UNet, adjustable (two passes as one batch)",
+               "decode (fast decoder)": "fast decoder (timed in decoder-speed)"}
 VARIANT_NAMES = {"ours-default": "ours, default λ = (1, 1)", "ours-adjustable": "ours, adjustable λ = (0.8, 1.2)",
                  "ours-readjust": "ours, new λ from cached ε (guide + decode + colour fix)",
                  "ours-decode": "ours, VAE decode + colour fix alone"}
@@ -189,7 +190,7 @@ def flops(results: dict) -> str:
         for d in dtypes:
             variant = "ours-adjustable" if stage.endswith("(adjustable)") else "ours-default"
             run = image.get(f"{variant}@{d}", {})
-            measured = run.get("stages", {}).get(stage.split(" ")[0])
+            measured = None if "fast" in stage else run.get("stages", {}).get(stage.split(" ")[0])
             if measured is None:
                 row += ["–", "–"]
                 continue
@@ -285,10 +286,32 @@ def gpu_speed(results: dict) -> str:
     return _table(["variant", "dtype", "median ms per image", "peak GPU GiB"], rows) + f"\n\n{source_line(run)}\n"
 
 
+def decoder_speed(device: str):
+    def render(results: dict) -> str:
+        run = results.get(f"decoder-speed-{device}")
+        if run is None:
+            return missing(f"decoder-speed-{device}", f"python benchmarks/decoder_speed.py --device {device}")
+        f = run["figures"]
+        by = {(r["decoder"], r["job"]): r for r in f["results"]}
+        rows = []
+        for job, ratio in f["fast_over_vae"].items():
+            vae, fast = by[("vae", job)], by[("fast", job)]
+            name = (f"whole default upscale ({f['whole_input']}² → {4 * f['whole_input']}²)" if job == "whole"
+                    else f"decode stage, {job.removeprefix('decode-')}² output")
+            memory = [_s(vae.get("peak_rise_gib")), _s(fast.get("peak_rise_gib")), _s(ratio.get("peak_memory"))]
+            rows.append([name, vae["dtype"], _s(vae["seconds"], 1), _s(fast["seconds"], 1), _s(ratio["seconds"]),
+                         *memory])
+        header = ["measurement", "dtype", "VAE decoder s", "fast decoder s", "fast / VAE time",
+                  "decode peak rise, VAE GiB", "fast GiB", "fast / VAE memory"]
+        return _table(header, rows) + f"\n\n{source_line(run)}\n"
+    return render
+
+
 RENDER = {"summary": summary, "cpu-image": cpu_image, "cpu-stages": cpu_stages, "cpu-process": cpu_process,
           "cpu-targets": cpu_targets, "flops": flops, "memory-cpu": memory("cpu"), "gpu-speed": gpu_speed,
           "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu"),
-          "vae-tile-speed-cpu": vae_tile_speed("cpu")}
+          "vae-tile-speed-cpu": vae_tile_speed("cpu"), "decoder-speed-cpu": decoder_speed("cpu"),
+          "decoder-speed-cuda": decoder_speed("cuda")}
 
 
 # ------------------------------------------------------------------------------ the files

@@ -61,6 +61,11 @@ def _add_upscale_parser(sub) -> None:
                    help="SD2.1-base: diffusers folder or single-file .safetensors/.ckpt (env PISA_SR_BASE)")
     p.add_argument("--weights", default=os.environ.get("PISA_SR_WEIGHTS"),
                    help="PiSA-SR weights: official pisa_sr.pkl or converted .safetensors (env PISA_SR_WEIGHTS)")
+    p.add_argument("--decoder", default=os.environ.get("PISA_SR_DECODER") or None, metavar="FILE",
+                   help="fast decoder: sd21_lwdecoder.pth from VOSR (arXiv 2604.03225, Apache-2.0), a half-width "
+                        "SD2.1 VAE decoder doing a quarter of the decode work, or its .safetensors; its authors report "
+                        "comparable quality on SD2.1 latents, not measured on PiSA-SR outputs here (default: the base "
+                        "model's VAE decoder; env PISA_SR_DECODER)")
     for name in ("lambda_pix", "lambda_sem", "upscale", "color_fix", "latent_tile", "latent_overlap", "vae_tile",
                  "tile_batch", "geometry", "process_size", "resampling", "dtype"):
         options.add_cli_argument(p, name)
@@ -88,16 +93,18 @@ def _add_upscale_parser(sub) -> None:
 
 
 def _add_weights_parsers(sub) -> None:
-    p = sub.add_parser("convert", help="convert PiSA-SR weights: official pisa_sr.pkl <-> .safetensors")
-    p.add_argument("source", help="pisa_sr.pkl, a .safetensors weights file, or a training state "
-                                  "(checkpoints/state_stepNNNNNN or its train.pt)")
+    p = sub.add_parser("convert", help="convert PiSA-SR weights: official pisa_sr.pkl <-> .safetensors; or a fast "
+                                       "decoder file (sd21_lwdecoder.pth) -> .safetensors")
+    p.add_argument("source", help="pisa_sr.pkl, a .safetensors weights file, a training state "
+                                  "(checkpoints/state_stepNNNNNN or its train.pt), or a fast decoder file")
     p.add_argument("destination", help="OUT.safetensors (this project's format) or OUT.pkl (the official "
                                        "pisa_sr.pkl layout, read by the authors' code)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination file")
     p.set_defaults(func=_run_convert)
-    p = sub.add_parser("info", help="describe a PiSA-SR weights file, or print the settings a PNG written by "
-                                    "pisa-sr upscale was made with")
-    p.add_argument("file", help="pisa_sr.pkl / .safetensors weights, or a PNG output of pisa-sr upscale")
+    p = sub.add_parser("info", help="describe a PiSA-SR weights file or a fast decoder file, or print the settings a "
+                                    "PNG written by pisa-sr upscale was made with")
+    p.add_argument("file", help="pisa_sr.pkl / .safetensors weights, a fast decoder file, or a PNG output of "
+                                "pisa-sr upscale")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_info)
 
@@ -356,9 +363,11 @@ def run_settings(args, pipe) -> dict:
     import torch
 
     from . import __version__
+    from .fast_decoder import decoder_setting
 
     return {"version": __version__, "torch": torch.__version__, "base": _model_file(args.base),
-            "weights": _model_file(args.weights), "dtype": options.dtype_name(pipe.dtype), "device": str(pipe.device),
+            "weights": _model_file(args.weights), "decoder": decoder_setting(pipe.decoder),
+            "dtype": options.dtype_name(pipe.dtype), "device": str(pipe.device),
             **{name: getattr(args, name) for name in options.CALL_OPTIONS}}
 
 
@@ -423,7 +432,7 @@ def _load_pipeline(args, device, tally: Tally):
     try:
         with Heartbeat(HEARTBEAT_S, lambda seconds: log.info("pisa-sr: loading the model, %.0f s", seconds)):
             pipe = PiSAPipeline.from_files(args.base, args.weights, device=device, dtype=args.dtype,
-                                           compile=args.compile)
+                                           compile=args.compile, decoder=args.decoder_file)
     except (PiSAError, OSError) as error:
         raise PiSAError(f"could not load the model: {one_line(error)}") from None
     tally.load_seconds = time.perf_counter() - tic
@@ -491,11 +500,14 @@ def _run_upscale(args) -> int:
 
 
 def _prepare_upscale(args, tally: Tally):
-    """(jobs, distributed state or None, device): everything before the model loads."""
+    """(jobs, distributed state or None, device): everything before the model loads (the fast
+    decoder file is read and checked here, before the base model)."""
+    from .fast_decoder import load_decoder
     from .hardware import parse_device
 
     if not args.base or not args.weights:
         raise PiSAError("--base and --weights are required (or set PISA_SR_BASE and PISA_SR_WEIGHTS)")
+    args.decoder_file = load_decoder(args.decoder) if args.decoder else None
     state = _distributed_state()
     device = parse_device(args.device if args.device is not None else (state.device if state else None))
     return _plan_upscale(args, state, tally), state, device
@@ -524,21 +536,25 @@ def _my_share(items: list, state) -> list:
 
 def _run_convert(args) -> int:
     from .checkpoint import convert_pisa_weights, writer_for
+    from .fast_decoder import convert_decoder, is_decoder_file
     from .image_io import check_output_folder
 
     destination = Path(args.destination)
-    writer_for(destination)  # a wrong suffix fails before anything is read
+    decoder = is_decoder_file(args.source)
+    if not decoder:
+        writer_for(destination)  # a wrong suffix fails before anything is read
     if destination.exists() and not args.overwrite:
         raise PiSAError(f"The destination {str(destination)!r} exists; pass --overwrite to replace it.")
     check_output_folder(destination.parent, "destination folder")
     remove_stale_temporaries([destination.parent])
-    convert_pisa_weights(args.source, destination)
+    (convert_decoder if decoder else convert_pisa_weights)(args.source, destination)
     print(f"pisa-sr: wrote {destination}")
     return 0
 
 
 def _run_info(args) -> int:
     from .checkpoint import describe, load_pisa_weights
+    from .fast_decoder import decoder_text, describe_decoder, is_decoder_file, load_decoder
     from .file_kinds import IMAGE, sniff_file
 
     path = Path(args.file)
@@ -548,6 +564,10 @@ def _run_info(args) -> int:
             raise PiSAError(f"{str(path)!r} is {kind.describe()}, not PiSA-SR weights, and it carries no pisa-sr "
                             "settings (only the PNG outputs of pisa-sr upscale record them).")
         return _print_settings(path, args.json)
+    if is_decoder_file(path):
+        info = describe_decoder(load_decoder(path))
+        print(json.dumps(info, indent=2) if args.json else decoder_text(info))
+        return 0
     info = describe(load_pisa_weights(path))
     if args.json:
         print(json.dumps(info, indent=2))

@@ -4,7 +4,7 @@
     encode        z_L = VAE.encode(pixels)                    (posterior mean; seeded sample on request)
     predict_eps   ε_pix, ε_PiSA = UNet(s·z_L, t = 1, "")       (latent tiles; only the branches needed)
     guide         ε = λ_pix·ε_pix + λ_sem·(ε_PiSA − ε_pix),  z_H = z_L − ε / s
-    decode        x_SR = clamp(VAE.decode(z_H), −1, 1)
+    decode        x_SR = clamp(VAE.decode(z_H), −1, 1)      (or the fast decoder the model carries)
     finish        → [0, 1], colour fix against the enlarged LQ, final size, input's channel layout
 
 (arXiv 2412.03017, Sec. 3 and Fig. 3(b); docs/release.md, "Inference"). Every front end (the CLI,
@@ -25,7 +25,7 @@ import torch
 from diffusers import Transformer2DModel
 from torch import nn
 
-from . import hardware, memory, options, vae_attention, vae_tiling
+from . import fast_decoder, hardware, memory, options, vae_attention, vae_tiling
 from .adapters import DualLoRAUNet, LoRAMerge
 from .base_model import BaseModel, load_base_model
 from .checkpoint import PiSAWeights, load_pisa_weights
@@ -97,12 +97,14 @@ def _non_finite_message(stage: str, part: str, first: torch.dtype, latent: torch
 
 
 class PiSAPipeline:
-    """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding)."""
+    """The loaded model (UNet with both LoRAs on one weight set, VAE, empty-prompt embedding).
+    `decoder`: the fast decoder (fast_decoder.DecoderFile) that is the VAE's decoder, or None."""
 
     def __init__(self, base: BaseModel, weights: PiSAWeights, *, device=None, dtype=None,
                  channels_last: bool | None = None, compile=False, weights_device=None,
                  lora_merged: bool = False, free_memory: Callable[[], int | None] | None = None,
-                 on_upcast: Callable[[str], None] | None = None, probe: hardware.Probe | None = None):
+                 on_upcast: Callable[[str], None] | None = None, probe: hardware.Probe | None = None,
+                 decoder=None):
         """device: where the stages compute (default: CUDA, else MPS, else CPU). dtype: 'auto'
         (options.auto_dtype), 'fp32', 'fp16', 'bf16'. weights_device: where the weights are put
         at load (default: device); a host that moves them to `device` before each use (ComfyUI's
@@ -112,7 +114,13 @@ class PiSAPipeline:
         holds W_PiSA (from_files merges while loading). free_memory(): bytes free for the VAE's
         automatic tile and its attention's query chunks (default: what the device reports).
         on_upcast(part): told when the "unet" or the "vae" is switched to float32 after a
-        half-precision overflow. probe: the device's capabilities (default: asked of torch)."""
+        half-precision overflow. probe: the device's capabilities (default: asked of torch).
+        decoder: None (the base VAE's decoder), a fast decoder file's path or a loaded
+        fast_decoder.DecoderFile; it replaces the VAE's decoder, so every decode (tiles, dtype
+        rules, progress) runs it."""
+        self.decoder = fast_decoder.resolve(decoder)
+        if self.decoder is not None:
+            fast_decoder.attach(base.vae, self.decoder)
         self.device = hardware.parse_device(device)
         self.probe = probe or hardware.Probe()
         self.dtype = options.resolve_dtype(dtype, self.device, self.probe)
@@ -145,20 +153,23 @@ class PiSAPipeline:
                  " with channels-last" if self.channels_last else "", self.device)
 
     @classmethod
-    def from_files(cls, base, weights, *, device=None, dtype=None, weights_device=None, **options_) -> PiSAPipeline:
+    def from_files(cls, base, weights, *, device=None, dtype=None, weights_device=None, decoder=None,
+                   **options_) -> PiSAPipeline:
         """Load the SD2.1-base model (diffusers folder or single file) and the PiSA-SR weights
         (official .pkl or our .safetensors): the LoRAs are merged into each UNet weight as it is
-        read, in float32, and the model is cast once to its dtype on its device. Options as in
-        __init__."""
+        read, in float32, and the model is cast once to its dtype on its device. decoder: a fast
+        decoder file (fast_decoder), read and checked before the base model; None: the base VAE's
+        decoder. Options as in __init__."""
         device = hardware.parse_device(device)
         dtype = options.resolve_dtype(dtype, device, options_.get("probe"))
+        decoder = fast_decoder.resolve(decoder)
         lora = load_pisa_weights(weights)
         merge = LoRAMerge(lora, lora.source or str(weights))
         place = weights_device if weights_device is not None else device
         model = load_base_model(base, device=place, dtype=dtype, unet_transform=merge)
         merge.check_complete()
         return cls(model, lora, device=device, dtype=dtype, weights_device=weights_device, lora_merged=True,
-                   **options_)
+                   decoder=decoder, **options_)
 
     def _compile(self, how) -> None:
         """torch.compile with dynamic shapes, so mixed image sizes and batches stay in a few graphs.
