@@ -29,14 +29,18 @@ def _v3_api(host: str) -> types.ModuleType:
         io_type = None
 
         def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None,
-                     max=None, step=None, display_mode=None, options=None, multiline=None, **newer_only):
-            if set(newer_only) - ({"advanced"} if newer else set()):
-                raise TypeError(f"unexpected keyword arguments {sorted(newer_only)}")
+                     max=None, step=None, display_mode=None, options=None, multiline=None):
             self.id, self.optional = id, optional
             settings = dict(display_name=display_name, tooltip=tooltip, lazy=lazy, default=default, min=min,
-                            max=max, step=step, display=display_mode, options=options, multiline=multiline,
-                            **newer_only)
+                            max=max, step=step, display=display_mode, options=options, multiline=multiline)
             self.settings = {k: v for k, v in settings.items() if v is not None}
+
+    if newer:
+        class Input(Input):  # noqa: F811 - the newer host's inputs: one more keyword
+            def __init__(self, id, *args, advanced=None, **kwargs):
+                super().__init__(id, *args, **kwargs)
+                if advanced is not None:
+                    self.settings["advanced"] = advanced
 
     class Output:
         io_type = None
@@ -48,13 +52,12 @@ def _v3_api(host: str) -> types.ModuleType:
         return type(io_type, (), {"Input": type("Input", (Input,), {"io_type": io_type}),
                                   "Output": type("Output", (Output,), {"io_type": io_type})})
 
-    def schema(node_id, display_name=None, category="sd", inputs=None, outputs=None, description="",
-               **newer_only):
-        if set(newer_only) - ({"search_aliases"} if newer else set()):
-            raise TypeError(f"unexpected keyword arguments {sorted(newer_only)}")
+    def schema(node_id, display_name=None, category="sd", inputs=None, outputs=None, description=""):
         return types.SimpleNamespace(node_id=node_id, display_name=display_name, category=category,
-                                     inputs=inputs or [], outputs=outputs or [], description=description,
-                                     **newer_only)
+                                     inputs=inputs or [], outputs=outputs or [], description=description)
+
+    def newer_schema(*args, search_aliases=None, **kwargs):
+        return types.SimpleNamespace(**vars(schema(*args, **kwargs)), search_aliases=search_aliases)
 
     class ComfyNode:
         @classmethod
@@ -86,7 +89,7 @@ def _v3_api(host: str) -> types.ModuleType:
             return self.args[index]
 
     io = types.ModuleType("comfy_api.latest.io")
-    io.ComfyNode, io.Schema, io.NodeOutput = ComfyNode, schema, NodeOutput
+    io.ComfyNode, io.Schema, io.NodeOutput = ComfyNode, newer_schema if newer else schema, NodeOutput
     io.NumberDisplay = Enum("NumberDisplay", {"number": "number", "slider": "slider"}, type=str)
     io.Custom = comfy_type
     for name, io_type in (("Int", "INT"), ("Float", "FLOAT"), ("String", "STRING"), ("Boolean", "BOOLEAN"),
