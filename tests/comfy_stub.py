@@ -31,12 +31,13 @@ def _v3_api(host: str) -> types.ModuleType:
         def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None,
                      max=None, step=None, display_mode=None, options=None, multiline=None):
             self.id, self.optional = id, optional
-            settings = dict(display_name=display_name, tooltip=tooltip, lazy=lazy, default=default, min=min,
-                            max=max, step=step, display=display_mode, options=options, multiline=multiline)
+            settings = {"display_name": display_name, "tooltip": tooltip, "lazy": lazy, "default": default,
+                        "min": min, "max": max, "step": step, "display": display_mode, "options": options,
+                        "multiline": multiline}
             self.settings = {k: v for k, v in settings.items() if v is not None}
 
     if newer:
-        class Input(Input):  # noqa: F811 - the newer host's inputs: one more keyword
+        class Input(Input):  # the newer host's inputs: one more keyword
             def __init__(self, id, *args, advanced=None, **kwargs):
                 super().__init__(id, *args, **kwargs)
                 if advanced is not None:
@@ -69,7 +70,7 @@ def _v3_api(host: str) -> types.ModuleType:
         def execute(cls, **kwargs): ...
 
         @classmethod
-        def GET_NODE_INFO_V1(cls) -> dict:  # noqa: N802 - ComfyUI's name
+        def GET_NODE_INFO_V1(cls) -> dict:  # ComfyUI's name
             s = cls.define_schema()
             inputs: dict = {"required": {}}
             for i in s.inputs:
@@ -191,7 +192,7 @@ def runtime(host: str, models_dir: str, device: str = "cpu", free_bytes: int = 1
     fp = types.SimpleNamespace(models_dir=models_dir, folder_names_and_paths={})
 
     def add_model_folder_path(folder_name, full_folder_path, is_default=False):
-        paths, exts = fp.folder_names_and_paths.setdefault(folder_name, ([], set()))
+        paths, _ = fp.folder_names_and_paths.setdefault(folder_name, ([], set()))
         if full_folder_path not in paths:
             paths.append(full_folder_path)
 

@@ -13,8 +13,16 @@ import weakref
 import pytest
 import torch
 from comfy_stub import HOSTS, install_v3_api, runtime, uninstall_v3_api
-from test_nodes import model_folders, models_root  # noqa: F401 - the model-folder fixtures
-from test_nodes import NODES, current_schema, inputs, load_pack, node_schema, registered_nodes
+from test_nodes import (  # noqa: F401 - the model-folder fixtures
+    NODES,
+    current_schema,
+    inputs,
+    load_pack,
+    model_folders,
+    models_root,
+    node_schema,
+    registered_nodes,
+)
 
 stages = sys.modules["pisa_sr_pack_under_test.nodes.stages"]
 host_module = sys.modules["pisa_sr_pack_under_test.nodes.host"]
@@ -78,7 +86,7 @@ def test_tile_settings_are_rejected_when_the_prompt_is_queued():
     assert "keep it to 64" in grid.validate_inputs(", ".join(["1"] * 9), ", ".join(["1"] * 8), 96, 32, 0)
 
 
-def test_the_loader_runs_again_only_when_a_model_file_changed(models_root):
+def test_the_loader_runs_again_only_when_a_model_file_changed(models_root):  # noqa: F811
     loader = NODES["PiSALoader"]
     first = loader.fingerprint_inputs("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32", False)
     assert first == loader.fingerprint_inputs("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32", False)
@@ -96,7 +104,7 @@ def test_the_loader_runs_again_only_when_a_model_file_changed(models_root):
 
 
 @pytest.fixture()
-def comfy_host(monkeypatch, tmp_path, models_root):
+def comfy_host(monkeypatch, tmp_path, models_root):  # noqa: F811
     """HOST = a ComfyHost over the stub runtime of a host; models load afresh under it."""
     def use(version):
         mm, patcher, utils, fp = runtime(version, str(tmp_path))
@@ -133,7 +141,7 @@ def test_model_management_on_each_host(version, comfy_host, tmp_path):
 def test_cancel_inside_the_unet_pass_leaves_nothing_behind_on_each_host(version, comfy_host):
     """0.3.64's InterruptProcessingException is an Exception, newer hosts' a BaseException: either
     way it passes the OOM back-off, the adapters are restored (finally) and no ε is cached."""
-    comfy, mm, _ = comfy_host(version)
+    _, mm, _ = comfy_host(version)
     assert issubclass(mm.InterruptProcessingException, Exception) == (version == "0.3.64")
     model = NODES["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
     latent = NODES["PiSAEncode"].execute(model, torch.rand(1, 32, 32, 3), 4.0, "bicubic", 0, 0)[0]
