@@ -56,18 +56,26 @@ def inputs(cls) -> list[tuple[str, str, str, dict]]:
             for name in info["input_order"].get(section, [])]
 
 
-def node_schema(cls) -> dict:
-    """Node id's frozen part: inputs in order with type and default (file lists excluded)."""
+def schema_of(info: dict) -> dict:
+    """The frozen part of a node's V1 info (as /object_info serves it): inputs in order with type,
+    default and choices (file lists excluded), and the outputs."""
     out = {"required": [], "optional": []}
-    for section, name, kind, settings in inputs(cls):
-        entry = {"name": name, "type": kind}
-        if kind == "COMBO" and name not in ("base_model", "pisa_weights"):
-            entry["choices"] = list(settings["options"])
-        if "default" in settings:
-            entry["default"] = settings["default"]
-        out[section].append(entry)
-    out["outputs"] = list(cls.GET_NODE_INFO_V1()["output"])
+    for section, items in out.items():
+        for name in info["input_order"].get(section, []):
+            kind, *rest = info["input"][section][name]
+            settings = rest[0] if rest else {}
+            entry = {"name": name, "type": kind}
+            if kind == "COMBO" and name not in ("base_model", "pisa_weights"):
+                entry["choices"] = list(settings["options"])
+            if "default" in settings:
+                entry["default"] = settings["default"]
+            items.append(entry)
+    out["outputs"] = list(info["output"])
     return out
+
+
+def node_schema(cls) -> dict:
+    return schema_of(cls.GET_NODE_INFO_V1())
 
 
 def current_schema() -> dict:

@@ -53,6 +53,9 @@ found = {"in_comfy": host.IN_COMFY, "device": str(mm.get_torch_device()), "pisa_
 with torch.inference_mode():  # as ComfyUI executes nodes
     model = nodes["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "auto")[0]
     found["handle"] = type(model.handle).__name__
+    found["plain_patcher"] = type(model.handle) is comfy.model_patcher.ModelPatcher and not (
+        hasattr(model.handle, "is_dynamic") and model.handle.is_dynamic())  # never Dynamic VRAM's patcher
+    found["patcher_counts_free_memory"] = hasattr(model.handle, "get_free_memory")
     found["same_model"] = nodes["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "auto")[0] is model
     image = torch.rand(1, 16, 16, 3)
     latent = nodes["PiSAEncode"].execute(model, image, 4.0, "bicubic", 0, 0)[0]
@@ -72,6 +75,7 @@ with torch.inference_mode():  # as ComfyUI executes nodes
         found["interrupt"] = "not raised"
     except mm.InterruptProcessingException:
         found["interrupt"] = "raised"
+    found["interrupt_is_base_exception"] = not issubclass(mm.InterruptProcessingException, Exception)
     nodes["PiSADualGuidance"].execute(model, latent, 0.3, 1.7, 16, 8)
 
 ref = weakref.ref(model)
