@@ -53,7 +53,7 @@ class PiSAUpscale(io.ComfyNode):
             outputs=[io.Image.Output(display_name="image", tooltip="The super-resolved image(s).")])
 
     @classmethod
-    def validate_inputs(cls, latent_tile, latent_overlap, vae_tile):
+    def validate_inputs(cls, latent_tile=None, latent_overlap=None, vae_tile=None):
         return settings_error(latent_tile=latent_tile, latent_overlap=latent_overlap, vae_tile=vae_tile)
 
     @classmethod
@@ -123,7 +123,8 @@ class PiSAGuidanceGrid(io.ComfyNode):
                                      tooltip="All results at full size, ordered image by image, row by row.")])
 
     @classmethod
-    def validate_inputs(cls, lambda_pix_values, lambda_sem_values, latent_tile, latent_overlap, vae_tile):
+    def validate_inputs(cls, lambda_pix_values=None, lambda_sem_values=None, latent_tile=None, latent_overlap=None,
+                        vae_tile=None):
         if lambda_pix_values is not None and lambda_sem_values is not None:
             try:
                 grid_pairs(lambda_pix_values, lambda_sem_values)

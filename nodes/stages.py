@@ -91,7 +91,7 @@ class PiSAEncode(io.ComfyNode):
                                       tooltip="z_L: the latent of the enlarged low-quality image.")])
 
     @classmethod
-    def validate_inputs(cls, vae_tile):
+    def validate_inputs(cls, vae_tile=None):
         return settings_error(vae_tile=vae_tile)
 
     @classmethod
@@ -121,7 +121,7 @@ class PiSADualGuidance(io.ComfyNode):
                 "z_H: the super-resolved latent (unscaled; also decodable with VAE Decode)."))])
 
     @classmethod
-    def validate_inputs(cls, latent_tile, latent_overlap):
+    def validate_inputs(cls, latent_tile=None, latent_overlap=None):
         return settings_error(latent_tile=latent_tile, latent_overlap=latent_overlap)
 
     @classmethod
@@ -152,7 +152,7 @@ class PiSADecode(io.ComfyNode):
             outputs=[io.Image.Output(display_name="image", tooltip="The super-resolved image(s).")])
 
     @classmethod
-    def validate_inputs(cls, vae_tile):
+    def validate_inputs(cls, vae_tile=None):
         return settings_error(vae_tile=vae_tile)
 
     @classmethod
