@@ -31,6 +31,7 @@ PACK_FOLDER = "comfyui-pisa-sr"
 NODE_IDS = ["PiSALoader", "PiSAEncode", "PiSADualGuidance", "PiSADecode", "PiSAUpscale", "PiSAGuidanceGrid"]
 TEMPLATES = ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid", "pisa_sr_regions"]
 LQ_SIZE = (24, 32)  # h, w of the test input image
+HTTP_TIMEOUT = 120  # s; a shared CI machine under load answers slowly
 
 FRONTEND_ROOT = os.environ.get("COMFYUI_FRONTEND_ROOT", "")
 
@@ -69,14 +70,14 @@ class Server:
         self.url, self.base, self.process, self.log = url, base, process, log
 
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+        with urllib.request.urlopen(self.url + path, timeout=HTTP_TIMEOUT) as r:
             return json.loads(r.read())
 
     def post(self, path: str, body: dict | None = None):
         data = json.dumps(body or {}).encode()
         request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30) as r:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as r:
                 text = r.read()
         except urllib.error.HTTPError as error:
             raise AssertionError(f"POST {path} -> {error.code}: {error.read().decode()[:2000]}") from None
@@ -90,11 +91,11 @@ class Server:
         data = json.dumps({"prompt": prompt, "client_id": "pisa-sr-tests"}).encode()
         request = urllib.request.Request(self.url + "/prompt", data=data, headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(request, timeout=30).close()
+            urllib.request.urlopen(request, timeout=HTTP_TIMEOUT).close()
         assert info.value.code == 400
         return json.loads(info.value.read())
 
-    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         end = time.time() + timeout
         while time.time() < end:
             history = self.get(f"/history/{prompt_id}")
