@@ -4,22 +4,26 @@
 from __future__ import annotations
 
 import torch
+from comfy_api.latest import io
 
 from ..pisa_core import options
 from ..pisa_core.errors import PiSAError
 from ..pisa_core.geometry import check_images
 from ..pisa_core.guidance import PISA, PIX, plan_passes
-from ..pisa_core.options import node_input
 from ..pisa_core.pipeline import check_options
 from ..pisa_core.progress import STAGE_STEPS
 from . import host, imageops
+from .schema import (
+    color_reference_input,
+    image_input,
+    model_input,
+    node_schema,
+    option_input,
+    region_inputs,
+    widget,
+)
 from .stages import (
-    CATEGORY,
-    COLOR_REF_INPUT,
-    IMAGE_INPUT,
     META,
-    MODEL_INPUT,
-    REGION_INPUTS,
     branch_eps,
     check_model,
     decode_latent,
@@ -27,43 +31,39 @@ from .stages import (
     guided,
     region_lambdas,
     samples,
+    settings_error,
 )
 
 MAX_GRID = 64
 
 
-class PiSAUpscale:
-    DESCRIPTION = ("The whole PiSA-SR path in one node: enlarge, encode, one guided UNet step, decode, colour fix. "
-                   "Same result as Encode → Dual Guidance → Decode; runs one UNet pass when λ_pix = λ_sem.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The super-resolved image(s).",)
-    FUNCTION = "upscale"
+class PiSAUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return node_schema(
+            node_id="PiSAUpscale", display_name="PiSA-SR Upscale",
+            description=("The whole PiSA-SR path in one node: enlarge, encode, one guided UNet step, decode, colour "
+                         "fix. Same result as Encode → Dual Guidance → Decode; runs one UNet pass when "
+                         "λ_pix = λ_sem."),
+            inputs=[model_input(), image_input(), option_input("upscale"), option_input("lambda_pix"),
+                    option_input("lambda_sem"), option_input("color_fix"), option_input("resampling", advanced=True),
+                    option_input("latent_tile", advanced=True), option_input("latent_overlap", advanced=True),
+                    option_input("vae_tile", advanced=True), option_input("process_size", advanced=True),
+                    *region_inputs()],
+            outputs=[io.Image.Output(display_name="image", tooltip="The super-resolved image(s).")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "pisa_model": MODEL_INPUT,
-            "image": IMAGE_INPUT,
-            "upscale_by": node_input("upscale"),
-            "lambda_pix": node_input("lambda_pix"),
-            "lambda_sem": node_input("lambda_sem"),
-            "color_fix": node_input("color_fix"),
-            "resampling": node_input("resampling"),
-            "latent_tile": node_input("latent_tile"),
-            "latent_overlap": node_input("latent_overlap"),
-            "vae_tile": node_input("vae_tile"),
-            "process_size": node_input("process_size"),
-        }, "optional": REGION_INPUTS}
+    def validate_inputs(cls, latent_tile=None, latent_overlap=None, vae_tile=None):
+        return settings_error(latent_tile=latent_tile, latent_overlap=latent_overlap, vae_tile=vae_tile)
 
-    def upscale(self, pisa_model, image, upscale_by=options.default("upscale"),
+    @classmethod
+    def execute(cls, pisa_model, image, upscale_by=options.default("upscale"),
                 lambda_pix=options.default("lambda_pix"), lambda_sem=options.default("lambda_sem"),
                 color_fix=options.default("color_fix"), resampling=options.default("resampling"),
                 latent_tile=options.default("latent_tile"), latent_overlap=options.default("latent_overlap"),
                 vae_tile=options.default("vae_tile"), process_size=options.default("process_size"), mask=None,
                 lambda_pix_masked=options.default("lambda_pix_masked"),
-                lambda_sem_masked=options.default("lambda_sem_masked")):
+                lambda_sem_masked=options.default("lambda_sem_masked")) -> io.NodeOutput:
         check_model(pisa_model)
         images = check_images(image, "the image input")
         lambdas = region_lambdas(lambda_pix, lambda_sem, mask, lambda_pix_masked, lambda_sem_masked, images.shape[0])
@@ -73,7 +73,7 @@ class PiSAUpscale:
         z = latent["samples"]
         eps = branch_eps(pisa_model, z, latent_tile, latent_overlap, progress, branches=plan_passes(*lambdas).branches)
         z_high = guided(pisa_model, z, eps, *lambdas, plan=latent[META])
-        return (decode_latent(pisa_model, latent, color_fix, vae_tile, None, progress, z=z_high),)
+        return io.NodeOutput(decode_latent(pisa_model, latent, color_fix, vae_tile, None, progress, z=z_high))
 
 
 def parse_lambdas(text: str, name: str) -> list[float]:
@@ -90,47 +90,55 @@ def parse_lambdas(text: str, name: str) -> list[float]:
     return values
 
 
-class PiSAGuidanceGrid:
-    DESCRIPTION = ("Compares guidance settings: every (λ_pix, λ_sem) pair from the two lists, decoded and laid "
-                   "out as one labelled sheet (rows λ_sem, columns λ_pix), plus the results as a batch. "
-                   "The UNet runs only twice per tile for the whole grid.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "IMAGE")
-    RETURN_NAMES = ("sheet", "images")
-    OUTPUT_TOOLTIPS = ("One labelled comparison sheet per input image.",
-                       "All results at full size, ordered image by image, row by row.")
-    FUNCTION = "grid"
+def grid_pairs(lambda_pix_values: str, lambda_sem_values: str) -> tuple[list[float], list[tuple[float, float]]]:
+    """The grid's columns (λ_pix) and its (λ_pix, λ_sem) cells, row by row."""
+    pix = parse_lambdas(lambda_pix_values, "lambda_pix_values")
+    sem = parse_lambdas(lambda_sem_values, "lambda_sem_values")
+    pairs = [(p, s) for s in sem for p in pix]
+    if len(pairs) > MAX_GRID:
+        raise PiSAError(f"The grid has {len(pairs)} cells; keep it to {MAX_GRID} or fewer.")
+    return pix, pairs
+
+
+class PiSAGuidanceGrid(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return node_schema(
+            node_id="PiSAGuidanceGrid", display_name="PiSA-SR Guidance Grid",
+            description=("Compares guidance settings: every (λ_pix, λ_sem) pair from the two lists, decoded and laid "
+                         "out as one labelled sheet (rows λ_sem, columns λ_pix), plus the results as a batch. "
+                         "The UNet runs only twice per tile for the whole grid."),
+            inputs=[model_input(), io.Latent.Input("latent", tooltip="z_L from PiSA Encode."),
+                    widget(io.String, "lambda_pix_values", default="0.5, 1.0, 1.5",
+                           tooltip="λ_pix values, comma-separated (one column each)."),
+                    widget(io.String, "lambda_sem_values", default="0.0, 0.5, 1.0, 1.5",
+                           tooltip="λ_sem values, comma-separated (one row each)."),
+                    option_input("color_fix"),
+                    widget(io.Int, "cell_size", default=512, min=0, max=4096, step=16,
+                           tooltip="Longest side of each cell in the sheet (0 = full size)."),
+                    option_input("latent_tile", advanced=True), option_input("latent_overlap", advanced=True),
+                    option_input("vae_tile", advanced=True), color_reference_input()],
+            outputs=[io.Image.Output(display_name="sheet", tooltip="One labelled comparison sheet per input image."),
+                     io.Image.Output(display_name="images",
+                                     tooltip="All results at full size, ordered image by image, row by row.")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "pisa_model": MODEL_INPUT,
-                "latent": ("LATENT", {"tooltip": "z_L from PiSA Encode."}),
-                "lambda_pix_values": ("STRING", {"default": "0.5, 1.0, 1.5", "tooltip":
-                                      "λ_pix values, comma-separated (one column each)."}),
-                "lambda_sem_values": ("STRING", {"default": "0.0, 0.5, 1.0, 1.5", "tooltip":
-                                      "λ_sem values, comma-separated (one row each)."}),
-                "color_fix": node_input("color_fix"),
-                "cell_size": ("INT", {"default": 512, "min": 0, "max": 4096, "step": 16, "tooltip":
-                              "Longest side of each cell in the sheet (0 = full size)."}),
-                "latent_tile": node_input("latent_tile"),
-                "latent_overlap": node_input("latent_overlap"),
-                "vae_tile": node_input("vae_tile"),
-            },
-            "optional": {"color_reference": COLOR_REF_INPUT},
-        }
+    def validate_inputs(cls, lambda_pix_values=None, lambda_sem_values=None, latent_tile=None, latent_overlap=None,
+                        vae_tile=None):
+        if lambda_pix_values is not None and lambda_sem_values is not None:
+            try:
+                grid_pairs(lambda_pix_values, lambda_sem_values)
+            except PiSAError as error:
+                return str(error)
+        return settings_error(latent_tile=latent_tile, latent_overlap=latent_overlap, vae_tile=vae_tile)
 
-    def grid(self, pisa_model, latent, lambda_pix_values="0.5, 1.0, 1.5", lambda_sem_values="0.0, 0.5, 1.0, 1.5",
-             color_fix=options.default("color_fix"), cell_size=512, latent_tile=options.default("latent_tile"),
-             latent_overlap=options.default("latent_overlap"), vae_tile=options.default("vae_tile"),
-             color_reference=None):
+    @classmethod
+    def execute(cls, pisa_model, latent, lambda_pix_values="0.5, 1.0, 1.5", lambda_sem_values="0.0, 0.5, 1.0, 1.5",
+                color_fix=options.default("color_fix"), cell_size=512, latent_tile=options.default("latent_tile"),
+                latent_overlap=options.default("latent_overlap"), vae_tile=options.default("vae_tile"),
+                color_reference=None) -> io.NodeOutput:
         check_model(pisa_model)
-        pix = parse_lambdas(lambda_pix_values, "lambda_pix_values")
-        sem = parse_lambdas(lambda_sem_values, "lambda_sem_values")
-        pairs = [(p, s) for s in sem for p in pix]
-        if len(pairs) > MAX_GRID:
-            raise PiSAError(f"The grid has {len(pairs)} cells; keep it to {MAX_GRID} or fewer.")
+        pix, pairs = grid_pairs(lambda_pix_values, lambda_sem_values)
         check_options(latent_tile=latent_tile, latent_overlap=latent_overlap)
         z = samples(latent)
         progress = host.HOST.progress(z.shape[0] * (1 + len(pairs)) * STAGE_STEPS)
@@ -141,4 +149,4 @@ class PiSAGuidanceGrid:
         sheets = [imageops.comparison_sheet([cell[b] for cell in cells], labels, len(pix), cell_size)
                   for b in range(z.shape[0])]
         results = torch.stack([cell[b] for b in range(z.shape[0]) for cell in cells])
-        return (torch.stack(sheets), results)
+        return io.NodeOutput(torch.stack(sheets), results)

@@ -1,4 +1,4 @@
-"""The one place that talks to ComfyUI (`comfy.*`, `folder_paths`).
+"""The one place that talks to ComfyUI's runtime (`comfy.*`, `folder_paths`).
 
 `HOST` is a `ComfyHost` inside ComfyUI: the host's device choice, model management, free memory,
 progress bar, Cancel button and model folders. Without ComfyUI (tests, plain Python) it is a
@@ -6,6 +6,19 @@ progress bar, Cancel button and model folders. Without ComfyUI (tests, plain Pyt
 device), the device's own free memory,
 no progress bar, Cancel only through `request_interrupt`, and model folders under
 `PISA_SR_MODELS_DIR` (default `./models`) or added with `add_folder`.
+
+What differs between the hosts we support (0.3.64 to 0.33 and later) is read, not assumed:
+- `ModelPatcher.get_free_memory(device)` (0.12+) also counts what the dynamic memory manager can
+  evict; where it exists it sizes the stages, else `model_management.get_free_memory`.
+- `InterruptProcessingException` is a BaseException since 0.20, an Exception before: nothing here
+  catches it, and the pipeline's clean-up sits in `finally` blocks.
+- Only calls whose signatures are the same on every supported host are made: `ModelPatcher` with
+  model, load_device and offload_device (0.38 adds `fast_disk`), `load_models_gpu` (which frees
+  memory itself; `free_memory` gained keywords in 0.33 and is not called), `patch_model`,
+  `ProgressBar(total).update_absolute(value, total)`.
+- Dynamic VRAM (0.16+, NVIDIA): our handle is a plain `ModelPatcher`, never the dynamic
+  `CoreModelPatcher`: its weights are loaded fully (our layers are plain torch layers, not the
+  `comfy.ops` layers the dynamic manager streams), and ComfyUI unloads other models to fit them.
 """
 
 from __future__ import annotations
@@ -61,7 +74,7 @@ class PlainHost:
     def offload_device(self) -> torch.device:
         return self.compute_device()  # no model management: the weights stay where they compute
 
-    def free_memory(self, device: torch.device) -> int | None:
+    def free_memory(self, device: torch.device, handle=None) -> int | None:
         return hardware.free_memory(device)
 
     def manage(self, module: torch.nn.Module, load: torch.device, offload: torch.device):
@@ -111,20 +124,27 @@ class PlainHost:
 
 
 class ComfyHost(PlainHost):
-    """Inside ComfyUI."""
+    """Inside ComfyUI; `mm`, `patcher`, `utils`, `fp` are its modules comfy.model_management,
+    comfy.model_patcher, comfy.utils and folder_paths."""
+
+    def __init__(self, mm, patcher, utils, fp):
+        super().__init__()
+        self.mm, self.patcher, self.utils, self.fp = mm, patcher, utils, fp
 
     def compute_device(self) -> torch.device:
-        return _mm.get_torch_device()
+        return self.mm.get_torch_device()
 
     def offload_device(self) -> torch.device:
-        return _mm.unet_offload_device()
+        return self.mm.unet_offload_device()
 
-    def free_memory(self, device: torch.device) -> int | None:
-        return int(_mm.get_free_memory(device))
+    def free_memory(self, device: torch.device, handle=None) -> int | None:
+        if handle is not None and hasattr(handle, "get_free_memory"):  # 0.12+
+            return int(handle.get_free_memory(device))
+        return int(self.mm.get_free_memory(device))
 
     def manage(self, module: torch.nn.Module, load: torch.device, offload: torch.device):
-        """Hand a module tree to ComfyUI's model management."""
-        return _patcher.ModelPatcher(module, load_device=load, offload_device=offload)
+        """Hand a module tree to ComfyUI's model management: a plain (non-dynamic) ModelPatcher."""
+        return self.patcher.ModelPatcher(module, load_device=load, offload_device=offload)
 
     def load(self, handle, device: torch.device, memory_required: int = 0) -> None:
         """Ask ComfyUI to place the weights on the compute device, keeping `memory_required`
@@ -132,7 +152,7 @@ class ComfyHost(PlainHost):
         layers, which ComfyUI's low-VRAM mode cannot stream: in --lowvram / --novram mode, or after
         ComfyUI moved part of them away for another model, they are loaded fully here (through the
         patcher, so its bookkeeping stays right)."""
-        _mm.load_models_gpu([handle], memory_required=memory_required, force_full_load=True)
+        self.mm.load_models_gpu([handle], memory_required=memory_required, force_full_load=True)
         self.ensure_loaded(handle, device)
 
     def ensure_loaded(self, handle, device: torch.device) -> None:
@@ -149,16 +169,16 @@ class ComfyHost(PlainHost):
         handle.size = 0
 
     def release_cache(self) -> None:
-        _mm.soft_empty_cache()
+        self.mm.soft_empty_cache()
 
     def request_interrupt(self, value: bool = True) -> None:
-        _mm.interrupt_current_processing(value)
+        self.mm.interrupt_current_processing(value)
 
     def check_interrupt(self) -> None:
-        _mm.throw_exception_if_processing_interrupted()
+        self.mm.throw_exception_if_processing_interrupted()
 
     def progress(self, total_steps: int) -> Progress:
-        bar = _cu.ProgressBar(total_steps)
+        bar = self.utils.ProgressBar(total_steps)
 
         def report(done: int, total: int) -> None:
             bar.update_absolute(done, total)
@@ -168,26 +188,27 @@ class ComfyHost(PlainHost):
 
     def register_model_folders(self) -> None:
         """Register `models/pisa_sr` (extensions .pkl/.safetensors) so extra_model_paths.yaml works too."""
-        _fp.add_model_folder_path(PISA_FOLDER, os.path.join(_fp.models_dir, PISA_FOLDER))
-        paths, exts = _fp.folder_names_and_paths[PISA_FOLDER]
+        fp = self.fp
+        fp.add_model_folder_path(PISA_FOLDER, os.path.join(fp.models_dir, PISA_FOLDER))
+        paths, exts = fp.folder_names_and_paths[PISA_FOLDER]
         # A folder first created by extra_model_paths.yaml has an empty extension set (= any file).
-        _fp.folder_names_and_paths[PISA_FOLDER] = (paths, set(exts) | PISA_EXTENSIONS)
+        fp.folder_names_and_paths[PISA_FOLDER] = (paths, set(exts) | PISA_EXTENSIONS)
 
     def folder_paths(self, kind: str) -> list[Path]:
         try:
-            return [Path(p) for p in _fp.get_folder_paths(kind)]
+            return [Path(p) for p in self.fp.get_folder_paths(kind)]
         except KeyError:
             return []
 
     def files_in(self, kind: str, extensions: set[str]) -> list[str]:
         try:
-            names = _fp.get_filename_list(kind)
+            names = self.fp.get_filename_list(kind)
         except KeyError:
             return []
         return [f for f in names if Path(f).suffix.lower() in extensions]
 
 
-HOST: PlainHost = ComfyHost() if IN_COMFY else PlainHost()
+HOST: PlainHost = ComfyHost(_mm, _patcher, _cu, _fp) if IN_COMFY else PlainHost()
 
 
 # ---------------------------------------------------------------- model files

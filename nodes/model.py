@@ -1,5 +1,8 @@
 """The PISA_MODEL value: a loaded PiSAPipeline handed to the host's model management, plus the
-per-model cache of (ε_pix, ε_PiSA) that lets a λ change skip the UNet."""
+per-model cache of (ε_pix, ε_PiSA) that lets a λ change skip the UNet.
+
+The pack's caches all live here (node classes hold no state): loaded models by file stamps, which
+files in models/loras hold PiSA-SR weights, and each model's ε cache."""
 
 from __future__ import annotations
 
@@ -153,6 +156,15 @@ def _file_stamp(path: Path) -> tuple:
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
+def files_fingerprint(base_name: str, weights_name: str) -> tuple | None:
+    """What the loaded model depends on in the model folders (paths, sizes, times); None when a file
+    is missing (the load then fails with its own clear error)."""
+    try:
+        return _file_stamp(host.resolve_base_model(base_name)), _file_stamp(resolve_pisa_weights(weights_name))
+    except (PiSAError, OSError):
+        return None
+
+
 def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False) -> PiSAModel:
     """Resolve the model files, load them once (cached while in use) and hand them to the host.
     dtype 'auto' follows the same rule as the CLI and the Python API (options.auto_dtype)."""
@@ -174,10 +186,14 @@ def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", comp
             if model is not None:
                 model.upcast_happened(part)
 
+        def free_now() -> int | None:
+            model = owner[0]() if owner else None
+            return host.HOST.free_memory(load, None if model is None else model.handle)
+
         # Weights start on the offload device; the host moves them to `load` before each use.
         pipe = PiSAPipeline.from_files(base_path, weights_path, device=load, dtype=dtype, compile=compile,
                                        weights_device=host.HOST.offload_device(),
-                                       free_memory=lambda: host.HOST.free_memory(load), on_upcast=on_upcast)
+                                       free_memory=free_now, on_upcast=on_upcast)
         model = PiSAModel(pipe, key, base_name, weights_name)
         owner.append(weakref.ref(model))
         _loaded[key] = model

@@ -12,161 +12,156 @@ from __future__ import annotations
 import logging
 
 import torch
+from comfy_api.latest import io
 
 from ..pisa_core import options
 from ..pisa_core.errors import PiSAError
 from ..pisa_core.geometry import Plan, check_images
 from ..pisa_core.guidance import PISA, PIX, masked_lambda
 from ..pisa_core.memory import MIN_VAE_TILE, working_memory
-from ..pisa_core.options import LATENT_FACTOR, node_input
+from ..pisa_core.options import LATENT_FACTOR
 from ..pisa_core.pipeline import check_options, to_host
 from ..pisa_core.progress import STAGE_STEPS
 from . import host
-from .model import PiSAModel, load_model, pisa_weight_choices, with_backoff
+from .model import PiSAModel, files_fingerprint, load_model, pisa_weight_choices, with_backoff
+from .schema import (
+    PisaModel,
+    color_reference_input,
+    image_input,
+    model_input,
+    node_schema,
+    option_input,
+    region_inputs,
+    widget,
+)
 
 LOG = logging.getLogger("PiSA-SR")
-CATEGORY = "image/upscaling/PiSA-SR"
 META = "pisa"  # extra key in the LATENT dict: the pipeline's Plan (sizes, input, geometry) for Decode
 MIN_LATENT_TILE = 16
-
-MODEL_INPUT = ("PISA_MODEL", {"tooltip": "The PiSA-SR model from a PiSA-SR Loader node."})
-IMAGE_INPUT = ("IMAGE", {"tooltip": "The low-quality image(s) to super-resolve."})
-COLOR_REF_INPUT = ("IMAGE", {"tooltip": "Optional colour reference (usually the low-quality input image). "
-                             "Without it, the image given to PiSA Encode is used."})
-# Region-aware guidance (appended optional inputs: saved workflows and API prompts stay valid)
-REGION_INPUTS = {
-    "mask": ("MASK", {"tooltip": "Optional region (drawn on the low-quality image, any size; 1 inside): there "
-                      "the masked λ apply, elsewhere the node's λ, blended for soft masks. One mask, or one "
-                      "per image of the batch. Changing it runs no UNet pass."}),
-    "lambda_pix_masked": node_input("lambda_pix_masked"),
-    "lambda_sem_masked": node_input("lambda_sem_masked"),
-}
 
 
 # ---------------------------------------------------------------- nodes
 
 
-class PiSALoader:
-    DESCRIPTION = ("Loads Stable Diffusion 2.1-base (single file from models/checkpoints or a diffusers folder "
-                   "from models/diffusers) with the PiSA-SR pixel and semantic LoRAs (models/pisa_sr, or "
-                   "PiSA-SR weights found in models/loras).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("PISA_MODEL",)
-    RETURN_NAMES = ("pisa_model",)
-    OUTPUT_TOOLTIPS = ("The loaded PiSA-SR model (UNet with both LoRAs, VAE).",)
-    FUNCTION = "load"
+class PiSALoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return node_schema(
+            node_id="PiSALoader", display_name="PiSA-SR Loader",
+            description=("Loads Stable Diffusion 2.1-base (single file from models/checkpoints or a diffusers "
+                         "folder from models/diffusers) with the PiSA-SR pixel and semantic LoRAs (models/pisa_sr, "
+                         "or PiSA-SR weights found in models/loras)."),
+            inputs=[
+                io.Combo.Input("base_model", options=host.base_model_choices(), tooltip=(
+                    "SD 2.1-base: v2-1_512-ema-pruned.safetensors in models/checkpoints, or a diffusers folder in "
+                    "models/diffusers (shown as '[diffusers] name').")),
+                io.Combo.Input("pisa_weights", options=pisa_weight_choices(), tooltip=(
+                    "PiSA-SR weights in models/pisa_sr (the official pisa_sr.pkl or a converted .safetensors), or "
+                    "found in models/loras (shown as '[loras] name').")),
+                option_input("dtype", advanced=True, tooltip=options.OPTIONS["dtype"].help + (
+                    " A part that overflows in half precision is switched to fp32 (logged).")),
+                # inputs added after the first release are optional: older API prompts stay valid
+                widget(io.Boolean, "compile", optional=True, advanced=True, default=False, tooltip=(
+                    "torch.compile the UNet and VAE (dynamic shapes): the first image takes minutes to compile, "
+                    "later ones run faster on GPUs.")),
+            ],
+            outputs=[PisaModel.Output(display_name="pisa_model",
+                                      tooltip="The loaded PiSA-SR model (UNet with both LoRAs, VAE).")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "base_model": (host.base_model_choices(), {"tooltip":
-                           "SD 2.1-base: v2-1_512-ema-pruned.safetensors in models/checkpoints, or a "
-                           "diffusers folder in models/diffusers (shown as '[diffusers] name')."}),
-            "pisa_weights": (pisa_weight_choices(), {"tooltip":
-                             "PiSA-SR weights in models/pisa_sr (the official pisa_sr.pkl or a converted "
-                             ".safetensors), or found in models/loras (shown as '[loras] name')."}),
-            "dtype": node_input("dtype", tooltip=options.OPTIONS["dtype"].help + " A part that overflows in "
-                                "half precision is switched to fp32 (logged)."),
-        }, "optional": {  # inputs added after the first release are optional: older API prompts stay valid
-            "compile": ("BOOLEAN", {"default": False, "tooltip":
-                        "torch.compile the UNet and VAE (dynamic shapes): the first image takes minutes to "
-                        "compile, later ones run faster on GPUs."}),
-        }}
-
-    def load(self, base_model, pisa_weights, dtype="auto", compile=False):
-        return (load_model(base_model, pisa_weights, dtype, compile),)
-
-
-class PiSAEncode:
-    DESCRIPTION = ("Enlarges the low-quality image by upscale_by and encodes it with the VAE into a standard "
-                   "LATENT (unscaled, like VAE Encode). Works on batches (e.g. video frames).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("z_L: the latent of the enlarged low-quality image.",)
-    FUNCTION = "encode"
+    def fingerprint_inputs(cls, base_model, pisa_weights, dtype="auto", compile=False):
+        """A replaced model file (new size or time) loads again; the same files reuse the loaded model."""
+        return files_fingerprint(base_model, pisa_weights), dtype, compile
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "pisa_model": MODEL_INPUT,
-            "image": IMAGE_INPUT,
-            "upscale_by": node_input("upscale"),
-            "resampling": node_input("resampling"),
-            "vae_tile": node_input("vae_tile"),
-            "process_size": node_input("process_size"),
-        }}
+    def execute(cls, base_model, pisa_weights, dtype="auto", compile=False) -> io.NodeOutput:
+        return io.NodeOutput(load_model(base_model, pisa_weights, dtype, compile))
 
-    def encode(self, pisa_model, image, upscale_by=options.default("upscale"),
-               resampling=options.default("resampling"), vae_tile=options.default("vae_tile"),
-               process_size=options.default("process_size")):
+
+class PiSAEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return node_schema(
+            node_id="PiSAEncode", display_name="PiSA-SR Encode",
+            description=("Enlarges the low-quality image by upscale_by and encodes it with the VAE into a standard "
+                         "LATENT (unscaled, like VAE Encode). Works on batches (e.g. video frames)."),
+            inputs=[model_input(), image_input(), option_input("upscale"), option_input("resampling", advanced=True),
+                    option_input("vae_tile", advanced=True), option_input("process_size", advanced=True)],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="z_L: the latent of the enlarged low-quality image.")])
+
+    @classmethod
+    def validate_inputs(cls, vae_tile=None):
+        return settings_error(vae_tile=vae_tile)
+
+    @classmethod
+    def execute(cls, pisa_model, image, upscale_by=options.default("upscale"),
+                resampling=options.default("resampling"), vae_tile=options.default("vae_tile"),
+                process_size=options.default("process_size")) -> io.NodeOutput:
         check_model(pisa_model)
         images = check_images(image, "the image input")
         progress = host.HOST.progress(images.shape[0] * STAGE_STEPS)
-        return (encode_images(pisa_model, images, upscale_by, resampling, vae_tile, process_size, progress),)
+        return io.NodeOutput(encode_images(pisa_model, images, upscale_by, resampling, vae_tile, process_size,
+                                           progress))
 
 
-class PiSADualGuidance:
-    DESCRIPTION = ("One UNet step with dual LoRA guidance: ε = λ_pix·ε_pix + λ_sem·(ε_PiSA − ε_pix), "
-                   "z_H = z_L − ε. Both ε are cached per input latent, so changing only λ runs no UNet pass.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("z_H: the super-resolved latent (unscaled; also decodable with VAE Decode).",)
-    FUNCTION = "guide"
+class PiSADualGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return node_schema(
+            node_id="PiSADualGuidance", display_name="PiSA-SR Dual Guidance",
+            description=("One UNet step with dual LoRA guidance: ε = λ_pix·ε_pix + λ_sem·(ε_PiSA − ε_pix), "
+                         "z_H = z_L − ε. Both ε are cached per input latent, so changing only λ runs no UNet pass."),
+            inputs=[model_input(),
+                    io.Latent.Input("latent", tooltip="z_L from PiSA Encode (or any SD2 VAE latent)."),
+                    option_input("lambda_pix"), option_input("lambda_sem"),
+                    option_input("latent_tile", advanced=True), option_input("latent_overlap", advanced=True),
+                    *region_inputs()],
+            outputs=[io.Latent.Output(display_name="latent", tooltip=(
+                "z_H: the super-resolved latent (unscaled; also decodable with VAE Decode)."))])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "pisa_model": MODEL_INPUT,
-            "latent": ("LATENT", {"tooltip": "z_L from PiSA Encode (or any SD2 VAE latent)."}),
-            "lambda_pix": node_input("lambda_pix"),
-            "lambda_sem": node_input("lambda_sem"),
-            "latent_tile": node_input("latent_tile"),
-            "latent_overlap": node_input("latent_overlap"),
-        }, "optional": REGION_INPUTS}
+    def validate_inputs(cls, latent_tile=None, latent_overlap=None):
+        return settings_error(latent_tile=latent_tile, latent_overlap=latent_overlap)
 
-    def guide(self, pisa_model, latent, lambda_pix=options.default("lambda_pix"),
-              lambda_sem=options.default("lambda_sem"), latent_tile=options.default("latent_tile"),
-              latent_overlap=options.default("latent_overlap"), mask=None,
-              lambda_pix_masked=options.default("lambda_pix_masked"),
-              lambda_sem_masked=options.default("lambda_sem_masked")):
+    @classmethod
+    def execute(cls, pisa_model, latent, lambda_pix=options.default("lambda_pix"),
+                lambda_sem=options.default("lambda_sem"), latent_tile=options.default("latent_tile"),
+                latent_overlap=options.default("latent_overlap"), mask=None,
+                lambda_pix_masked=options.default("lambda_pix_masked"),
+                lambda_sem_masked=options.default("lambda_sem_masked")) -> io.NodeOutput:
         check_model(pisa_model)
         z = samples(latent)
         lambdas = region_lambdas(lambda_pix, lambda_sem, mask, lambda_pix_masked, lambda_sem_masked, z.shape[0])
         check_options(latent_tile=latent_tile, latent_overlap=latent_overlap)
         progress = host.HOST.progress(z.shape[0] * STAGE_STEPS)
         eps = branch_eps(pisa_model, z, latent_tile, latent_overlap, progress)
-        return (dict(latent, samples=guided(pisa_model, z, eps, *lambdas, plan=plan_of(latent, z))),)
+        return io.NodeOutput(dict(latent, samples=guided(pisa_model, z, eps, *lambdas, plan=plan_of(latent, z))))
 
 
-class PiSADecode:
-    DESCRIPTION = ("Decodes a PiSA-SR latent with the VAE, applies the colour fix and returns the image at the "
-                   "exact requested size (padding cropped, small inputs brought back to their target size).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The super-resolved image(s).",)
-    FUNCTION = "decode"
+class PiSADecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return node_schema(
+            node_id="PiSADecode", display_name="PiSA-SR Decode",
+            description=("Decodes a PiSA-SR latent with the VAE, applies the colour fix and returns the image at "
+                         "the exact requested size (padding cropped, small inputs brought back to their target "
+                         "size)."),
+            inputs=[model_input(), io.Latent.Input("latent", tooltip="z_H from PiSA Dual Guidance."),
+                    option_input("color_fix"), option_input("vae_tile", advanced=True), color_reference_input()],
+            outputs=[io.Image.Output(display_name="image", tooltip="The super-resolved image(s).")])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "pisa_model": MODEL_INPUT,
-                "latent": ("LATENT", {"tooltip": "z_H from PiSA Dual Guidance."}),
-                "color_fix": node_input("color_fix"),
-                "vae_tile": node_input("vae_tile"),
-            },
-            "optional": {"color_reference": COLOR_REF_INPUT},
-        }
+    def validate_inputs(cls, vae_tile=None):
+        return settings_error(vae_tile=vae_tile)
 
-    def decode(self, pisa_model, latent, color_fix=options.default("color_fix"),
-               vae_tile=options.default("vae_tile"), color_reference=None):
+    @classmethod
+    def execute(cls, pisa_model, latent, color_fix=options.default("color_fix"),
+                vae_tile=options.default("vae_tile"), color_reference=None) -> io.NodeOutput:
         check_model(pisa_model)
         z = samples(latent)
         progress = host.HOST.progress(z.shape[0] * STAGE_STEPS)
-        return (decode_latent(pisa_model, latent, color_fix, vae_tile, color_reference, progress),)
+        return io.NodeOutput(decode_latent(pisa_model, latent, color_fix, vae_tile, color_reference, progress))
 
 
 # ---------------------------------------------------------------- shared stage functions
@@ -175,6 +170,27 @@ class PiSADecode:
 def check_model(model) -> None:
     if not isinstance(model, PiSAModel):
         raise PiSAError(f"The pisa_model input must come from a PiSA-SR Loader node, got {type(model).__name__}.")
+
+
+def settings_error(**settings) -> bool | str:
+    """validate_inputs' answer (checked when the prompt is queued, before any node runs): True, or the
+    check's one-sentence error. A setting fed by a link is unknown then (None) and checked at run time."""
+    if any(value is None for value in settings.values()):
+        return True
+    try:
+        for name, value in settings.items():
+            check_range(name, value)
+        check_options(**settings)
+    except PiSAError as error:
+        return str(error)
+    return True
+
+
+def check_range(name: str, value) -> None:
+    """The widget's range (ComfyUI checks it only for inputs that validate_inputs does not take)."""
+    option = options.OPTIONS[name]
+    if (option.min is not None and value < option.min) or (option.max is not None and value > option.max):
+        raise PiSAError(f"{option.node_name or name} must be between {option.min:g} and {option.max:g}; got {value}.")
 
 
 def samples(latent) -> torch.Tensor:

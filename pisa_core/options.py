@@ -161,22 +161,6 @@ def default(name: str):
     return OPTIONS[name].default
 
 
-def node_input(name: str, **overrides) -> tuple:
-    """A ComfyUI input spec for the option: (type or choice list, {default, range, tooltip})."""
-    option = OPTIONS[name]
-    spec: dict = {"default": option.default, "tooltip": option.help}
-    for key in ("min", "max", "step"):
-        if getattr(option, key) is not None:
-            spec[key] = getattr(option, key)
-    if option.slider:
-        spec["display"] = "slider"
-    spec.update(overrides)
-    if option.choices:
-        return list(option.choices), spec
-    kind = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}[option.kind]
-    return kind, spec
-
-
 def add_cli_argument(parser: argparse.ArgumentParser, name: str, **overrides) -> None:
     """`--<name>` with the option's type, default, choices and help."""
     option = OPTIONS[name]

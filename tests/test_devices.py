@@ -108,13 +108,13 @@ def test_node_helpers_run_with_the_model_on_the_device(model_dir, tmp_path, monk
     monkeypatch.setenv("PISA_SR_MODELS_DIR", str(tmp_path))
     monkeypatch.setenv("PISA_SR_DEVICE", "meta")
     host.HOST.request_interrupt(False)
-    model = NODES["PiSALoader"]().load("[diffusers] sd21", "pisa_sr.pkl", "fp32")[0]
+    model = NODES["PiSALoader"].execute("[diffusers] sd21", "pisa_sr.pkl", "fp32")[0]
     assert model.pipe.device == META and next(model.pipe.unet.parameters()).device == META
     image = torch.rand(1, 20, 24, 3)
-    latent = NODES["PiSAEncode"]().encode(model, image, 4.0, "bicubic", 128, 0)[0]
+    latent = NODES["PiSAEncode"].execute(model, image, 4.0, "bicubic", 128, 0)[0]
     assert latent["samples"].device.type == "cpu"
-    guided = NODES["PiSADualGuidance"]().guide(model, latent, 0.8, 1.2, 8, 4)[0]
-    out = NODES["PiSADecode"]().decode(model, guided, "adain", 128, image)[0]
+    guided = NODES["PiSADualGuidance"].execute(model, latent, 0.8, 1.2, 8, 4)[0]
+    out = NODES["PiSADecode"].execute(model, guided, "adain", 128, image)[0]
     assert out.shape == (1, 80, 96, 3)
-    assert NODES["PiSAUpscale"]().upscale(model, image, 4.0, 1.0, 1.0, "wavelet", "bicubic", 8, 4, 128, 0)[0].shape \
+    assert NODES["PiSAUpscale"].execute(model, image, 4.0, 1.0, 1.0, "wavelet", "bicubic", 8, 4, 128, 0)[0].shape \
         == (1, 80, 96, 3)

@@ -6,6 +6,7 @@ under its folder name, so its relative imports and node registry are what ComfyU
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_stub import install_v3_api
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).with_name("test_nodes_schema.json")
 NODE_IDS = ["PiSALoader", "PiSAEncode", "PiSADualGuidance", "PiSADecode", "PiSAUpscale", "PiSAGuidanceGrid"]
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 def load_pack(name: str):
@@ -30,31 +32,50 @@ def load_pack(name: str):
     return module
 
 
+def registered_nodes(pack) -> dict:
+    """What ComfyUI registers: comfy_entrypoint's extension, its node list, each schema's node id."""
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # ComfyUI would then never call comfy_entrypoint
+    extension = asyncio.run(pack.comfy_entrypoint())
+    asyncio.run(extension.on_load())
+    return {cls.GET_NODE_INFO_V1()["name"]: cls for cls in asyncio.run(extension.get_node_list())}
+
+
+install_v3_api("0.33")
 PACK = load_pack("pisa_sr_pack_under_test")
-NODES = PACK.NODE_CLASS_MAPPINGS
+NODES = registered_nodes(PACK)
 host = sys.modules["pisa_sr_pack_under_test.nodes.host"]
 PiSAError = sys.modules["pisa_sr_pack_under_test.pisa_core.errors"].PiSAError
 plan_passes = sys.modules["pisa_sr_pack_under_test.pisa_core.guidance"].plan_passes
 options = sys.modules["pisa_sr_pack_under_test.pisa_core.options"]
 
 
-def node_schema(cls) -> dict:
-    """Node id's frozen part: inputs in order with type and default (file lists excluded)."""
-    spec = cls.INPUT_TYPES()
-    out = {}
-    for section in ("required", "optional"):
-        items = []
-        for name, (kind, *opts) in spec.get(section, {}).items():
-            options = opts[0] if opts else {}
-            entry = {"name": name, "type": "COMBO" if isinstance(kind, list) else kind}
-            if isinstance(kind, list) and name not in ("base_model", "pisa_weights"):
-                entry["choices"] = list(kind)
-            if "default" in options:
-                entry["default"] = options["default"]
+def inputs(cls) -> list[tuple[str, str, str, dict]]:
+    """(section, name, type, settings) of a node's V1 info, in order."""
+    info = cls.GET_NODE_INFO_V1()
+    return [(section, name, *info["input"][section][name]) for section in ("required", "optional")
+            for name in info["input_order"].get(section, [])]
+
+
+def schema_of(info: dict) -> dict:
+    """The frozen part of a node's V1 info (as /object_info serves it): inputs in order with type,
+    default and choices (file lists excluded), and the outputs."""
+    out = {"required": [], "optional": []}
+    for section, items in out.items():
+        for name in info["input_order"].get(section, []):
+            kind, *rest = info["input"][section][name]
+            settings = rest[0] if rest else {}
+            entry = {"name": name, "type": kind}
+            if kind == "COMBO" and name not in ("base_model", "pisa_weights"):
+                entry["choices"] = list(settings["options"])
+            if "default" in settings:
+                entry["default"] = settings["default"]
             items.append(entry)
-        out[section] = items
-    out["outputs"] = list(cls.RETURN_TYPES)
+    out["outputs"] = list(info["output"])
     return out
+
+
+def node_schema(cls) -> dict:
+    return schema_of(cls.GET_NODE_INFO_V1())
 
 
 def current_schema() -> dict:
@@ -88,7 +109,7 @@ def model_folders(models_root, monkeypatch):
 def pisa_model(models_root):
     os.environ["PISA_SR_MODELS_DIR"] = str(models_root)
     try:
-        return NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
+        return NODES["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
     finally:
         del os.environ["PISA_SR_MODELS_DIR"]
 
@@ -108,15 +129,15 @@ def image(h=24, w=20, batch=1, seed=0):
 
 def encode(model, img, upscale=4.0, resampling="bicubic", vae_tile=0, process_size=0):
     """process_size 0 keeps the tiny test images tiny (the 512 rule has its own test)."""
-    return NODES["PiSAEncode"]().encode(model, img, upscale, resampling, vae_tile, process_size)[0]
+    return NODES["PiSAEncode"].execute(model, img, upscale, resampling, vae_tile, process_size)[0]
 
 
 def guide(model, latent, lp=1.0, ls=1.0, tile=96, overlap=32):
-    return NODES["PiSADualGuidance"]().guide(model, latent, lp, ls, tile, overlap)[0]
+    return NODES["PiSADualGuidance"].execute(model, latent, lp, ls, tile, overlap)[0]
 
 
 def decode(model, latent, color_fix="adain", vae_tile=0, reference=None):
-    return NODES["PiSADecode"]().decode(model, latent, color_fix, vae_tile, reference)[0]
+    return NODES["PiSADecode"].execute(model, latent, color_fix, vae_tile, reference)[0]
 
 
 # ------------------------------------------------------------------ registry and schema
@@ -124,44 +145,58 @@ def decode(model, latent, color_fix="adain", vae_tile=0, reference=None):
 
 @pytest.mark.parametrize("folder", ["pisa-sr", "comfyui-pisa-sr", "ComfyUI-PiSA-SR"])
 def test_pack_imports_under_any_folder_name(folder):
-    pack = load_pack(folder)
-    assert list(pack.NODE_CLASS_MAPPINGS) == NODE_IDS
-    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_IDS)
+    assert list(registered_nodes(load_pack(folder))) == NODE_IDS
+
+
+def test_nodes_are_v3_classes_named_like_their_ids():
+    """ComfyUI-Manager's scanner finds a V3 node by its direct base io.ComfyNode and a literal node_id."""
+    import inspect
+
+    io = sys.modules["comfy_api.latest"].io
+    for node_id, cls in NODES.items():
+        assert cls.__name__ == node_id and cls.__bases__ == (io.ComfyNode,), node_id
+        assert f'node_id="{node_id}"' in inspect.getsource(cls.define_schema), node_id
+        state = [k for k, v in vars(cls).items() if not k.startswith("__") and not isinstance(v, classmethod)]
+        assert not state, f"{node_id} holds state: {state}"
 
 
 def test_every_node_has_category_description_and_tooltips():
     for node_id, cls in NODES.items():
-        assert cls.CATEGORY == "image/upscaling/PiSA-SR", node_id
-        assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 20, node_id
-        assert callable(getattr(cls(), cls.FUNCTION)), node_id
-        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES), node_id
-        for section in cls.INPUT_TYPES().values():
-            for name, (kind, *opts) in section.items():
-                assert opts and opts[0].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        info = cls.GET_NODE_INFO_V1()
+        assert info["category"] == "image/upscaling/PiSA-SR", node_id
+        assert info["display_name"].startswith("PiSA-SR "), node_id
+        assert isinstance(info["description"], str) and len(info["description"]) > 20, node_id
+        assert all(info["output_tooltips"]), node_id
+        for _, name, _, settings in inputs(cls):
+            assert settings.get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
 def test_schema_snapshot_is_frozen():
-    """Node ids, input names, order, types and defaults never change (saved workflows store
-    widget values by position); new inputs may only be appended."""
+    """Node ids, input names, order, types, defaults, choices and outputs are today's exactly
+    (saved workflows store widget values by position); new inputs may only be appended as optional."""
     frozen = json.loads(SNAPSHOT.read_text())
     now = current_schema()
+    assert list(now)[:len(frozen)] == list(frozen)
     for node_id, old in frozen.items():
-        assert node_id in now, f"node id {node_id} was removed or renamed"
-        for section in ("required", "optional"):
-            old_inputs, new_inputs = old[section], now[node_id][section]
-            assert new_inputs[:len(old_inputs)] == old_inputs, f"{node_id} {section} inputs changed"
-        assert now[node_id]["outputs"][:len(old["outputs"])] == old["outputs"], f"{node_id} outputs changed"
+        assert now[node_id]["required"] == old["required"], f"{node_id} required inputs changed"
+        assert now[node_id]["optional"][:len(old["optional"])] == old["optional"], f"{node_id} optional inputs changed"
+        assert now[node_id]["outputs"] == old["outputs"], f"{node_id} outputs changed"
 
 
-def test_node_functions_accept_inputs_by_name():
-    """ComfyUI calls FUNCTION with keyword arguments named like the inputs."""
+def test_output_names_are_kept():
+    names = {node_id: cls.GET_NODE_INFO_V1()["output_name"] for node_id, cls in NODES.items()}
+    assert names == {"PiSALoader": ["pisa_model"], "PiSAEncode": ["latent"], "PiSADualGuidance": ["latent"],
+                     "PiSADecode": ["image"], "PiSAUpscale": ["image"], "PiSAGuidanceGrid": ["sheet", "images"]}
+
+
+def test_execute_accepts_inputs_by_name():
+    """ComfyUI calls execute with keyword arguments named like the inputs."""
     import inspect
 
     for node_id, cls in NODES.items():
-        params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
-        for section in cls.INPUT_TYPES().values():
-            for name in section:
-                assert name in params, f"{node_id}.{cls.FUNCTION} lacks parameter {name}"
+        params = inspect.signature(cls.execute).parameters
+        for _, name, _, _ in inputs(cls):
+            assert name in params, f"{node_id}.execute lacks parameter {name}"
 
 
 # ------------------------------------------------------------------ example workflows (templates)
@@ -170,22 +205,12 @@ EXAMPLES = ROOT / "example_workflows"
 CORE_NODES = {"LoadImage", "SaveImage", "PreviewImage", "ImageScaleBy", "ImageStitch", "MarkdownNote", "Note"}
 
 
-def _widgets(cls) -> list[tuple[str, object, dict]]:
-    out = []
-    for section in ("required", "optional"):
-        for name, (kind, *opts) in cls.INPUT_TYPES().get(section, {}).items():
-            if isinstance(kind, list) or kind in WIDGET_TYPES:
-                out.append((name, kind, opts[0] if opts else {}))
-    return out
+def _widgets(cls) -> list[tuple[str, str, dict]]:
+    return [(name, kind, settings) for _, name, kind, settings in inputs(cls) if kind in WIDGET_TYPES]
 
 
 def _sockets(cls) -> dict[str, str]:
-    out = {}
-    for section in ("required", "optional"):
-        for name, (kind, *_) in cls.INPUT_TYPES().get(section, {}).items():
-            if not (isinstance(kind, list) or kind in WIDGET_TYPES):
-                out[name] = kind
-    return out
+    return {name: kind for _, name, kind, _ in inputs(cls) if kind not in WIDGET_TYPES}
 
 
 @pytest.mark.parametrize("name", ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid", "pisa_sr_regions"])
@@ -207,13 +232,13 @@ def test_example_workflow_matches_the_node_schemas(name):
         widgets = _widgets(cls)
         assert len(node["widgets_values"]) == len(widgets), (name, node["type"])
         for (wname, kind, opts), value in zip(widgets, node["widgets_values"]):
-            if isinstance(kind, list) and wname not in ("base_model", "pisa_weights"):
-                assert value in kind, (name, node["type"], wname, value)
+            if kind == "COMBO" and wname not in ("base_model", "pisa_weights"):
+                assert value in opts["options"], (name, node["type"], wname, value)
             if kind in ("INT", "FLOAT"):
                 assert opts["min"] <= value <= opts["max"], (name, node["type"], wname, value)
         sockets = _sockets(cls)
         assert [i["name"] for i in node["inputs"]] == list(sockets)[:len(node["inputs"])], (name, node["type"])
-        assert [o["type"] for o in node["outputs"]] == list(cls.RETURN_TYPES), (name, node["type"])
+        assert [o["type"] for o in node["outputs"]] == cls.GET_NODE_INFO_V1()["output"], (name, node["type"])
     loader = next(n for n in nodes.values() if n["type"] == "PiSALoader")
     assert loader["widgets_values"][:2] == ["v2-1_512-ema-pruned.safetensors", "pisa_sr.pkl"]
     for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
@@ -222,7 +247,7 @@ def test_example_workflow_matches_the_node_schemas(name):
     for node in nodes.values():  # every required socket of our nodes is connected
         cls = NODES.get(node["type"])
         if cls is not None:
-            required = [k for k, (kind, *_) in cls.INPUT_TYPES()["required"].items() if k in _sockets(cls)]
+            required = [k for section, k, _, _ in inputs(cls) if section == "required" and k in _sockets(cls)]
             linked = {i["name"] for i in node["inputs"] if i["link"] is not None}
             assert set(required) <= linked, (name, node["type"])
 
@@ -231,9 +256,9 @@ def test_example_workflow_matches_the_node_schemas(name):
 
 
 def test_loader_lists_checkpoints_diffusers_folders_and_pisa_weights():
-    spec = NODES["PiSALoader"].INPUT_TYPES()["required"]
-    assert spec["base_model"][0] == ["v2-1_512-ema-pruned.safetensors", "[diffusers] sd21-tiny"]
-    assert spec["pisa_weights"][0] == ["pisa_sr.pkl", "pisa_sr.safetensors"]
+    spec = NODES["PiSALoader"].GET_NODE_INFO_V1()["input"]["required"]
+    assert spec["base_model"][1]["options"] == ["v2-1_512-ema-pruned.safetensors", "[diffusers] sd21-tiny"]
+    assert spec["pisa_weights"][1]["options"] == ["pisa_sr.pkl", "pisa_sr.safetensors"]
 
 
 def test_pisa_weights_in_the_loras_folder_are_recognised_by_their_keys(model_dir, tmp_path, monkeypatch):
@@ -248,23 +273,23 @@ def test_pisa_weights_in_the_loras_folder_are_recognised_by_their_keys(model_dir
     (loras / "broken.safetensors").write_bytes(b"\x00" * 32)
     (tmp_path / "diffusers").symlink_to(model_dir, target_is_directory=True)
     monkeypatch.setenv("PISA_SR_MODELS_DIR", str(tmp_path))
-    choices = NODES["PiSALoader"].INPUT_TYPES()["required"]["pisa_weights"][0]
+    choices = NODES["PiSALoader"].GET_NODE_INFO_V1()["input"]["required"]["pisa_weights"][1]["options"]
     assert choices == ["[loras] renamed.pkl", "[loras] sub/ours.safetensors"]  # by contents, not by name
-    model = NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "[loras] renamed.pkl", "fp32")[0]
+    model = NODES["PiSALoader"].execute("[diffusers] sd21-tiny", "[loras] renamed.pkl", "fp32")[0]
     assert model.pipe.weights_source.endswith("renamed.pkl")
 
 
 def test_loader_returns_the_cached_model_for_the_same_files(pisa_model):
-    again = NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
+    again = NODES["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
     assert again is pisa_model
-    other = NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.safetensors", "fp32")[0]
+    other = NODES["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.safetensors", "fp32")[0]
     assert other is not pisa_model
 
 
 def test_single_file_checkpoint_and_diffusers_folder_give_the_same_result(pisa_model):
-    auto = NODES["PiSALoader"]().load("v2-1_512-ema-pruned.safetensors", "pisa_sr.safetensors", "auto")[0]
+    auto = NODES["PiSALoader"].execute("v2-1_512-ema-pruned.safetensors", "pisa_sr.safetensors", "auto")[0]
     assert auto.pipe.dtype == options.auto_dtype(torch.device("cpu"))  # the CLI's and the API's rule
-    single = NODES["PiSALoader"]().load("v2-1_512-ema-pruned.safetensors", "pisa_sr.safetensors", "fp32")[0]
+    single = NODES["PiSALoader"].execute("v2-1_512-ema-pruned.safetensors", "pisa_sr.safetensors", "fp32")[0]
     img = image()
     a = decode(pisa_model, guide(pisa_model, encode(pisa_model, img)))
     b = decode(single, guide(single, encode(single, img)))
@@ -274,7 +299,7 @@ def test_single_file_checkpoint_and_diffusers_folder_give_the_same_result(pisa_m
 
 def test_missing_model_file_is_one_clear_sentence():
     with pytest.raises(PiSAError) as info:
-        NODES["PiSALoader"]().load("nope.safetensors", "pisa_sr.pkl", "fp32")
+        NODES["PiSALoader"].execute("nope.safetensors", "pisa_sr.pkl", "fp32")
     message = str(info.value)
     assert "nope.safetensors" in message and "checkpoints" in message
     assert "\n" not in message and message.endswith(".")
@@ -282,7 +307,7 @@ def test_missing_model_file_is_one_clear_sentence():
 
 def test_wrong_dtype_is_rejected():
     with pytest.raises(PiSAError, match="dtype"):
-        NODES["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp64")
+        NODES["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp64")
 
 
 # ------------------------------------------------------------------ encode / guidance / decode
@@ -373,7 +398,7 @@ def test_explicit_colour_reference_equals_the_encoded_one(pisa_model):
 def test_upscale_node_equals_the_four_node_chain(pisa_model):
     img = image(20, 28, seed=11)
     for lp, ls in [(1.0, 1.0), (0.6, 1.4)]:
-        one = NODES["PiSAUpscale"]().upscale(pisa_model, img, 4.0, lp, ls, "wavelet", "bicubic", 96, 32, 1024, 0)[0]
+        one = NODES["PiSAUpscale"].execute(pisa_model, img, 4.0, lp, ls, "wavelet", "bicubic", 96, 32, 1024, 0)[0]
         chain = decode(pisa_model, guide(pisa_model, encode(pisa_model, img), lp, ls), "wavelet")
         assert one.shape == (1, 80, 112, 3)
         assert torch.allclose(one, chain, atol=1e-5)
@@ -384,7 +409,7 @@ def test_grid_costs_two_branch_passes_and_matches_single_settings(pisa_model):
     latent = encode(pisa_model, img)
     pisa_model.eps_cache.clear()
     before = pisa_model.unet_calls
-    sheet, results = NODES["PiSAGuidanceGrid"]().grid(pisa_model, latent, "0.5, 1.0, 1.5", "0, 1", "adain", 128,
+    sheet, results = NODES["PiSAGuidanceGrid"].execute(pisa_model, latent, "0.5, 1.0, 1.5", "0, 1", "adain", 128,
                                                       96, 32, 1024)
     assert pisa_model.unet_calls - before == 1  # one batch of two (ε_pix, ε_PiSA) for the untiled latent
     assert results.shape == (6, 64, 64, 3)
@@ -397,7 +422,7 @@ def test_grid_costs_two_branch_passes_and_matches_single_settings(pisa_model):
 def test_grid_rejects_bad_lists(pisa_model):
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     with pytest.raises(PiSAError, match="lambda_pix_values"):
-        NODES["PiSAGuidanceGrid"]().grid(pisa_model, latent, "a, b", "1", "none", 0, 96, 32, 1024)
+        NODES["PiSAGuidanceGrid"].execute(pisa_model, latent, "a, b", "1", "none", 0, 96, 32, 1024)
 
 
 def test_errors_are_one_sentence(pisa_model):
@@ -407,7 +432,7 @@ def test_errors_are_one_sentence(pisa_model):
         lambda: guide(pisa_model, torch.zeros(1, 4, 8, 8)),
         lambda: encode(pisa_model, image(8, 8), 2000.0),
         lambda: encode("not a model", image(8, 8)),
-        lambda: NODES["PiSAEncode"]().encode(pisa_model, torch.zeros(8, 8, 3), 4.0, "bicubic", 1024),
+        lambda: NODES["PiSAEncode"].execute(pisa_model, torch.zeros(8, 8, 3), 4.0, "bicubic", 1024),
     ]
     for case in cases:
         with pytest.raises(PiSAError) as info:

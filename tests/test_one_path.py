@@ -45,16 +45,17 @@ def test_every_front_end_gives_the_same_picture_with_its_own_defaults(model_dir,
     results["cli"] = to_8bit(read_image(out)[0][None])
     results["api"] = to_8bit(PiSAPipeline.from_files(base, weights)(image))
 
-    loader = NODES["PiSALoader"]()
-    spec = loader.INPUT_TYPES()
-    model = loader.load("[diffusers] sd21-tiny", "pisa_sr.pkl", spec["required"]["dtype"][1]["default"])[0]
+    def widget_defaults(cls, section="required") -> dict:
+        info = cls.GET_NODE_INFO_V1()["input"].get(section, {})
+        return {name: opts[1]["default"] for name, opts in info.items() if len(opts) > 1 and "default" in opts[1]}
+
+    loader = NODES["PiSALoader"]
+    model = loader.execute("[diffusers] sd21-tiny", "pisa_sr.pkl", widget_defaults(loader)["dtype"])[0]
 
     def defaults(node_id, **given):
         """Call a node with its widgets at their defaults, as a freshly placed node in ComfyUI."""
         cls = NODES[node_id]
-        values = {name: opts[1]["default"] for name, opts in cls.INPUT_TYPES()["required"].items()
-                  if len(opts) > 1 and "default" in opts[1]}
-        return getattr(cls(), cls.FUNCTION)(**{**values, **given})[0]
+        return cls.execute(**{**widget_defaults(cls), **given})[0]
 
     results["upscale node"] = to_8bit(defaults("PiSAUpscale", pisa_model=model, image=image))
     latent = defaults("PiSAEncode", pisa_model=model, image=image)

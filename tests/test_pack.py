@@ -45,6 +45,9 @@ def test_the_registry_reads_our_platforms_urls_and_icon():
     assert sorted(project.supported_accelerators) == ["GPU :: AMD ROCm", "GPU :: Apple Metal", "GPU :: NVIDIA CUDA"]
     assert project.urls.documentation.endswith("/docs") and project.urls.issues.endswith("/issues")
     assert config.tool_comfy.icon.endswith("/icon.png") and (ROOT / "icon.png").is_file()
+    minimum = project.supported_comfyui_version
+    assert minimum == ">=0.3.64", minimum  # the pack's entry names the same version to a user of an older host
+    assert f"update ComfyUI to {minimum.removeprefix('>=')} or newer" in (ROOT / "__init__.py").read_text()
 
 
 def test_the_icon_is_a_small_square_png_drawn_by_its_script():

@@ -82,12 +82,12 @@ def regions(model_dir, tmp_path, monkeypatch):
     (tmp_path / "pisa_sr").mkdir()
     (tmp_path / "pisa_sr" / "pisa_sr.pkl").symlink_to(model_dir / "pisa_sr.pkl")
     monkeypatch.setenv("PISA_SR_MODELS_DIR", str(tmp_path))
-    model = NODES["PiSALoader"]().load("[diffusers] sd", "pisa_sr.pkl", "fp32")[0]
+    model = NODES["PiSALoader"].execute("[diffusers] sd", "pisa_sr.pkl", "fp32")[0]
     image = torch.rand(2, 12, 16, 3)
-    latent = NODES["PiSAEncode"]().encode(model, image, 4.0, "bicubic", 0, 0)[0]
+    latent = NODES["PiSAEncode"].execute(model, image, 4.0, "bicubic", 0, 0)[0]
 
     def guide(lambda_pix=1.0, lambda_sem=1.3, **mask):
-        return NODES["PiSADualGuidance"]().guide(model, latent, lambda_pix, lambda_sem, 96, 32, **mask)[0]["samples"]
+        return NODES["PiSADualGuidance"].execute(model, latent, lambda_pix, lambda_sem, 96, 32, **mask)[0]["samples"]
 
     return model, image, guide
 
@@ -116,7 +116,7 @@ def test_upscale_node_takes_a_mask(regions):
     from test_nodes import NODES, PiSAError
 
     model, image, _ = regions
-    run = NODES["PiSAUpscale"]().upscale
+    run = NODES["PiSAUpscale"].execute
     plain = run(model, image[:1], 4.0, 1.0, 0.3, "adain", "bicubic", 96, 32, 0, 0)[0]
     masked = run(model, image[:1], 4.0, 1.0, 1.3, "adain", "bicubic", 96, 32, 0, 0, mask=torch.ones(1, 12, 16),
                  lambda_pix_masked=1.0, lambda_sem_masked=0.3)[0]

@@ -6,6 +6,7 @@ argv: COMFYUI_DIR MODELS_ROOT PACK_ROOT ; prints one JSON line of findings.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 import json
@@ -35,7 +36,8 @@ pack = importlib.util.module_from_spec(spec)
 sys.modules["comfyui-pisa-sr"] = pack
 spec.loader.exec_module(pack)
 host = sys.modules["comfyui-pisa-sr.nodes.host"]
-nodes = pack.NODE_CLASS_MAPPINGS
+extension = asyncio.run(pack.comfy_entrypoint())
+nodes = {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(extension.get_node_list())}
 asked = []  # memory_required of each load request the pack makes
 _load_models_gpu = mm.load_models_gpu
 
@@ -49,28 +51,32 @@ mm.load_models_gpu = load_models_gpu_spy
 found = {"in_comfy": host.IN_COMFY, "device": str(mm.get_torch_device()), "pisa_exts": sorted(folder_paths.folder_names_and_paths["pisa_sr"][1])}
 
 with torch.inference_mode():  # as ComfyUI executes nodes
-    model = nodes["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "auto")[0]
+    model = nodes["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "auto")[0]
     found["handle"] = type(model.handle).__name__
-    found["same_model"] = nodes["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "auto")[0] is model
+    found["plain_patcher"] = type(model.handle) is comfy.model_patcher.ModelPatcher and not (
+        hasattr(model.handle, "is_dynamic") and model.handle.is_dynamic())  # never Dynamic VRAM's patcher
+    found["patcher_counts_free_memory"] = hasattr(model.handle, "get_free_memory")
+    found["same_model"] = nodes["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "auto")[0] is model
     image = torch.rand(1, 16, 16, 3)
-    latent = nodes["PiSAEncode"]().encode(model, image, 4.0, "bicubic", 0, 0)[0]
+    latent = nodes["PiSAEncode"].execute(model, image, 4.0, "bicubic", 0, 0)[0]
     found["registered"] = any(m is model.handle for m in mm.loaded_models())
     found["weights_on_load_device"] = next(model.pipe.unet.parameters()).device == mm.get_torch_device()
     mm.unload_all_models()
     found["after_unload"] = any(m is model.handle for m in mm.loaded_models())
     found["weights_offloaded"] = next(model.pipe.unet.parameters()).device == mm.unet_offload_device()
-    z_high = nodes["PiSADualGuidance"]().guide(model, latent, 0.8, 1.2, 96, 32)[0]  # reloads by itself
-    out = nodes["PiSADecode"]().decode(model, z_high, "adain", 0, image)[0]
+    z_high = nodes["PiSADualGuidance"].execute(model, latent, 0.8, 1.2, 96, 32)[0]  # reloads by itself
+    out = nodes["PiSADecode"].execute(model, z_high, "adain", 0, image)[0]
     found["reloaded"] = any(m is model.handle for m in mm.loaded_models())
     found["out_shape"] = list(out.shape)
     found["memory_asked_each_stage"] = len(asked) == 3 and all(a > 0 for a in asked)  # encode, guide, decode
     mm.interrupt_current_processing(True)
     try:
-        nodes["PiSADualGuidance"]().guide(model, latent, 0.3, 1.7, 16, 8)
+        nodes["PiSADualGuidance"].execute(model, latent, 0.3, 1.7, 16, 8)
         found["interrupt"] = "not raised"
     except mm.InterruptProcessingException:
         found["interrupt"] = "raised"
-    nodes["PiSADualGuidance"]().guide(model, latent, 0.3, 1.7, 16, 8)
+    found["interrupt_is_base_exception"] = not issubclass(mm.InterruptProcessingException, Exception)
+    nodes["PiSADualGuidance"].execute(model, latent, 0.3, 1.7, 16, 8)
 
 ref = weakref.ref(model)
 del model, latent, z_high, out
@@ -83,7 +89,7 @@ found["freed"] = ref() is None
 # offload device; the pack completes the load through the patcher. The meta device stands in for
 # the GPU (a fresh fp32 model: its weights do not come back from meta).
 meta = torch.device("meta")
-spare = nodes["PiSALoader"]().load("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
+spare = nodes["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
 patcher = comfy.model_patcher.ModelPatcher(spare.container, load_device=meta, offload_device=torch.device("cpu"))
 patcher.load(meta, lowvram_model_memory=0.1)
 found["novram_left_weights_behind"] = not host.on_device(spare.container, meta)

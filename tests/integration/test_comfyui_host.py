@@ -2,7 +2,10 @@
 
 Runs only when COMFYUI_DIR points at a ComfyUI checkout; run pytest with a Python that has
 ComfyUI's requirements (e.g. `COMFYUI_DIR=~/ComfyUI ~/comfy-venv/bin/python -m pytest
-tests/integration`). COMFYUI_PYTHON may name another interpreter for the server.
+tests/integration`). COMFYUI_PYTHON may name another interpreter for the server. The suite runs
+on whichever host COMFYUI_DIR names (tested: 0.3.64 and 0.33.0, one run each); the few checks
+that concern one host only skip on the other. COMFYUI_FRONTEND_ROOT (a frontend's static folder,
+as `--front-end-root` takes it) adds the browser checks with that frontend to the bundled one's.
 The pack is symlinked into a temporary base directory's custom_nodes/ under a lower-case folder
 name (as a registry install would name it); the models are placed via extra_model_paths.yaml.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,10 +31,29 @@ PACK_FOLDER = "comfyui-pisa-sr"
 NODE_IDS = ["PiSALoader", "PiSAEncode", "PiSADualGuidance", "PiSADecode", "PiSAUpscale", "PiSAGuidanceGrid"]
 TEMPLATES = ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid", "pisa_sr_regions"]
 LQ_SIZE = (24, 32)  # h, w of the test input image
+HTTP_TIMEOUT = 120  # s; a shared CI machine under load answers slowly
+
+FRONTEND_ROOT = os.environ.get("COMFYUI_FRONTEND_ROOT", "")
 
 pytestmark = pytest.mark.skipif(
     not (COMFYUI_DIR and (Path(COMFYUI_DIR) / "main.py").is_file()),
     reason="real-host tests need COMFYUI_DIR set to a ComfyUI checkout (with its requirements installed)")
+
+
+def host_version() -> tuple[int, ...]:
+    """The version of the ComfyUI at COMFYUI_DIR (its comfyui_version.py), e.g. (0, 33, 0)."""
+    text = (Path(COMFYUI_DIR) / "comfyui_version.py").read_text()
+    return tuple(int(n) for n in re.search(r'__version__ = "([0-9.]+)"', text).group(1).split("."))
+
+
+def needs_host(minimum: tuple[int, ...] | None = None, below: tuple[int, ...] | None = None):
+    """Skip a check that concerns other ComfyUI versions, saying which host it needs."""
+    wanted = " and ".join(filter(None, [minimum and f">= {'.'.join(map(str, minimum))}",
+                                        below and f"< {'.'.join(map(str, below))}"]))
+    version = host_version() if COMFYUI_DIR and (Path(COMFYUI_DIR) / "comfyui_version.py").is_file() else None
+    fits = version is not None and (minimum is None or version >= minimum) and (below is None or version < below)
+    have = "none" if version is None else ".".join(map(str, version))
+    return pytest.mark.skipif(not fits, reason=f"a check for ComfyUI {wanted}; COMFYUI_DIR is {have}")
 
 
 # ------------------------------------------------------------------ server
@@ -47,14 +70,14 @@ class Server:
         self.url, self.base, self.process, self.log = url, base, process, log
 
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+        with urllib.request.urlopen(self.url + path, timeout=HTTP_TIMEOUT) as r:
             return json.loads(r.read())
 
     def post(self, path: str, body: dict | None = None):
         data = json.dumps(body or {}).encode()
         request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30) as r:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as r:
                 text = r.read()
         except urllib.error.HTTPError as error:
             raise AssertionError(f"POST {path} -> {error.code}: {error.read().decode()[:2000]}") from None
@@ -63,7 +86,16 @@ class Server:
     def queue(self, prompt: dict) -> str:
         return self.post("/prompt", {"prompt": prompt, "client_id": "pisa-sr-tests"})["prompt_id"]
 
-    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+    def rejected(self, prompt: dict) -> dict:
+        """The answer to a prompt that validation refuses (HTTP 400) before any node runs."""
+        data = json.dumps({"prompt": prompt, "client_id": "pisa-sr-tests"}).encode()
+        request = urllib.request.Request(self.url + "/prompt", data=data, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(request, timeout=HTTP_TIMEOUT).close()
+        assert info.value.code == 400
+        return json.loads(info.value.read())
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         end = time.time() + timeout
         while time.time() < end:
             history = self.get(f"/history/{prompt_id}")
@@ -82,8 +114,7 @@ class Server:
         return 0.0
 
 
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def start_server(model_dir, tmp_path_factory, *extra_args: str):
     from PIL import Image
 
     base = tmp_path_factory.mktemp("comfy_base")
@@ -109,7 +140,7 @@ def server(model_dir, tmp_path_factory):
     log = base / "server.log"
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
-           "--extra-model-paths-config", str(config)]
+           "--extra-model-paths-config", str(config), *extra_args]
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=out, stderr=subprocess.STDOUT)
     srv = Server(f"http://127.0.0.1:{port}", base, process, log)
@@ -131,6 +162,22 @@ def server(model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    yield from start_server(model_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["bundled", "newest"])
+def frontend_server(request, server, model_dir, tmp_path_factory):
+    """The server with its bundled frontend, and one with COMFYUI_FRONTEND_ROOT's (the newest)."""
+    if request.param == "bundled":
+        yield server
+    elif not FRONTEND_ROOT:
+        pytest.skip("set COMFYUI_FRONTEND_ROOT to a frontend's static folder for the newest frontend's checks")
+    else:
+        yield from start_server(model_dir, tmp_path_factory, "--front-end-root", FRONTEND_ROOT)
 
 
 # ------------------------------------------------------------------ prompts
@@ -158,6 +205,11 @@ def saved_images(server: Server, entry: dict) -> list[Path]:
             if image.get("type") == "output":
                 files.append(server.base / "output" / image.get("subfolder", "") / image["filename"])
     return files
+
+
+def choices(spec: tuple) -> list:
+    """A combo input's choices in /object_info: V3 nodes give ("COMBO", {"options": [...]}), V1 ones a list."""
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
 
 
 def widget_names(spec: dict) -> list[str]:
@@ -199,12 +251,44 @@ def test_object_info_lists_the_nodes_and_model_files(server):
         assert info[node_id]["category"] == "image/upscaling/PiSA-SR"
         assert info[node_id]["description"]
     loader = info["PiSALoader"]["input"]["required"]
-    assert "v2-1_512-ema-pruned.safetensors" in loader["base_model"][0]
-    assert "[diffusers] sd21-tiny" in loader["base_model"][0]
-    assert loader["pisa_weights"][0] == ["pisa_sr.pkl"]
+    assert "v2-1_512-ema-pruned.safetensors" in choices(loader["base_model"])
+    assert "[diffusers] sd21-tiny" in choices(loader["base_model"])
+    assert choices(loader["pisa_weights"]) == ["pisa_sr.pkl"]
     log = server.log.read_text()
     assert "IMPORT FAILED" not in log.split(PACK_FOLDER)[0][-200:]
+    assert "Error while calling comfy_entrypoint" not in log and "pisa-sr: this ComfyUI" not in log
     assert f"custom_nodes/{PACK_FOLDER}" in log or PACK_FOLDER in log
+
+
+def test_the_hosts_v1_view_of_the_v3_nodes_is_the_frozen_schema(server):
+    """What saved workflows rely on, as the real host serves it: ids, inputs in order with types,
+    defaults and choices, the required/optional split and the outputs (tests/test_nodes_schema.json)."""
+    from test_nodes import SNAPSHOT, schema_of
+
+    info = server.get("/object_info")
+    frozen = json.loads(SNAPSHOT.read_text())
+    for node_id, old in frozen.items():
+        now = schema_of(info[node_id])
+        assert now["required"] == old["required"], node_id
+        assert now["optional"][:len(old["optional"])] == old["optional"], node_id
+        assert now["outputs"] == old["outputs"] and info[node_id]["python_module"].endswith(PACK_FOLDER), node_id
+    assert info["PiSAGuidanceGrid"]["output_name"] == ["sheet", "images"]
+
+
+@needs_host(minimum=(0, 33))
+def test_newer_hosts_show_search_aliases_and_fold_the_advanced_inputs(server):
+    info = server.get("/object_info")
+    for node_id in NODE_IDS:
+        assert {"upscale", "super-resolution"} <= set(info[node_id]["search_aliases"]), node_id
+    guidance = info["PiSADualGuidance"]["input"]["required"]
+    assert guidance["latent_tile"][1]["advanced"] is True and "advanced" not in guidance["lambda_pix"][1]
+
+
+@needs_host(below=(0, 33))
+def test_older_hosts_load_the_pack_without_the_newer_schema_keywords(server):
+    info = server.get("/object_info")
+    assert all(not info[node_id].get("search_aliases") for node_id in NODE_IDS)
+    assert "advanced" not in info["PiSADualGuidance"]["input"]["required"]["latent_tile"][1]
 
 
 def test_workflow_over_http_saves_an_image_of_the_exact_size(server):
@@ -231,11 +315,9 @@ def test_single_file_checkpoint_via_extra_model_paths(server):
     assert Image.open(saved_images(server, entry)[0]).size == (2 * w, 2 * h)
 
 
-def test_a_clear_error_comes_back_for_bad_settings(server):
-    entry = server.wait(server.queue(api_prompt(tile=32, overlap=32)))
-    assert entry["status"]["status_str"] == "error"
-    messages = json.dumps(entry["status"]["messages"])
-    assert "latent_overlap (32) must be smaller than latent_tile (32)" in messages
+def test_a_clear_error_comes_back_for_bad_settings_before_anything_runs(server):
+    answer = json.dumps(server.rejected(api_prompt(tile=32, overlap=32)))
+    assert "latent_overlap (32) must be smaller than latent_tile (32)" in answer
 
 
 def test_cancel_then_run_again(server):
@@ -342,8 +424,11 @@ def test_model_management_hand_off_in_process(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     found.pop("device")  # cpu here; the GPU where there is one (then offload really moves weights)
+    version = host_version()
+    assert found.pop("interrupt_is_base_exception") == (version >= (0, 20))  # cleanup must sit in `finally`
+    assert found.pop("patcher_counts_free_memory") == (version >= (0, 12))
     assert found == {"in_comfy": True, "pisa_exts": [".pkl", ".safetensors"], "handle": "ModelPatcher",
-                     "same_model": True, "registered": True, "weights_on_load_device": True,
+                     "plain_patcher": True, "same_model": True, "registered": True, "weights_on_load_device": True,
                      "after_unload": False, "weights_offloaded": True, "reloaded": True,
                      "out_shape": [1, 64, 64, 3], "memory_asked_each_stage": True, "interrupt": "raised", "freed": True,
                      "novram_left_weights_behind": True, "novram_then_all_on_device": True,
@@ -367,9 +452,11 @@ SMALL_WORK_JS = """() => {
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_template_opens_in_the_real_frontend_without_missing_nodes(server, name, tmp_path):
+def test_template_opens_in_the_real_frontend_without_missing_nodes(frontend_server, name, tmp_path):
     """Headless Chromium, as a user: Templates → Custom Nodes → this pack → the template; no
-    missing-node dialog, then Run from the app and an output image appears."""
+    missing-node dialog, then Run from the app and an output image appears. With the bundled
+    frontend and, where COMFYUI_FRONTEND_ROOT is set, the newest one."""
+    server = frontend_server
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the frontend check")
     executable = _chromium()
     if executable is None:
