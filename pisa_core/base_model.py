@@ -319,27 +319,49 @@ def _from_pretrained(cls, folder: Path, name: str, **kwargs):
 # -------------------------------------------------------------------------------- single file
 
 
-def _load_single_file(path: Path, device, dtype, keep_text_encoder, unet_transform) -> BaseModel:
+@dataclass
+class SingleFile:
+    """A single-file checkpoint's components with their inferred configs and diffusers names;
+    the tensors are LazyTensors of a safetensors file (nothing read yet) or memory-mapped."""
+
+    unet_config: dict
+    unet: dict
+    vae_config: dict
+    vae: dict
+    text_config: CLIPTextConfig
+    text: dict
+
+
+def read_single_file(path) -> SingleFile:
+    """Everything the single-file loader learns from a checkpoint's keys and shapes before it
+    builds a model: the structure checked (check_single_file), each component's config inferred
+    and its keys renamed."""
+    path = Path(path)
     state_dict = read_tensors(path, WHAT, lazy=True)
     check_single_file(state_dict, path)
     unet_sd, vae_sd, text_sd = ldm.split_components(state_dict)
-    state_dict.clear()
     unet_cfg = ldm.infer_unet_config(unet_sd, path)
-    unet = _build(lambda: UNet2DConditionModel.from_config(unet_cfg),
-                  ldm.convert_unet(unet_sd, unet_cfg, path).items(), device, dtype, "UNet", path, unet_transform)
     vae_cfg = ldm.infer_vae_config(vae_sd, path)
-    vae = _build(lambda: AutoencoderKL.from_config(vae_cfg), ldm.convert_vae(vae_sd, vae_cfg, path).items(),
-                 device, dtype, "VAE", path)
+    text_cfg = CLIPTextConfig(**ldm.infer_text_config(text_sd, path))
+    return SingleFile(unet_cfg, ldm.convert_unet(unet_sd, unet_cfg, path), vae_cfg,
+                      ldm.convert_vae(vae_sd, vae_cfg, path), text_cfg,
+                      ldm.convert_text(text_sd, text_cfg.to_dict(), path))
+
+
+def _load_single_file(path: Path, device, dtype, keep_text_encoder, unet_transform) -> BaseModel:
+    parts = read_single_file(path)
+    unet = _build(lambda: UNet2DConditionModel.from_config(parts.unet_config), parts.unet.items(), device, dtype,
+                  "UNet", path, unet_transform)
+    vae = _build(lambda: AutoencoderKL.from_config(parts.vae_config), parts.vae.items(), device, dtype, "VAE", path)
 
     def text_parts():
-        text_cfg = CLIPTextConfig(**ldm.infer_text_config(text_sd, path))
-        converted = ldm.convert_text(text_sd, text_cfg.to_dict(), path)
-        encoder = _build(lambda: CLIPTextModel(text_cfg), converted.items(), "cpu", torch.float32,
+        encoder = _build(lambda: CLIPTextModel(parts.text_config), parts.text.items(), "cpu", torch.float32,
                          "text encoder", path, rename=ldm.text_prefix_for)
         return encoder, None
 
     return _assemble(unet, vae, path, "single-file", [path], text_parts, device, dtype, keep_text_encoder,
-                     scaling_factor=float(vae_cfg["scaling_factor"]), scheduler_config=ldm.load_template("scheduler"))
+                     scaling_factor=float(parts.vae_config["scaling_factor"]),
+                     scheduler_config=ldm.load_template("scheduler"))
 
 
 # ------------------------------------------------------------------------------- assembling

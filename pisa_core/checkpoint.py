@@ -31,6 +31,7 @@ from .lora import (
     module_kind,
 )
 from .tensor_files import SafetensorsFile, is_safetensors, load_pickle
+from .torch_pickles import is_torch_zip, zip_pickle
 
 WHAT = "PiSA-SR weights"
 
@@ -364,6 +365,21 @@ def load_pisa_weights(path) -> PiSAWeights:
     if is_safetensors(path, WHAT):
         return _weights_from_safetensors(path)
     return _weights_from_official_dict(load_pickle(path, WHAT), str(path))
+
+
+def looks_like_pisa_weights(path) -> bool:
+    """Whether a file holds PiSA-SR weights, judged from its keys without loading it: a safetensors
+    header whose tensor names all follow one of SAFETENSORS_FORMATS, or a torch.save zip whose
+    pickle names the nine keys of pisa_sr.pkl (nothing is unpickled). An unreadable file is not."""
+    path = Path(path)
+    try:
+        if is_safetensors(path, WHAT):
+            keys = SafetensorsFile(path, WHAT).keys
+            return bool(keys) and any(all(pattern.match(k) for k in keys) for _, pattern, _ in SAFETENSORS_FORMATS)
+        data = zip_pickle(path, WHAT) if is_torch_zip(path) else b""
+    except (OSError, PiSAError):
+        return False
+    return all(key.encode() in data for key in OFFICIAL_KEYS)
 
 
 def save_pisa_weights(weights: PiSAWeights, path) -> None:

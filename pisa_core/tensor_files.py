@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 
 from .errors import PiSAError
 from .file_kinds import SAFETENSORS, TENSOR_KINDS, sniff_file
+from .torch_pickles import check_declared_sizes, corrupted, is_torch_zip
 
 # torch's weights-only unpickler on a global it will not import (the pickle would run code)
 _CODE_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
@@ -92,6 +93,9 @@ class SafetensorsFile:
                     end - start != numel * dtype.itemsize:
                 self._fail(f"tensor '{key}' lies outside the file or does not match its shape")
             entries[key] = (dtype, shape, start)
+        stored = sum(math.prod(shape) * dtype.itemsize for dtype, shape, _ in entries.values())
+        if stored > data_length:
+            self._fail(f"its tensors overlap: they declare {stored:,} bytes in a data section of {data_length:,}")
         return entries
 
     def get(self, key: str) -> torch.Tensor:
@@ -117,12 +121,16 @@ class SafetensorsFile:
 
 
 def load_pickle(path, what: str) -> object:
-    """torch.load(weights_only=True) on the CPU (memory-mapped when the file is a zip). A file that
-    would need code to unpickle is refused, never retried unsafely."""
+    """torch.load(weights_only=True) on the CPU (memory-mapped when the file is a zip), after the
+    sizes its pickle declares were checked against the file (torch_pickles). A file that would need
+    code to unpickle is refused, never retried unsafely."""
     path = Path(path)
-    mmap = zipfile.is_zipfile(path)
+    check_declared_sizes(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if os.fspath(path).endswith(".safetensors"):  # torch.load would hand such a name to safetensors
+            with open(path, "rb") as handle:
+                return torch.load(handle, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_torch_zip(path))
     except Exception as exc:  # noqa: BLE001 - any failure to read untrusted bytes is the file's fault
         code = _CODE_GLOBAL.search(str(exc))
         if code:
@@ -130,8 +138,7 @@ def load_pickle(path, what: str) -> object:
                 f"'{path}' was refused for safety: it is a pickle that would run code ('{code[1]}'), while "
                 f"{what} hold only tensors (and lists, ints and strings); convert it to .safetensors with a "
                 "tool you trust and load that file instead.") from None
-        raise PiSAError(f"'{path}' could not be read as {what}: it is corrupted or not a torch.save file "
-                        f"({type(exc).__name__}).") from None
+        raise corrupted(path, what, exc) from None
 
 
 class LazyTensor:

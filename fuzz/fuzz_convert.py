@@ -1,0 +1,28 @@
+"""What `pisa-sr convert` reads: PiSA-SR weights in any layout or the train.pt of a resumable
+training state, validated as the writers validate them (nothing is written)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import main
+
+SUFFIX = ".pt"
+
+
+def seeds() -> dict[str, bytes]:
+    from weight_seeds import pisa_files, train_state
+
+    return {"train.pt": train_state(), "official-zip.pkl": pisa_files()["official-zip.pkl"]}
+
+
+def parse(path: Path) -> object:
+    from pisa_core.checkpoint import load_convertible, official_pisa_dict
+
+    return official_pisa_dict(load_convertible(path))
+
+
+if __name__ == "__main__":
+    main(__file__)

@@ -1,0 +1,29 @@
+"""The SD2.1 single-file loader up to the model build: the checkpoint's keys and shapes read
+(lazily), the structure checked, the three components' configs inferred and their keys renamed
+(base_model.read_single_file). No model is built."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import main
+
+SUFFIX = ".ckpt"
+
+
+def seeds() -> dict[str, bytes]:
+    from weight_seeds import sd_single_file
+
+    return {"sd2-tiny.ckpt": sd_single_file()}
+
+
+def parse(path: Path) -> object:
+    from pisa_core.base_model import read_single_file
+
+    return read_single_file(path)
+
+
+if __name__ == "__main__":
+    main(__file__)
