@@ -15,7 +15,9 @@ SUFFIX = ".pt"
 def seeds() -> dict[str, bytes]:
     from weight_seeds import pisa_files, train_state
 
-    return {"train.pt": train_state(), "official-zip.pkl": pisa_files()["official-zip.pkl"]}
+    official = pisa_files()
+    return {"train.pt": train_state(), "train-legacy.pt": train_state(legacy=True),
+            "official-zip.pkl": official["official-zip.pkl"], "official-legacy.pkl": official["official-legacy.pkl"]}
 
 
 def parse(path: Path) -> object:

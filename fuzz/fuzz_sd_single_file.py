@@ -16,7 +16,7 @@ SUFFIX = ".ckpt"
 def seeds() -> dict[str, bytes]:
     from weight_seeds import sd_single_file
 
-    return {"sd2-tiny.ckpt": sd_single_file()}
+    return {"sd2-tiny.ckpt": sd_single_file(), "sd2-tiny-legacy.ckpt": sd_single_file(legacy=True)}
 
 
 def parse(path: Path) -> object:

@@ -2,7 +2,9 @@
 in every layout users hold (pisa_sr.pkl as a torch.save zip and as a legacy pickle, our
 .safetensors, the official tensor names in a safetensors file), a training state, plain tensor
 files and the header of an SD2 single-file checkpoint. Tiny (rank 1, a few modules), so a seed stays
-under libFuzzer's -max_len and every run reaches the validation code quickly."""
+under libFuzzer's -max_len and every run reaches the validation code quickly. Pickles come in both
+torch.save formats: a mutation inside a zip archive mostly breaks its CRC (refused early), so the
+legacy format is what carries the fuzzer into the pickles' contents."""
 
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def pisa_files() -> dict[str, bytes]:
     return out
 
 
-def train_state() -> bytes:
+def train_state(legacy: bool = False) -> bytes:
     """The train.pt of a resumable training state (pisa_core/train/state.py: step, stage, config,
     LoRA factors, optimizer and scheduler state)."""
     weights = pisa_weights()
@@ -77,7 +79,7 @@ def train_state() -> bytes:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     config = json.dumps({"alpha_pix": 8.0, "alpha_sem": 4.0, "stage": "sem"})
     return torch_bytes({"step": 10, "stage": "sem", "config": config, "lora": factors,
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, legacy=legacy)
 
 
 def tensor_files() -> dict[str, bytes]:
@@ -93,7 +95,7 @@ def tensor_files() -> dict[str, bytes]:
             "legacy.pt": torch_bytes(tensors, legacy=True)}
 
 
-def sd_single_file() -> bytes:
+def sd_single_file(legacy: bool = False) -> bytes:
     """An SD2-structured single-file checkpoint (LDM key names) of the tests' tiny model, as a
     torch.save zip with a `state_dict` wrapper like the original .ckpt. Only the header matters to
     the target, so every tensor is a zero-stride view of one shared element (real shapes, a few
@@ -104,12 +106,12 @@ def sd_single_file() -> bytes:
     tests = str(Path(__file__).resolve().parents[1] / "tests")
     sys.path.insert(0, tests)
     try:
-        from model_files import ldm_state_dict
-        from tiny_models import tiny_text_encoder, tiny_unet, tiny_vae
+        from model_files import ldm_state_dict, vae_with
+        from tiny_models import tiny_text_encoder, tiny_unet
     finally:
         sys.path.remove(tests)
-    state = ldm_state_dict(tiny_unet(layers_per_block=1), tiny_vae(), tiny_text_encoder())
+    state = ldm_state_dict(tiny_unet(layers_per_block=1), vae_with(), tiny_text_encoder())
     one = torch.zeros(1)
     heuristic = ".1.transformer_blocks.0.norm1.bias"
     light = {k: v.clone() if k.endswith(heuristic) else one.view(()).expand(v.shape) for k, v in state.items()}
-    return torch_bytes({"state_dict": light, "global_step": 1})
+    return torch_bytes({"state_dict": light, "global_step": 1}, legacy=legacy)

@@ -15,7 +15,7 @@ from icc_profiles import rgb_profile
 from PIL import Image
 from test_cli import model_args
 
-import pisa_core.image_io as image_io
+from pisa_core import image_io
 from pisa_core.cli import main
 
 
