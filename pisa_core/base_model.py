@@ -155,11 +155,11 @@ def check_single_file(state_dict: dict, source) -> None:
     proj_in = next((k for k in unet if k.endswith(".proj_in.weight")), None)
     _check_structure(
         source,
-        in_channels=_shape(unet, "input_blocks.0.0.weight", 1),
+        in_channels=_shape(unet, "input_blocks.0.0.weight", 1, source),
         linear_projection=proj_in is not None and unet[proj_in].ndim == 2,
-        cross_attention_dim=_shape(unet, attn, 1),
-        text_width=_shape(text, "token_embedding.weight", 1),
-        latent_channels=_shape(vae, "post_quant_conv.weight", 0),
+        cross_attention_dim=_shape(unet, attn, 1, source),
+        text_width=_shape(text, "token_embedding.weight", 1, source),
+        latent_channels=_shape(vae, "post_quant_conv.weight", 0, source),
         prediction=prediction,
         prediction_evidence=evidence,
     )
@@ -172,8 +172,12 @@ def _reject(source, finding: str):
     raise PiSAError(f"'{source}' is not a usable base model: {finding}; {EXPECTED}.")
 
 
-def _shape(state: dict, key: str | None, dim: int) -> int | None:
-    return int(state[key].shape[dim]) if key is not None and key in state else None
+def _shape(state: dict, key: str | None, dim: int, source) -> int | None:
+    if key is None or key not in state:
+        return None
+    if state[key].ndim <= dim:
+        _reject(source, f"its tensor '{key}' has shape {tuple(state[key].shape)}")
+    return int(state[key].shape[dim])
 
 
 def _check_structure(source, *, in_channels, linear_projection, cross_attention_dim, text_width,
