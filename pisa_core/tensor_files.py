@@ -42,6 +42,12 @@ SAFETENSORS_DTYPES = {
 MAX_HEADER_BYTES = 100 * 2**20
 
 
+def _is_size(value) -> bool:
+    """A JSON integer that fits a tensor dimension (the format's sizes are unsigned 64-bit; torch's
+    are signed)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
 class SafetensorsFile:
     """A safetensors file read tensor by tensor into buffers of their own.
 
@@ -84,12 +90,13 @@ class SafetensorsFile:
         for key, info in header.items():
             try:
                 dtype = SAFETENSORS_DTYPES[info["dtype"]]
-                shape = [int(s) for s in info["shape"]]
-                start, end = (int(o) for o in info["data_offsets"])
+                shape, (start, end) = list(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 self._fail(f"tensor '{key}' has an unknown dtype or a malformed entry")
+            if not all(_is_size(n) for n in (*shape, start, end)):
+                self._fail(f"tensor '{key}' has a shape or offsets that are not sizes (integers from 0 to 2**63)")
             numel = math.prod(shape)
-            if min(shape, default=0) < 0 or not 0 <= start <= end <= data_length or \
+            if not 0 <= start <= end <= data_length or \
                     end - start != numel * dtype.itemsize:
                 self._fail(f"tensor '{key}' lies outside the file or does not match its shape")
             entries[key] = (dtype, shape, start)

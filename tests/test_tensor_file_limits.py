@@ -119,3 +119,20 @@ def test_overlapping_safetensors_entries_are_refused(tmp_path):
     path.write_bytes(_safetensors(header, bytes(16)))
     with pytest.raises(PiSAError, match="overlap"):
         SafetensorsFile(path, WHAT)
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]},      # JSON 1e400 is infinity: OverflowError
+    {"dtype": "F32", "shape": [1], "data_offsets": [0, 1e400]},
+    {"dtype": "F32", "shape": [2**70, 0], "data_offsets": [0, 0]},   # empty, but no int64 holds the side
+    {"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]},
+    {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]},
+])
+def test_a_safetensors_size_that_is_no_integer_is_refused(tmp_path, entry):
+    """Found by review beside the fuzz target (not in its 10-minute run): OverflowError and TypeError
+    from sizes that are JSON floats or beyond int64."""
+    path = tmp_path / "sizes.safetensors"
+    text = json.dumps({"w": entry}).replace("Infinity", "1e400").encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(4))
+    with pytest.raises(PiSAError, match="not sizes"):
+        SafetensorsFile(path, WHAT)
