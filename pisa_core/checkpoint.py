@@ -103,7 +103,7 @@ def _check_pair(A: torch.Tensor, B: torch.Tensor, rank: int, rank_origin: str, s
         raise PiSAError(f"'{source}': lora_B of {where} has rank {B.shape[1]}, but {rank_origin} is {rank}.")
 
 
-def _make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin: str) -> LoRAFamily:
+def make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin: str) -> LoRAFamily:
     """Validate one family's (A, B) pairs against its rank and return it as float32 CPU tensors."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise PiSAError(f"'{source}': the {family} rank should be a positive int, found {rank!r}.")
@@ -113,6 +113,8 @@ def _make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin
         raise PiSAError(f"'{source}' holds no {family} LoRA tensors; expected both a pix and a sem family.")
     factors = {}
     for module, (a, b) in pairs.items():
+        if not isinstance(module, str) or not module:
+            raise PiSAError(f"'{source}': a {family} module name should be a non-empty str, found {module!r:.60}.")
         where = f"{family} module '{module}'"
         A = _factor(a, source, f"lora_A of {where}")
         B = _factor(b, source, f"lora_B of {where}")
@@ -173,7 +175,7 @@ def _weights_from_official_dict(data, source: str) -> PiSAWeights:
         lists = {group: data[OFFICIAL_LIST_KEYS[(family, group)]] for group in GROUPS}
         ordered = _match_lists(family, lists, parts, source)
         rank = data[OFFICIAL_RANK_KEYS[family]]
-        families[family] = _make_family(
+        families[family] = make_family(
             family, rank, PEFT_DEFAULT_ALPHA, ordered, source, f"'{OFFICIAL_RANK_KEYS[family]}'"
         )
     return PiSAWeights(pix=families["pix"], sem=families["sem"], format="official-pkl", source=source)
@@ -275,7 +277,7 @@ def _weights_from_official_tensors(tensors: dict, metadata: dict, source: str) -
                     raise PiSAError(f"'{source}': {family} module '{module}' appears in two adapters.")
                 pairs[module] = pair
         rank = _inferred_rank(pairs, family, source)
-        families[family] = _make_family(family, rank, PEFT_DEFAULT_ALPHA, pairs, source, "its other modules' rank")
+        families[family] = make_family(family, rank, PEFT_DEFAULT_ALPHA, pairs, source, "its other modules' rank")
     return PiSAWeights(pix=families["pix"], sem=families["sem"], format="official-safetensors", source=source)
 
 
@@ -303,7 +305,7 @@ def _weights_from_our_tensors(tensors: dict, metadata: dict, source: str) -> PiS
         pairs = _order_by_metadata_targets(pairs, metadata, family, source)
         alpha = _meta_float(metadata, f"{family}.alpha", source)
         alpha = PEFT_DEFAULT_ALPHA if alpha is None else alpha
-        families[family] = _make_family(family, rank, alpha, pairs, source, "its other modules' rank")
+        families[family] = make_family(family, rank, alpha, pairs, source, "its other modules' rank")
     return PiSAWeights(pix=families["pix"], sem=families["sem"], format="pisa-safetensors", source=source)
 
 
@@ -393,7 +395,7 @@ def save_pisa_weights(weights: PiSAWeights, path) -> None:
     metadata = {META_FORMAT: FORMAT_MARKER, META_VERSION: str(FORMAT_VERSION)}
     for name in FAMILIES:
         family = weights.family(name)
-        checked = _make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
+        checked = make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
         for module, (A, B) in checked.factors.items():
             tensors[f"{name}.{module}.lora_A"] = A.clone()
             tensors[f"{name}.{module}.lora_B"] = B.clone()
@@ -414,7 +416,7 @@ def official_pisa_dict(weights: PiSAWeights, target: str = "the official pisa_sr
     families = {}
     for name in FAMILIES:
         family = weights.family(name)
-        families[name] = _make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
+        families[name] = make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
     data: dict = {}
     for name, family in families.items():
         for group in GROUPS:
