@@ -257,9 +257,11 @@ def weight_files(sub: Path) -> list[Path]:
         if not name.endswith(".index.json"):
             return [path]
         try:
-            shards = json.loads(path.read_text())["weight_map"].values()
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise PiSAError(f"'{path}' is not a readable weight index ({err}).") from None
+            shards = list(json.loads(path.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise PiSAError(f"'{path}' is not a readable weight index ({type(err).__name__}: {err}).") from None
+        if not all(isinstance(shard, str) and shard and Path(shard).name == shard for shard in shards):
+            raise PiSAError(f"'{path}' is not a readable weight index (its weight_map should name files beside it).")
         return [sub / shard for shard in dict.fromkeys(shards)]
     raise PiSAError(f"'{sub}' has no weight file (expected e.g. {WEIGHT_FILES[0]}); it cannot be loaded as a "
                     f"{'UNet2DConditionModel' if sub.name == 'unet' else sub.name}.")
