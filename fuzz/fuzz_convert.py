@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
 
 SUFFIX = ".pt"
+MODULES = ("pisa_core.checkpoint", "pisa_core.train.state", "pisa_core.tensor_files", "pisa_core.torch_pickles")
 
 
 def seeds() -> dict[str, bytes]:

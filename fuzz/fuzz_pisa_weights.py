@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
 
 SUFFIX = ".pkl"  # the format is judged by content, never by the name
+MODULES = ("pisa_core.checkpoint", "pisa_core.tensor_files", "pisa_core.torch_pickles", "pisa_core.file_kinds")
 
 
 def seeds() -> dict[str, bytes]:

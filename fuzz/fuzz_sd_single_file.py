@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
 
 SUFFIX = ".ckpt"
+MODULES = ("pisa_core.base_model", "pisa_core.ldm_convert", "pisa_core.tensor_files", "pisa_core.torch_pickles")
 
 
 def seeds() -> dict[str, bytes]:

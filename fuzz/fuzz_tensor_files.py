@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
 
 SUFFIX = ".safetensors"
+MODULES = ("pisa_core.tensor_files", "pisa_core.torch_pickles", "pisa_core.file_kinds")
 
 
 def seeds() -> dict[str, bytes]:
