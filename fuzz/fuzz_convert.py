@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
+from weight_seeds import one_line
 
 SUFFIX = ".pt"
 MODULES = ("pisa_core.checkpoint", "pisa_core.train.state", "pisa_core.tensor_files", "pisa_core.torch_pickles")
@@ -21,6 +22,7 @@ def seeds() -> dict[str, bytes]:
             "official-zip.pkl": official["official-zip.pkl"], "official-legacy.pkl": official["official-legacy.pkl"]}
 
 
+@one_line
 def parse(path: Path) -> object:
     from pisa_core.checkpoint import load_convertible, official_pisa_dict
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
+from weight_seeds import one_line
 
 SUFFIX = ".pkl"  # the format is judged by content, never by the name
 MODULES = ("pisa_core.checkpoint", "pisa_core.tensor_files", "pisa_core.torch_pickles", "pisa_core.file_kinds")
@@ -21,6 +22,7 @@ def seeds() -> dict[str, bytes]:
     return pisa_files()
 
 
+@one_line
 def parse(path: Path) -> object:
     from pisa_core.checkpoint import describe, load_pisa_weights, looks_like_pisa_weights
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
+from weight_seeds import one_line
 
 SUFFIX = ".ckpt"
 MODULES = ("pisa_core.base_model", "pisa_core.ldm_convert", "pisa_core.tensor_files", "pisa_core.torch_pickles")
@@ -20,6 +21,7 @@ def seeds() -> dict[str, bytes]:
     return {"sd2-tiny.ckpt": sd_single_file(), "sd2-tiny-legacy.ckpt": sd_single_file(legacy=True)}
 
 
+@one_line
 def parse(path: Path) -> object:
     from pisa_core.base_model import read_single_file
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
+from weight_seeds import one_line
 
 SUFFIX = ".safetensors"
 MODULES = ("pisa_core.tensor_files", "pisa_core.torch_pickles", "pisa_core.file_kinds")
@@ -19,6 +20,7 @@ def seeds() -> dict[str, bytes]:
     return tensor_files()
 
 
+@one_line
 def parse(path: Path) -> object:
     from pisa_core.tensor_files import LazyTensor, read_tensors
 

@@ -8,6 +8,7 @@ legacy format is what carries the fuzzer into the pickles' contents."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 
@@ -115,3 +116,21 @@ def sd_single_file(legacy: bool = False) -> bytes:
     heuristic = ".1.transformer_blocks.0.norm1.bias"
     light = {k: v.clone() if k.endswith(heuristic) else one.view(()).expand(v.shape) for k, v in state.items()}
     return torch_bytes({"state_dict": light, "global_step": 1}, legacy=legacy)
+
+
+def one_line(parse):
+    """The contract's other half for these targets: a PiSAError is one line (its message names the
+    file); a message spanning lines (the repr of a tensor, say) is a finding."""
+
+    @functools.wraps(parse)
+    def checked(path):
+        from pisa_core.errors import PiSAError
+
+        try:
+            return parse(path)
+        except PiSAError as error:
+            if "\n" in str(error):
+                raise AssertionError(f"a PiSAError of several lines: {str(error)[:300]!r}") from error
+            raise
+
+    return checked

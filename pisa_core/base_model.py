@@ -32,7 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from . import ldm_convert as ldm
 from . import prompt_cache
 from .errors import PiSAError
-from .tensor_files import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, read_tensors
+from .tensor_files import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, named_tensors, read_tensors
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 EXPECTED = "PiSA-SR needs Stable Diffusion 2.1-base (epsilon prediction)"
@@ -273,10 +273,7 @@ def _file_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if is_safetensors(path, WHAT):
         yield from SafetensorsFile(path, WHAT).items()
         return
-    data = load_pickle(path, WHAT)
-    if not isinstance(data, dict):
-        raise PiSAError(f"'{path}' holds a {type(data).__name__}, not a dict of tensors.")
-    yield from ((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
+    yield from named_tensors(load_pickle(path, WHAT), path, WHAT).items()
 
 
 def _folder_tensors(sub: Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -114,7 +114,8 @@ def make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin:
     factors = {}
     for module, (a, b) in pairs.items():
         if not isinstance(module, str) or not module:
-            raise PiSAError(f"'{source}': a {family} module name should be a non-empty str, found {module!r:.60}.")
+            raise PiSAError(f"'{source}': a {family} module name should be a non-empty str, found "
+                            f"{_kind_of(module)}.")
         where = f"{family} module '{module}'"
         A = _factor(a, source, f"lora_A of {where}")
         B = _factor(b, source, f"lora_B of {where}")
@@ -165,7 +166,8 @@ def _weights_from_official_dict(data, source: str) -> PiSAWeights:
     for key in OFFICIAL_RANK_KEYS.values():
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PiSAError(f"'{source}': key '{key}' should be a positive int rank, found {value!r}.")
+            shown = repr(value) if isinstance(value, int) else _kind_of(value)
+            raise PiSAError(f"'{source}': key '{key}' should be a positive int rank, found {shown}.")
     state = data[OFFICIAL_STATE_KEY]
     if not isinstance(state, dict):
         raise PiSAError(f"'{source}': key '{OFFICIAL_STATE_KEY}' should be a dict of tensors, found {_kind_of(state)}.")
@@ -194,8 +196,9 @@ def _parse_official_tensors(state: dict, source: str) -> dict:
     for name, tensor in state.items():
         match = _OFFICIAL_TENSOR.match(name) if isinstance(name, str) else None
         if match is None:
+            shown = repr(name) if isinstance(name, str) else _kind_of(name)
             raise PiSAError(
-                f"'{source}': tensor name {name!r} is not of the form "
+                f"'{source}': tensor name {shown} is not of the form "
                 "'<module>.lora_A|lora_B.default_<encoder|decoder|others>_<pix|sem>.weight'."
             )
         if not isinstance(tensor, torch.Tensor):

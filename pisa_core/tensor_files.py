@@ -201,7 +201,17 @@ def read_tensors(path, what: str, *, lazy: bool = False) -> dict:
     data = load_pickle(path, what)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
+    return named_tensors(data, path, what)
+
+
+def named_tensors(data, path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of an unpickled dict by name; its other entries (e.g. `global_step`) are
+    dropped. PiSAError when a tensor's key is not a name, or when there is no tensor at all."""
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
+    unnamed = next((k for k in tensors if not isinstance(k, str)), None)
+    if unnamed is not None:
+        raise PiSAError(f"'{path}' holds a tensor under a key that is a {type(unnamed).__name__}, not a name; "
+                        f"expected {what}.")
     if not tensors:
         raise PiSAError(f"'{path}' holds no tensors; expected {what}.")
     return tensors

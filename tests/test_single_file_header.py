@@ -47,6 +47,9 @@ CASES = {
                                "in_proj_bias' has shape (10,)"),
     "VAE attention 3x3": (lambda s: s.update({V + "encoder.mid.attn_1.q.weight": torch.zeros(64, 64, 3, 3)}),
                           "expected a 1x1 convolution"),
+    # fuzz finding: AttributeError 'tuple' object has no attribute 'startswith' (a key that is no name)
+    "tensor under a tuple key": (lambda s: s.update({(U, torch.zeros(2)): torch.zeros(1)}),
+                                 "under a key that is a tuple, not a name"),
 }
 
 

@@ -45,3 +45,18 @@ def test_an_intact_training_state_converts(tmp_path):
     torch.save(_train_state({"to_q": GOOD}), path)
     weights = load_convertible(path)
     assert weights.format == "training-state" and weights.pix.rank == 1
+
+
+@pytest.mark.parametrize("name", [torch.zeros(3, 3), ("a", 1)])
+def test_an_official_tensor_name_that_is_no_string_is_one_line(tmp_path, name):
+    """A tensor's repr spans lines; the message names the kind of key instead."""
+    from pisa_core.checkpoint import load_pisa_weights
+    from pisa_core.lora import FAMILIES, GROUPS
+
+    data = {f"unet_lora_{group}_modules_{family}": [] for family in FAMILIES for group in GROUPS}
+    data.update(lora_rank_unet_pix=4, lora_rank_unet_sem=4, state_dict_unet={name: torch.zeros(1)})
+    path = tmp_path / "pisa_sr.pkl"
+    torch.save(data, path)
+    with pytest.raises(PiSAError) as error:
+        load_pisa_weights(path)
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
