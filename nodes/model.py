@@ -25,7 +25,6 @@ _load_lock = threading.Lock()
 _recognised: dict[tuple, bool] = {}
 
 
-
 class EpsCache:
     """A small LRU of {branch: ε} per input latent (CPU float32), checked by content, not identity."""
 

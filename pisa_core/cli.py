@@ -282,7 +282,7 @@ def _plan_jobs(pairs: list[tuple[Path, Path]], masks: dict[Path, Path | None], a
             jobs.append(_plan_job(source, target, masks[source], args, mask_sizes))
         except _PlanError:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - one input's failure is that input's alone
             if single and isinstance(error, PiSAError):
                 raise
             tally.fail(source, input_failure(source, error, args.debug))
@@ -464,7 +464,7 @@ def _list_inputs(args, tally: Tally) -> list[Path]:
     for pattern in args.inputs:
         try:
             found, left = list_inputs_and_skipped([pattern])
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - one input's failure is that input's alone
             if len(args.inputs) == 1 and isinstance(error, PiSAError):
                 raise
             tally.fail(Path(pattern), input_failure(pattern, error, args.debug))
