@@ -13,6 +13,7 @@ import torch
 
 from ..pisa_core import memory, options
 from ..pisa_core.checkpoint import looks_like_pisa_weights
+from ..pisa_core.errors import PiSAError
 from . import host
 
 LOG = logging.getLogger("PiSA-SR")
@@ -101,12 +102,14 @@ class PiSAModel:
 # ---------------------------------------------------------------- weights files
 
 
-def _is_pisa_weights(path: Path) -> bool:
-    """Recognise PiSA-SR weights by their keys without loading them: a safetensors header, or the
-    key strings inside an official pisa_sr.pkl's pickle (nothing is unpickled)."""
+def _is_pisa_weights(name: str) -> bool:
+    """Recognise PiSA-SR weights in models/loras by their keys without loading them: a safetensors
+    header, or the key strings inside an official pisa_sr.pkl's pickle (nothing is unpickled). A
+    name the host listed that no longer leads to a file (a dangling link, a file removed since) is not."""
     try:
+        path = host.find(host.LORA_FOLDER, name)
         stat = path.stat()
-    except OSError:  # a dangling link, a file removed since the folder was listed
+    except (PiSAError, OSError):
         return False
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _recognised:
@@ -117,8 +120,7 @@ def _is_pisa_weights(path: Path) -> bool:
 def pisa_weight_choices() -> list[str]:
     """PiSA-SR weights in models/pisa_sr, then those in models/loras (as '[loras] name')."""
     own = host.HOST.files_in(host.PISA_FOLDER, host.PISA_EXTENSIONS)
-    loras = [name for name in host.HOST.files_in(host.LORA_FOLDER, host.PISA_EXTENSIONS)
-             if _is_pisa_weights(host.find(host.LORA_FOLDER, name))]
+    loras = [name for name in host.HOST.files_in(host.LORA_FOLDER, host.PISA_EXTENSIONS) if _is_pisa_weights(name)]
     return own + [LORAS_PREFIX + name for name in loras]
 
 

@@ -76,6 +76,15 @@ def test_damaged_files_in_the_loras_folder_are_not_offered(models_folder):
     assert loras == [model.LORAS_PREFIX + "good.pkl"]
 
 
+def test_a_lora_removed_after_the_listing_is_not_offered(models_folder, monkeypatch):
+    """ComfyUI's own listing can name a file that is gone (a dangling link, removed since)."""
+    listing = model.host.HOST.files_in
+    monkeypatch.setattr(model.host.HOST, "files_in", lambda kind, extensions: [
+        *listing(kind, extensions), *(["removed.pkl"] if kind == model.host.LORA_FOLDER else [])])
+    loras = [name for name in model.pisa_weight_choices() if name.startswith(model.LORAS_PREFIX)]
+    assert loras == [model.LORAS_PREFIX + "good.pkl"]
+
+
 @pytest.mark.parametrize("name", DAMAGED)
 def test_loading_damaged_weights_is_one_line_naming_the_file(models_folder, name):
     with pytest.raises(PiSAError) as error:
