@@ -30,7 +30,7 @@ from .lora import (
     module_group,
     module_kind,
 )
-from .tensor_files import SafetensorsFile, is_safetensors, load_pickle
+from .tensor_files import SafetensorsFile, is_name, is_safetensors, load_pickle
 from .torch_pickles import is_torch_zip, zip_pickle
 
 WHAT = "PiSA-SR weights"
@@ -113,9 +113,9 @@ def make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin:
         raise PiSAError(f"'{source}' holds no {family} LoRA tensors; expected both a pix and a sem family.")
     factors = {}
     for module, (a, b) in pairs.items():
-        if not isinstance(module, str) or not module:
-            raise PiSAError(f"'{source}': a {family} module name should be a non-empty str, found "
-                            f"{_kind_of(module)}.")
+        if not is_name(module) or not module:
+            shown = f"{module!r:.80}" if isinstance(module, str) else _kind_of(module)
+            raise PiSAError(f"'{source}': a {family} module name should be a non-empty printable str, found {shown}.")
         where = f"{family} module '{module}'"
         A = _factor(a, source, f"lora_A of {where}")
         B = _factor(b, source, f"lora_B of {where}")
@@ -161,8 +161,9 @@ def _weights_from_official_dict(data, source: str) -> PiSAWeights:
         )
     for key in OFFICIAL_LIST_KEYS.values():
         value = data[key]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise PiSAError(f"'{source}': key '{key}' should be a list of module names (str), found {_kind_of(value)}.")
+        if not isinstance(value, list) or not all(is_name(v) for v in value):
+            raise PiSAError(f"'{source}': key '{key}' should be a list of module names (printable str), found "
+                            f"{_kind_of(value)}.")
     for key in OFFICIAL_RANK_KEYS.values():
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -88,6 +88,8 @@ class SafetensorsFile:
             self._fail("its header is not a JSON object")
         entries = {}
         for key, info in header.items():
+            if not key.isprintable():
+                self._fail(f"the tensor name {key!r:.80} holds control characters")
             try:
                 dtype = SAFETENSORS_DTYPES[info["dtype"]]
                 shape, (start, end) = list(info["shape"]), info["data_offsets"]
@@ -204,14 +206,19 @@ def read_tensors(path, what: str, *, lazy: bool = False) -> dict:
     return named_tensors(data, path, what)
 
 
+def is_name(value) -> bool:
+    """A tensor or module name from a file, fit to be quoted in a one-line message."""
+    return isinstance(value, str) and value.isprintable()
+
+
 def named_tensors(data, path, what: str) -> dict[str, torch.Tensor]:
     """The tensors of an unpickled dict by name; its other entries (e.g. `global_step`) are
     dropped. PiSAError when a tensor's key is not a name, or when there is no tensor at all."""
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
-    unnamed = next((k for k in tensors if not isinstance(k, str)), None)
+    unnamed = next((k for k in tensors if not is_name(k)), None)
     if unnamed is not None:
-        raise PiSAError(f"'{path}' holds a tensor under a key that is a {type(unnamed).__name__}, not a name; "
-                        f"expected {what}.")
+        shown = f"{unnamed!r:.80}" if isinstance(unnamed, str) else f"a {type(unnamed).__name__}"
+        raise PiSAError(f"'{path}' holds a tensor under a key that is {shown}, not a name; expected {what}.")
     if not tensors:
         raise PiSAError(f"'{path}' holds no tensors; expected {what}.")
     return tensors

@@ -60,3 +60,31 @@ def test_an_official_tensor_name_that_is_no_string_is_one_line(tmp_path, name):
     with pytest.raises(PiSAError) as error:
         load_pisa_weights(path)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+def test_a_tensor_name_with_a_line_break_is_one_line(tmp_path):
+    """Fuzz finding (fuzz_pisa_weights, its one-line check): a safetensors tensor name holding a newline
+    was quoted as it is, so the error spanned two lines."""
+    from safetensors.torch import save_file
+
+    from pisa_core.checkpoint import load_pisa_weights
+
+    path = tmp_path / "names.safetensors"
+    save_file({"pix.conv_in.lora_A": torch.zeros(1, 4), "conv_in.lora_A.default_\ncoder_sem.weight": torch.zeros(1)},
+              str(path))
+    with pytest.raises(PiSAError, match="holds control characters") as error:
+        load_pisa_weights(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_module_list_with_a_line_break_is_one_line(tmp_path):
+    from pisa_core.checkpoint import load_pisa_weights
+    from pisa_core.lora import FAMILIES, GROUPS
+
+    data = {f"unet_lora_{group}_modules_{family}": ["conv_in\nx"] for family in FAMILIES for group in GROUPS}
+    data.update(lora_rank_unet_pix=4, lora_rank_unet_sem=4, state_dict_unet={})
+    path = tmp_path / "pisa_sr.pkl"
+    torch.save(data, path)
+    with pytest.raises(PiSAError, match="printable") as error:
+        load_pisa_weights(path)
+    assert "\n" not in str(error.value)
