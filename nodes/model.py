@@ -7,18 +7,16 @@ files in models/loras hold PiSA-SR weights, and each model's ε cache."""
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import weakref
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from ..pisa_core import memory, options
+from ..pisa_core.checkpoint import looks_like_pisa_weights
 from ..pisa_core.errors import PiSAError
-from ..pisa_core.tensor_files import SafetensorsFile, is_safetensors
 from . import host
 
 LOG = logging.getLogger("PiSA-SR")
@@ -29,10 +27,6 @@ _loaded: weakref.WeakValueDictionary[tuple, PiSAModel] = weakref.WeakValueDictio
 _load_lock = threading.Lock()
 # (path, size, mtime) → whether a file in models/loras holds PiSA-SR weights (a cache).
 _recognised: dict[tuple, bool] = {}
-
-# What PiSA-SR weights files hold, by key (docs/release.md, "Weights file"; our .safetensors).
-_PISA_TENSOR = re.compile(r"^((pix|sem)\..+\.lora_[AB]|.+\.lora_[AB]\.default_(encoder|decoder|others)_(pix|sem)\.weight)$")
-_OFFICIAL_PKL_KEYS = (b"state_dict_unet", b"lora_rank_unet_pix", b"lora_rank_unet_sem", b"unet_lora_encoder_modules_sem")
 
 
 class EpsCache:
@@ -111,34 +105,25 @@ class PiSAModel:
 # ---------------------------------------------------------------- weights files
 
 
-def _is_pisa_weights(path: Path) -> bool:
-    """Recognise PiSA-SR weights by their keys without loading them: a safetensors header, or the
-    key strings inside an official pisa_sr.pkl's pickle (nothing is unpickled)."""
-    stat = path.stat()
+def _is_pisa_weights(name: str) -> bool:
+    """Recognise PiSA-SR weights in models/loras by their keys without loading them: a safetensors
+    header, or the key strings inside an official pisa_sr.pkl's pickle (nothing is unpickled). A
+    name the host listed that no longer leads to a file (a dangling link, a file removed since) is not."""
+    try:
+        path = host.find(host.LORA_FOLDER, name)
+        stat = path.stat()
+    except (PiSAError, OSError):
+        return False
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _recognised:
-        _recognised[key] = _holds_pisa_keys(path)
+        _recognised[key] = looks_like_pisa_weights(path)
     return _recognised[key]
-
-
-def _holds_pisa_keys(path: Path) -> bool:
-    try:
-        if is_safetensors(path, "PiSA-SR weights"):
-            keys = SafetensorsFile(path, "PiSA-SR weights").keys
-            return bool(keys) and all(_PISA_TENSOR.match(k) for k in keys)
-        with zipfile.ZipFile(path) as archive:
-            pickle_name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            data = archive.read(pickle_name) if pickle_name else b""
-        return all(k in data for k in _OFFICIAL_PKL_KEYS)
-    except (OSError, PiSAError, zipfile.BadZipFile, KeyError):
-        return False
 
 
 def pisa_weight_choices() -> list[str]:
     """PiSA-SR weights in models/pisa_sr, then those in models/loras (as '[loras] name')."""
     own = host.HOST.files_in(host.PISA_FOLDER, host.PISA_EXTENSIONS)
-    loras = [name for name in host.HOST.files_in(host.LORA_FOLDER, host.PISA_EXTENSIONS)
-             if _is_pisa_weights(host.find(host.LORA_FOLDER, name))]
+    loras = [name for name in host.HOST.files_in(host.LORA_FOLDER, host.PISA_EXTENSIONS) if _is_pisa_weights(name)]
     return own + [LORAS_PREFIX + name for name in loras]
 
 

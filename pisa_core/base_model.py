@@ -32,7 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from . import ldm_convert as ldm
 from . import prompt_cache
 from .errors import PiSAError
-from .tensor_files import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, read_tensors
+from .tensor_files import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, named_tensors, read_tensors
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 EXPECTED = "PiSA-SR needs Stable Diffusion 2.1-base (epsilon prediction)"
@@ -155,11 +155,11 @@ def check_single_file(state_dict: dict, source) -> None:
     proj_in = next((k for k in unet if k.endswith(".proj_in.weight")), None)
     _check_structure(
         source,
-        in_channels=_shape(unet, "input_blocks.0.0.weight", 1),
+        in_channels=_shape(unet, "input_blocks.0.0.weight", 1, source),
         linear_projection=proj_in is not None and unet[proj_in].ndim == 2,
-        cross_attention_dim=_shape(unet, attn, 1),
-        text_width=_shape(text, "token_embedding.weight", 1),
-        latent_channels=_shape(vae, "post_quant_conv.weight", 0),
+        cross_attention_dim=_shape(unet, attn, 1, source),
+        text_width=_shape(text, "token_embedding.weight", 1, source),
+        latent_channels=_shape(vae, "post_quant_conv.weight", 0, source),
         prediction=prediction,
         prediction_evidence=evidence,
     )
@@ -172,8 +172,12 @@ def _reject(source, finding: str):
     raise PiSAError(f"'{source}' is not a usable base model: {finding}; {EXPECTED}.")
 
 
-def _shape(state: dict, key: str | None, dim: int) -> int | None:
-    return int(state[key].shape[dim]) if key is not None and key in state else None
+def _shape(state: dict, key: str | None, dim: int, source) -> int | None:
+    if key is None or key not in state:
+        return None
+    if state[key].ndim <= dim:
+        _reject(source, f"its tensor '{key}' has shape {tuple(state[key].shape)}")
+    return int(state[key].shape[dim])
 
 
 def _check_structure(source, *, in_channels, linear_projection, cross_attention_dim, text_width,
@@ -253,9 +257,11 @@ def weight_files(sub: Path) -> list[Path]:
         if not name.endswith(".index.json"):
             return [path]
         try:
-            shards = json.loads(path.read_text())["weight_map"].values()
-        except (OSError, ValueError, KeyError, AttributeError) as err:
-            raise PiSAError(f"'{path}' is not a readable weight index ({err}).") from None
+            shards = list(json.loads(path.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise PiSAError(f"'{path}' is not a readable weight index ({type(err).__name__}: {err}).") from None
+        if not all(isinstance(shard, str) and shard and Path(shard).name == shard for shard in shards):
+            raise PiSAError(f"'{path}' is not a readable weight index (its weight_map should name files beside it).")
         return [sub / shard for shard in dict.fromkeys(shards)]
     raise PiSAError(f"'{sub}' has no weight file (expected e.g. {WEIGHT_FILES[0]}); it cannot be loaded as a "
                     f"{'UNet2DConditionModel' if sub.name == 'unet' else sub.name}.")
@@ -267,10 +273,7 @@ def _file_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if is_safetensors(path, WHAT):
         yield from SafetensorsFile(path, WHAT).items()
         return
-    data = load_pickle(path, WHAT)
-    if not isinstance(data, dict):
-        raise PiSAError(f"'{path}' holds a {type(data).__name__}, not a dict of tensors.")
-    yield from ((k, v) for k, v in data.items() if isinstance(v, torch.Tensor))
+    yield from named_tensors(load_pickle(path, WHAT), path, WHAT).items()
 
 
 def _folder_tensors(sub: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -319,27 +322,49 @@ def _from_pretrained(cls, folder: Path, name: str, **kwargs):
 # -------------------------------------------------------------------------------- single file
 
 
-def _load_single_file(path: Path, device, dtype, keep_text_encoder, unet_transform) -> BaseModel:
+@dataclass
+class SingleFile:
+    """A single-file checkpoint's components with their inferred configs and diffusers names;
+    the tensors are LazyTensors of a safetensors file (nothing read yet) or memory-mapped."""
+
+    unet_config: dict
+    unet: dict
+    vae_config: dict
+    vae: dict
+    text_config: CLIPTextConfig
+    text: dict
+
+
+def read_single_file(path) -> SingleFile:
+    """Everything the single-file loader learns from a checkpoint's keys and shapes before it
+    builds a model: the structure checked (check_single_file), each component's config inferred
+    and its keys renamed."""
+    path = Path(path)
     state_dict = read_tensors(path, WHAT, lazy=True)
     check_single_file(state_dict, path)
     unet_sd, vae_sd, text_sd = ldm.split_components(state_dict)
-    state_dict.clear()
     unet_cfg = ldm.infer_unet_config(unet_sd, path)
-    unet = _build(lambda: UNet2DConditionModel.from_config(unet_cfg),
-                  ldm.convert_unet(unet_sd, unet_cfg, path).items(), device, dtype, "UNet", path, unet_transform)
     vae_cfg = ldm.infer_vae_config(vae_sd, path)
-    vae = _build(lambda: AutoencoderKL.from_config(vae_cfg), ldm.convert_vae(vae_sd, vae_cfg, path).items(),
-                 device, dtype, "VAE", path)
+    text_cfg = CLIPTextConfig(**ldm.infer_text_config(text_sd, path))
+    return SingleFile(unet_cfg, ldm.convert_unet(unet_sd, unet_cfg, path), vae_cfg,
+                      ldm.convert_vae(vae_sd, vae_cfg, path), text_cfg,
+                      ldm.convert_text(text_sd, text_cfg.to_dict(), path))
+
+
+def _load_single_file(path: Path, device, dtype, keep_text_encoder, unet_transform) -> BaseModel:
+    parts = read_single_file(path)
+    unet = _build(lambda: UNet2DConditionModel.from_config(parts.unet_config), parts.unet.items(), device, dtype,
+                  "UNet", path, unet_transform)
+    vae = _build(lambda: AutoencoderKL.from_config(parts.vae_config), parts.vae.items(), device, dtype, "VAE", path)
 
     def text_parts():
-        text_cfg = CLIPTextConfig(**ldm.infer_text_config(text_sd, path))
-        converted = ldm.convert_text(text_sd, text_cfg.to_dict(), path)
-        encoder = _build(lambda: CLIPTextModel(text_cfg), converted.items(), "cpu", torch.float32,
+        encoder = _build(lambda: CLIPTextModel(parts.text_config), parts.text.items(), "cpu", torch.float32,
                          "text encoder", path, rename=ldm.text_prefix_for)
         return encoder, None
 
     return _assemble(unet, vae, path, "single-file", [path], text_parts, device, dtype, keep_text_encoder,
-                     scaling_factor=float(vae_cfg["scaling_factor"]), scheduler_config=ldm.load_template("scheduler"))
+                     scaling_factor=float(parts.vae_config["scaling_factor"]),
+                     scheduler_config=ldm.load_template("scheduler"))
 
 
 # ------------------------------------------------------------------------------- assembling

@@ -30,7 +30,8 @@ from .lora import (
     module_group,
     module_kind,
 )
-from .tensor_files import SafetensorsFile, is_safetensors, load_pickle
+from .tensor_files import SafetensorsFile, is_name, is_safetensors, load_pickle
+from .torch_pickles import is_torch_zip, zip_pickle
 
 WHAT = "PiSA-SR weights"
 
@@ -102,7 +103,7 @@ def _check_pair(A: torch.Tensor, B: torch.Tensor, rank: int, rank_origin: str, s
         raise PiSAError(f"'{source}': lora_B of {where} has rank {B.shape[1]}, but {rank_origin} is {rank}.")
 
 
-def _make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin: str) -> LoRAFamily:
+def make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin: str) -> LoRAFamily:
     """Validate one family's (A, B) pairs against its rank and return it as float32 CPU tensors."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise PiSAError(f"'{source}': the {family} rank should be a positive int, found {rank!r}.")
@@ -112,6 +113,9 @@ def _make_family(family: str, rank, alpha, pairs: dict, source: str, rank_origin
         raise PiSAError(f"'{source}' holds no {family} LoRA tensors; expected both a pix and a sem family.")
     factors = {}
     for module, (a, b) in pairs.items():
+        if not is_name(module) or not module:
+            shown = f"{module!r:.80}" if isinstance(module, str) else _kind_of(module)
+            raise PiSAError(f"'{source}': a {family} module name should be a non-empty printable str, found {shown}.")
         where = f"{family} module '{module}'"
         A = _factor(a, source, f"lora_A of {where}")
         B = _factor(b, source, f"lora_B of {where}")
@@ -157,12 +161,14 @@ def _weights_from_official_dict(data, source: str) -> PiSAWeights:
         )
     for key in OFFICIAL_LIST_KEYS.values():
         value = data[key]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise PiSAError(f"'{source}': key '{key}' should be a list of module names (str), found {_kind_of(value)}.")
+        if not isinstance(value, list) or not all(is_name(v) for v in value):
+            raise PiSAError(f"'{source}': key '{key}' should be a list of module names (printable str), found "
+                            f"{_kind_of(value)}.")
     for key in OFFICIAL_RANK_KEYS.values():
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PiSAError(f"'{source}': key '{key}' should be a positive int rank, found {value!r}.")
+            shown = repr(value) if isinstance(value, int) else _kind_of(value)
+            raise PiSAError(f"'{source}': key '{key}' should be a positive int rank, found {shown}.")
     state = data[OFFICIAL_STATE_KEY]
     if not isinstance(state, dict):
         raise PiSAError(f"'{source}': key '{OFFICIAL_STATE_KEY}' should be a dict of tensors, found {_kind_of(state)}.")
@@ -172,7 +178,7 @@ def _weights_from_official_dict(data, source: str) -> PiSAWeights:
         lists = {group: data[OFFICIAL_LIST_KEYS[(family, group)]] for group in GROUPS}
         ordered = _match_lists(family, lists, parts, source)
         rank = data[OFFICIAL_RANK_KEYS[family]]
-        families[family] = _make_family(
+        families[family] = make_family(
             family, rank, PEFT_DEFAULT_ALPHA, ordered, source, f"'{OFFICIAL_RANK_KEYS[family]}'"
         )
     return PiSAWeights(pix=families["pix"], sem=families["sem"], format="official-pkl", source=source)
@@ -191,8 +197,9 @@ def _parse_official_tensors(state: dict, source: str) -> dict:
     for name, tensor in state.items():
         match = _OFFICIAL_TENSOR.match(name) if isinstance(name, str) else None
         if match is None:
+            shown = repr(name) if isinstance(name, str) else _kind_of(name)
             raise PiSAError(
-                f"'{source}': tensor name {name!r} is not of the form "
+                f"'{source}': tensor name {shown} is not of the form "
                 "'<module>.lora_A|lora_B.default_<encoder|decoder|others>_<pix|sem>.weight'."
             )
         if not isinstance(tensor, torch.Tensor):
@@ -274,7 +281,7 @@ def _weights_from_official_tensors(tensors: dict, metadata: dict, source: str) -
                     raise PiSAError(f"'{source}': {family} module '{module}' appears in two adapters.")
                 pairs[module] = pair
         rank = _inferred_rank(pairs, family, source)
-        families[family] = _make_family(family, rank, PEFT_DEFAULT_ALPHA, pairs, source, "its other modules' rank")
+        families[family] = make_family(family, rank, PEFT_DEFAULT_ALPHA, pairs, source, "its other modules' rank")
     return PiSAWeights(pix=families["pix"], sem=families["sem"], format="official-safetensors", source=source)
 
 
@@ -302,7 +309,7 @@ def _weights_from_our_tensors(tensors: dict, metadata: dict, source: str) -> PiS
         pairs = _order_by_metadata_targets(pairs, metadata, family, source)
         alpha = _meta_float(metadata, f"{family}.alpha", source)
         alpha = PEFT_DEFAULT_ALPHA if alpha is None else alpha
-        families[family] = _make_family(family, rank, alpha, pairs, source, "its other modules' rank")
+        families[family] = make_family(family, rank, alpha, pairs, source, "its other modules' rank")
     return PiSAWeights(pix=families["pix"], sem=families["sem"], format="pisa-safetensors", source=source)
 
 
@@ -366,6 +373,21 @@ def load_pisa_weights(path) -> PiSAWeights:
     return _weights_from_official_dict(load_pickle(path, WHAT), str(path))
 
 
+def looks_like_pisa_weights(path) -> bool:
+    """Whether a file holds PiSA-SR weights, judged from its keys without loading it: a safetensors
+    header whose tensor names all follow one of SAFETENSORS_FORMATS, or a torch.save zip whose
+    pickle names the nine keys of pisa_sr.pkl (nothing is unpickled). An unreadable file is not."""
+    path = Path(path)
+    try:
+        if is_safetensors(path, WHAT):
+            keys = SafetensorsFile(path, WHAT).keys
+            return bool(keys) and any(all(pattern.match(k) for k in keys) for _, pattern, _ in SAFETENSORS_FORMATS)
+        data = zip_pickle(path, WHAT) if is_torch_zip(path) else b""
+    except (OSError, PiSAError):
+        return False
+    return all(key.encode() in data for key in OFFICIAL_KEYS)
+
+
 def save_pisa_weights(weights: PiSAWeights, path) -> None:
     """Write our .safetensors: tensors '<family>.<module>.lora_A|lora_B' plus string metadata
     (format marker and version, rank, alpha and target module list per family)."""
@@ -377,7 +399,7 @@ def save_pisa_weights(weights: PiSAWeights, path) -> None:
     metadata = {META_FORMAT: FORMAT_MARKER, META_VERSION: str(FORMAT_VERSION)}
     for name in FAMILIES:
         family = weights.family(name)
-        checked = _make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
+        checked = make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
         for module, (A, B) in checked.factors.items():
             tensors[f"{name}.{module}.lora_A"] = A.clone()
             tensors[f"{name}.{module}.lora_B"] = B.clone()
@@ -398,7 +420,7 @@ def official_pisa_dict(weights: PiSAWeights, target: str = "the official pisa_sr
     families = {}
     for name in FAMILIES:
         family = weights.family(name)
-        families[name] = _make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
+        families[name] = make_family(name, family.rank, family.alpha, family.factors, target, "the family's rank")
     data: dict = {}
     for name, family in families.items():
         for group in GROUPS:

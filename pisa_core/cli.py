@@ -25,6 +25,7 @@ from .cli_support import (
     Tally,
     check_targets,
     file_identity,
+    input_failure,
     interruption,
     one_line,
     quiet_libraries,
@@ -89,6 +90,9 @@ def _add_upscale_parser(sub) -> None:
     options.add_cli_argument(p, "sample")
     options.add_cli_argument(p, "seed")
     options.add_cli_argument(p, "output_profile")
+    p.add_argument("--debug", action="store_true",
+                   help="log the full traceback of an internal error (an input that failed because of a bug in "
+                        "pisa-sr, not of the file), for a bug report")
     p.set_defaults(func=_run_upscale)
 
 
@@ -285,10 +289,10 @@ def _plan_jobs(pairs: list[tuple[Path, Path]], masks: dict[Path, Path | None], a
             jobs.append(_plan_job(source, target, masks[source], args, mask_sizes))
         except _PlanError:
             raise
-        except PiSAError as error:
-            if single:
+        except Exception as error:  # noqa: BLE001 - one input's failure is that input's alone
+            if single and isinstance(error, PiSAError):
                 raise
-            tally.fail(source, error)
+            tally.fail(source, input_failure(source, error, args.debug))
     return jobs
 
 
@@ -396,19 +400,22 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
         tic = time.perf_counter()
         try:
             result, info = _upscale_one(pipe, job, call, args, label)
-        except PiSAError as error:
-            tally.fail(job.source, error)
-            continue
-        except (RuntimeError, MemoryError) as error:
-            if not memory.is_oom(error):
-                raise
-            memory.release_cached_memory()
-            tally.fail(job.source, PiSAError(f"{job.source}: out of memory; lower --latent-tile or --vae-tile."))
+        except Exception as error:  # noqa: BLE001 - one input's failure is that input's alone
+            if isinstance(error, (RuntimeError, MemoryError)) and memory.is_oom(error):
+                memory.release_cached_memory()
+                error = PiSAError(f"{job.source}: out of memory; lower --latent-tile or --vae-tile.")
+            tally.fail(job.source, input_failure(job.source, error, args.debug))
             continue
         text = {SETTINGS_KEYWORD: json.dumps(image_settings(shared, job, args), ensure_ascii=False)}
         profile = info.icc_profile if args.output_profile == "input" else SRGB
-        write_image(job.target, result, bit_depth=job.bit_depth, overwrite=args.overwrite, text=text,
-                    icc_profile=profile)
+        try:
+            write_image(job.target, result, bit_depth=job.bit_depth, overwrite=args.overwrite, text=text,
+                        icc_profile=profile)
+        except OSError:
+            raise  # the folder or the disk: the next image would fail the same way
+        except Exception as error:  # noqa: BLE001 - this image's data (its profile, ...): its failure alone
+            tally.fail(job.source, input_failure(job.source, error, args.debug))
+            continue
         seconds = time.perf_counter() - tic
         tally.written.append(job.target)
         tally.seconds += seconds
@@ -456,19 +463,42 @@ def summary_line(tally: Tally) -> str:
     return "pisa-sr: " + ", ".join(parts) + tally.outcome()
 
 
+def _list_inputs(args, tally: Tally) -> list[Path]:
+    """The input files of every INPUT argument, each argument listed on its own: with several, one
+    that cannot be listed (it does not exist, its folder cannot be read) is a failed input and the
+    others go on. Folder entries that are not images go to tally.not_images."""
+    from .image_io import list_inputs_and_skipped
+
+    files: dict[tuple, Path] = {}
+    for pattern in args.inputs:
+        try:
+            found, left = list_inputs_and_skipped([pattern])
+        except Exception as error:  # noqa: BLE001 - one input's failure is that input's alone
+            if len(args.inputs) == 1 and isinstance(error, PiSAError):
+                raise
+            tally.fail(Path(pattern), input_failure(pattern, error, args.debug))
+            continue
+        for path in found:
+            files.setdefault(file_identity(path), path)
+        tally.not_images += [item for item in left if item not in tally.not_images]
+    return list(files.values())
+
+
 def _plan_upscale(args, state, tally: Tally) -> list[Job]:
     """Everything checked before the model loads: options, output names (never an input, no
     collisions), existing outputs, every input's header and planned sizes, the output folders."""
-    from .image_io import IMAGE_EXTENSIONS, check_output_folder, list_inputs_and_skipped
+    from .image_io import IMAGE_EXTENSIONS, check_output_folder
 
     _check_upscale_options(args)
-    files, tally.not_images = list_inputs_and_skipped(args.inputs)
+    files = _list_inputs(args, tally)
+    if not files:
+        return []  # every INPUT failed, each named in the tally
     for source, reason in tally.not_images:
         log.info("pisa-sr: skipping %s: %s (inputs are %s)", source, reason, ", ".join(IMAGE_EXTENSIONS))
     pairs = _upscale_targets(files, Path(args.output))
     check_targets(pairs)
     masks = match_masks(pairs, args.mask)
-    single = len(files) == 1
+    single = len(files) == 1 and not tally.failed
     todo, skipped = split_existing(_my_share(pairs, state), args.overwrite, single=single)
     for _, target in skipped:
         tally.skip(target)

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,23 @@ def quiet_libraries() -> None:
 def one_line(error: BaseException | str) -> str:
     """An error message on one line (whitespace runs, newlines included, become one space)."""
     return " ".join(str(error).split())
+
+
+DEBUG_HINT = "rerun with --debug for its traceback, and please report it"
+
+
+def input_failure(source, error: Exception, debug: bool = False) -> PiSAError:
+    """What went wrong with one input, as that input's failure line: a PiSAError's message, an OS
+    error's (naming the file), and anything else as an internal error (a bug) that says where its
+    traceback is: logged here with `debug`, else the hint to rerun with --debug."""
+    if isinstance(error, PiSAError):
+        return error
+    if isinstance(error, OSError):
+        return PiSAError(f"{source}: {one_line(error)}")
+    if debug:
+        log.error("pisa-sr: internal error on %s:\n%s", source, "".join(traceback.format_exception(error)).rstrip())
+    hint = "its traceback is above" if debug else DEBUG_HINT
+    return PiSAError(f"{source}: internal error ({type(error).__name__}: {one_line(error)}); {hint}.")
 
 
 class Interrupted(KeyboardInterrupt):

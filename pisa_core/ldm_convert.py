@@ -69,6 +69,19 @@ def split_components(state_dict: dict) -> tuple[dict, dict, dict]:
     return parts
 
 
+def dims(state: dict, key: str, ndim: int, component: str, source) -> tuple[int, ...]:
+    """The shape of a tensor the conversion reads, which must exist with `ndim` dimensions: a
+    PiSAError naming the key otherwise (a damaged or foreign file)."""
+    tensor = state.get(key)
+    if tensor is None:
+        raise PiSAError(f"{source}: the {component} has no '{key}' tensor; the file is incomplete or not a "
+                        "Stable Diffusion 2.x checkpoint.")
+    if tensor.ndim != ndim:
+        raise PiSAError(f"{source}: the {component} tensor '{key}' has shape {tuple(tensor.shape)}; a Stable "
+                        f"Diffusion 2.x checkpoint has {ndim} dimensions there.")
+    return tuple(int(n) for n in tensor.shape)
+
+
 def _indices(keys, pattern: str) -> list[int]:
     """Sorted distinct integers captured by ``pattern`` (a regex with one group) in ``keys``."""
     regex = re.compile(pattern)
@@ -148,7 +161,7 @@ def infer_unet_config(unet: dict, source: str = "checkpoint") -> dict:
     """
     levels, _ = unet_levels(unet, source)
     lpb = len(levels[0])
-    channels = [int(unet[f"input_blocks.{level[0]}.0.out_layers.3.weight"].shape[0]) for level in levels]
+    channels = [dims(unet, f"input_blocks.{level[0]}.0.out_layers.3.weight", 4, "UNet", source)[0] for level in levels]
     down_attn = [_has_attention(unet, f"input_blocks.{level[0]}") for level in levels]
     n_levels = len(levels)
     up_attn = [_has_attention(unet, f"output_blocks.{j * (lpb + 1)}") for j in range(n_levels)]
@@ -156,20 +169,20 @@ def infer_unet_config(unet: dict, source: str = "checkpoint") -> dict:
     if not attn_blocks or not _has_attention(unet, "middle_block"):
         raise PiSAError(f"{source}: the UNet has no cross-attention blocks where Stable Diffusion 2.x has them.")
     proj_in = unet[f"{attn_blocks[0]}.1.proj_in.weight"]
-    to_k = unet[f"{attn_blocks[0]}.1.transformer_blocks.0.attn2.to_k.weight"]
+    to_k = dims(unet, f"{attn_blocks[0]}.1.transformer_blocks.0.attn2.to_k.weight", 2, "UNet", source)
     depths = {_transformer_depth(unet, b) for b in attn_blocks}
     if len(depths) != 1:
         raise PiSAError(f"{source}: the UNet has a varying number of transformer layers per block {sorted(depths)}.")
 
     config = load_template("unet")
     config.update(
-        in_channels=int(unet["input_blocks.0.0.weight"].shape[1]),
-        out_channels=int(unet["out.2.weight"].shape[0]),
+        in_channels=dims(unet, "input_blocks.0.0.weight", 4, "UNet", source)[1],
+        out_channels=dims(unet, "out.2.weight", 4, "UNet", source)[0],
         block_out_channels=channels,
         layers_per_block=lpb,
         down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attn],
         up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn],
-        cross_attention_dim=int(to_k.shape[1]),
+        cross_attention_dim=to_k[1],
         use_linear_projection=proj_in.ndim == 2,
         transformer_layers_per_block=depths.pop(),
         attention_head_dim=[heads_for_width(c) for c in channels],
@@ -240,11 +253,11 @@ def infer_vae_config(vae: dict, source: str = "checkpoint") -> dict:
         raise PiSAError(f"{source}: the VAE (first_stage_model) is incomplete or has an unknown layout.")
     config = load_template("vae")
     config.update(
-        block_out_channels=[int(vae[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) for i in levels],
+        block_out_channels=[dims(vae, f"encoder.down.{i}.block.0.conv1.weight", 4, "VAE", source)[0] for i in levels],
         layers_per_block=len(_indices(vae, r"encoder\.down\.0\.block\.(\d+)\.")),
-        latent_channels=int(vae["post_quant_conv.weight"].shape[0]),
-        in_channels=int(vae["encoder.conv_in.weight"].shape[1]),
-        out_channels=int(vae["decoder.conv_out.weight"].shape[0]),
+        latent_channels=dims(vae, "post_quant_conv.weight", 4, "VAE", source)[0],
+        in_channels=dims(vae, "encoder.conv_in.weight", 4, "VAE", source)[1],
+        out_channels=dims(vae, "decoder.conv_out.weight", 4, "VAE", source)[0],
         down_block_types=["DownEncoderBlock2D"] * len(levels),
         up_block_types=["UpDecoderBlock2D"] * len(levels),
         mid_block_add_attention="encoder.mid.attn_1.q.weight" in vae,
@@ -285,6 +298,9 @@ def convert_vae(vae: dict, config: dict, source: str = "checkpoint") -> dict:
     out = _rename(vae, vae_key_map(config), "VAE", source)
     for key, tensor in out.items():
         if ".mid_block.attentions.0.to_" in key and key.endswith(".weight") and tensor.ndim > 2:
+            if any(n != 1 for n in tensor.shape[2:]):
+                raise PiSAError(f"{source}: the VAE attention weight '{key}' has shape {tuple(tensor.shape)}; "
+                                "expected a 1x1 convolution.")
             out[key] = tensor.reshape(tensor.shape[0], tensor.shape[1])
     return {k.replace(".nin_shortcut.", ".conv_shortcut."): v for k, v in out.items()}
 
@@ -317,13 +333,13 @@ def infer_text_config(text: dict, source: str = "checkpoint") -> dict:
     stored = stored_text_layers(text)
     if stored < 2 or "token_embedding.weight" not in text:
         raise PiSAError(f"{source}: the OpenCLIP text encoder has {stored} layer(s); SD2 needs at least 2.")
-    vocab, width = (int(n) for n in text["token_embedding.weight"].shape)
+    vocab, width = dims(text, "token_embedding.weight", 2, "text encoder", source)
     config = load_template("text_encoder")
     config.update(
         vocab_size=vocab,
         hidden_size=width,
-        max_position_embeddings=int(text["positional_embedding"].shape[0]),
-        intermediate_size=int(text["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+        max_position_embeddings=dims(text, "positional_embedding", 2, "text encoder", source)[0],
+        intermediate_size=dims(text, "transformer.resblocks.0.mlp.c_fc.weight", 2, "text encoder", source)[0],
         num_hidden_layers=stored - 1,
         num_attention_heads=heads_for_width(width),
         bos_token_id=vocab - 2,
@@ -331,7 +347,7 @@ def infer_text_config(text: dict, source: str = "checkpoint") -> dict:
         pad_token_id=0,
     )
     if "text_projection" in text:
-        config["projection_dim"] = int(text["text_projection"].shape[1])
+        config["projection_dim"] = dims(text, "text_projection", 2, "text encoder", source)[1]
     return config
 
 
@@ -366,6 +382,9 @@ def _text_layer_entries(layer: str, rest: str, tensor: torch.Tensor, source: str
     """Diffusers entries for one OpenCLIP resblock tensor ``rest`` (e.g. ``attn.in_proj_weight``)."""
     if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
         kind = rest.rsplit("_", 1)[1]  # weight | bias
+        if tensor.ndim == 0 or tensor.shape[0] % 3:
+            raise PiSAError(f"{source}: the text-encoder tensor '{layer}.{rest}' has shape {tuple(tensor.shape)}; "
+                            "expected q, k and v stacked along its first dimension.")
         q, k, v = tensor.chunk(3, dim=0)
         return {f"{layer}.self_attn.{name}_proj.{kind}": t.contiguous() for name, t in zip("qkv", (q, k, v))}
     for old, new in TEXT_LAYER_RENAMES.items():

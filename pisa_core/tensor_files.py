@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 
 from .errors import PiSAError
 from .file_kinds import SAFETENSORS, TENSOR_KINDS, sniff_file
+from .torch_pickles import check_declared_sizes, corrupted, is_torch_zip
 
 # torch's weights-only unpickler on a global it will not import (the pickle would run code)
 _CODE_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
@@ -39,6 +40,12 @@ SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 MAX_HEADER_BYTES = 100 * 2**20
+
+
+def _is_size(value) -> bool:
+    """A JSON integer that fits a tensor dimension (the format's sizes are unsigned 64-bit; torch's
+    are signed)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 class SafetensorsFile:
@@ -81,17 +88,23 @@ class SafetensorsFile:
             self._fail("its header is not a JSON object")
         entries = {}
         for key, info in header.items():
+            if not key.isprintable():
+                self._fail(f"the tensor name {key!r:.80} holds control characters")
             try:
                 dtype = SAFETENSORS_DTYPES[info["dtype"]]
-                shape = [int(s) for s in info["shape"]]
-                start, end = (int(o) for o in info["data_offsets"])
+                shape, (start, end) = list(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 self._fail(f"tensor '{key}' has an unknown dtype or a malformed entry")
+            if not all(_is_size(n) for n in (*shape, start, end)):
+                self._fail(f"tensor '{key}' has a shape or offsets that are not sizes (integers from 0 to 2**63)")
             numel = math.prod(shape)
-            if min(shape, default=0) < 0 or not 0 <= start <= end <= data_length or \
+            if not 0 <= start <= end <= data_length or \
                     end - start != numel * dtype.itemsize:
                 self._fail(f"tensor '{key}' lies outside the file or does not match its shape")
             entries[key] = (dtype, shape, start)
+        stored = sum(math.prod(shape) * dtype.itemsize for dtype, shape, _ in entries.values())
+        if stored > data_length:
+            self._fail(f"its tensors overlap: they declare {stored:,} bytes in a data section of {data_length:,}")
         return entries
 
     def get(self, key: str) -> torch.Tensor:
@@ -117,12 +130,16 @@ class SafetensorsFile:
 
 
 def load_pickle(path, what: str) -> object:
-    """torch.load(weights_only=True) on the CPU (memory-mapped when the file is a zip). A file that
-    would need code to unpickle is refused, never retried unsafely."""
+    """torch.load(weights_only=True) on the CPU (memory-mapped when the file is a zip), after the
+    sizes its pickle declares were checked against the file (torch_pickles). A file that would need
+    code to unpickle is refused, never retried unsafely."""
     path = Path(path)
-    mmap = zipfile.is_zipfile(path)
+    check_declared_sizes(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if os.fspath(path).endswith(".safetensors"):  # torch.load would hand such a name to safetensors
+            with open(path, "rb") as handle:
+                return torch.load(handle, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_torch_zip(path))
     except Exception as exc:  # noqa: BLE001 - any failure to read untrusted bytes is the file's fault
         code = _CODE_GLOBAL.search(str(exc))
         if code:
@@ -130,8 +147,7 @@ def load_pickle(path, what: str) -> object:
                 f"'{path}' was refused for safety: it is a pickle that would run code ('{code[1]}'), while "
                 f"{what} hold only tensors (and lists, ints and strings); convert it to .safetensors with a "
                 "tool you trust and load that file instead.") from None
-        raise PiSAError(f"'{path}' could not be read as {what}: it is corrupted or not a torch.save file "
-                        f"({type(exc).__name__}).") from None
+        raise corrupted(path, what, exc) from None
 
 
 class LazyTensor:
@@ -187,7 +203,22 @@ def read_tensors(path, what: str, *, lazy: bool = False) -> dict:
     data = load_pickle(path, what)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
+    return named_tensors(data, path, what)
+
+
+def is_name(value) -> bool:
+    """A tensor or module name from a file, fit to be quoted in a one-line message."""
+    return isinstance(value, str) and value.isprintable()
+
+
+def named_tensors(data, path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of an unpickled dict by name; its other entries (e.g. `global_step`) are
+    dropped. PiSAError when a tensor's key is not a name, or when there is no tensor at all."""
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)} if isinstance(data, dict) else {}
+    unnamed = next((k for k in tensors if not is_name(k)), None)
+    if unnamed is not None:
+        shown = f"{unnamed!r:.80}" if isinstance(unnamed, str) else f"a {type(unnamed).__name__}"
+        raise PiSAError(f"'{path}' holds a tensor under a key that is {shown}, not a name; expected {what}.")
     if not tensors:
         raise PiSAError(f"'{path}' holds no tensors; expected {what}.")
     return tensors

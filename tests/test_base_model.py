@@ -360,3 +360,14 @@ def test_folder_without_weights_is_rejected(parts, tmp_path):
     with pytest.raises(PiSAError) as err:
         load_base_model(folder)
     assert "unet" in str(err.value) and "UNet2DConditionModel" in str(err.value)
+
+
+@pytest.mark.parametrize("index", ['["a.safetensors"]', '{"weight_map": ["a.safetensors"]}',
+                                   '{"weight_map": {"w": 3}}', '{"weight_map": {"w": "../../elsewhere.bin"}}'])
+def test_a_damaged_weight_index_is_one_line(tmp_path, index):
+    """A sharded component's index that is not a map of tensor names to shard files beside it."""
+    from pisa_core.base_model import weight_files
+
+    (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(index)
+    with pytest.raises(PiSAError, match="is not a readable weight index"):
+        weight_files(tmp_path)

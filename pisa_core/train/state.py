@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_output
-from ..checkpoint import WEIGHT_WRITERS, PiSAWeights
+from ..checkpoint import WEIGHT_WRITERS, PiSAWeights, make_family
 from ..errors import PiSAError
 from ..lora import FAMILIES, LoRAFamily
 from .lora import zero_family
@@ -66,17 +66,19 @@ def weights_from_train_state(data: dict, source: str) -> PiSAWeights:
     its "lora" entry, rank from their shapes, alpha from its config."""
     try:
         config = json.loads(data["config"])
-        families = {}
+        found = {}
         for family in FAMILIES:
             pairs = data["lora"][family]
             if not all(isinstance(pair, dict) for pair in pairs.values()):
                 raise TypeError(family)
             factors = {module: (pair["A"], pair["B"]) for module, pair in pairs.items()}
             rank = int(next(iter(factors.values()))[0].shape[0])
-            families[family] = LoRAFamily(rank=rank, alpha=float(config[f"alpha_{family}"]), factors=factors)
+            found[family] = (rank, float(config[f"alpha_{family}"]), factors)
     except (TypeError, KeyError, ValueError, AttributeError, IndexError, StopIteration):
         raise PiSAError(f"'{source}' looks like a training state but its LoRA factors or config cannot be read; "
                         "expected the train.pt of a checkpoints/state_stepNNNNNN folder.") from None
+    families = {family: make_family(family, rank, alpha, factors, source, "its other modules' rank")
+                for family, (rank, alpha, factors) in found.items()}
     weights = stage_weights(data["stage"], families["pix"], families["sem"])
     weights.format, weights.source = "training-state", source
     return weights
