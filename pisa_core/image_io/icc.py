@@ -24,7 +24,7 @@ from functools import lru_cache
 import torch
 from PIL import Image, ImageCms
 
-from .colorspace import (
+from ..colorspace import (
     D50_WHITE,
     D65_WHITE,
     SRGB_TO_XYZ,

@@ -33,8 +33,8 @@ import torch
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from .atomic import atomic_output, temporary_path
-from .errors import PiSAError
+from ..atomic import atomic_output, temporary_path
+from ..errors import PiSAError
 from .icc import (
     Profile,
     ProfileError,
