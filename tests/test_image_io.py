@@ -3,6 +3,7 @@ profiles, multi-frame and special files, input lists, header checks, 16-bit TIFF
 PNG text chunks, and writes that never leave a partial file."""
 
 import io
+import json
 import logging
 import os
 import struct
@@ -30,12 +31,11 @@ from icc_profiles import (
 from PIL import Image, ImageCms, features
 from readonly import run_python_with_read_only
 
+from pisa_core.atomic import atomic_output
 from pisa_core.errors import PiSAError
-from pisa_core.image_io.icc import srgb_profile
 from pisa_core.image_io import (
     SRGB,
     ImageInfo,
-    atomic_output,
     check_output_folder,
     list_inputs,
     list_inputs_and_skipped,
@@ -49,6 +49,7 @@ from pisa_core.image_io import (
     to_pil_8bit,
     write_image,
 )
+from pisa_core.image_io.icc import srgb_profile
 
 RNG = np.random.default_rng(1234)
 
@@ -1146,3 +1147,22 @@ def test_list_inputs_reports_what_a_folder_holds_besides_images(tmp_path):
     assert list_inputs(tmp_path) == files
     files, skipped = list_inputs_and_skipped([tmp_path / "pipe.png", tmp_path / "a.png"])  # given: judged later
     assert files == [tmp_path / "pipe.png", tmp_path / "a.png"] and skipped == []
+
+
+def test_the_python_api_reads_images_masks_and_png_settings(tmp_path):
+    """pisa_core.read_image / read_mask / read_png_settings are the documented, stable readers."""
+    import pisa_core
+
+    image = torch.from_numpy(RNG.random((6, 5, 3), dtype=np.float32))
+    path = tmp_path / "settings.png"
+    write_image(path, image, text={"pisa-sr": json.dumps({"lambda_sem": 0.5})})
+    read, info = pisa_core.read_image(path)
+    assert read.shape == (6, 5, 3) and info.bit_depth == 8
+    assert pisa_core.read_mask(path).shape == (6, 5)
+    assert pisa_core.read_png_settings(path) == {"lambda_sem": 0.5}
+    write_image(tmp_path / "plain.png", image)
+    with pytest.raises(PiSAError, match="without pisa-sr settings"):
+        pisa_core.read_png_settings(tmp_path / "plain.png")
+    write_image(tmp_path / "list.png", image, text={"pisa-sr": "[1, 2]"})
+    with pytest.raises(PiSAError, match="not a JSON object"):
+        pisa_core.read_png_settings(tmp_path / "list.png")
