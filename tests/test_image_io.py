@@ -30,6 +30,7 @@ from icc_profiles import (
 )
 from PIL import Image, ImageCms, features
 from readonly import run_python_with_read_only
+from tiff_files import tiff16_bytes
 
 from pisa_core.atomic import atomic_output
 from pisa_core.errors import PiSAError
@@ -234,52 +235,6 @@ def test_bilevel_image_reads_as_gray(tmp_path):
 
 
 # ---------------------------------------------------------------- 16-bit TIFF
-
-
-def tiff16_bytes(levels, *, order="<", planar=False, tile=None, deflate=False, predictor=False, extra=2):
-    """A 16-bit TIFF encoded here, independently of image_io's writer: strips of 3 rows or square
-    tiles, interleaved or planar samples, optional deflate and horizontal differencing."""
-    h, w, c = levels.shape
-    planes = [levels[..., i:i + 1] for i in range(c)] if planar else [levels]
-    chunks = []
-    for plane in planes:
-        side = tile or w
-        rows = tile or 3
-        for y in range(0, h, rows):
-            for x in range(0, w, side):
-                block = np.zeros((rows if tile else min(rows, h - y), side, plane.shape[2]), np.uint16)
-                part = plane[y:y + rows, x:x + side]
-                block[:part.shape[0], :part.shape[1]] = part
-                if predictor:
-                    block[:, 1:] = block[:, 1:] - block[:, :-1]
-                raw = block.astype(order + "u2").tobytes()
-                chunks.append(zlib.compress(raw) if deflate else raw)
-    offsets, at = [], 8
-    for chunk in chunks:
-        offsets.append(at)
-        at += len(chunk)
-    at += at % 2
-    tags = [(256, 4, [w]), (257, 4, [h]), (258, 3, [16] * c), (259, 3, [8 if deflate else 1]),
-            (262, 3, [2 if c >= 3 else 1]), (277, 3, [c]), (284, 3, [2 if planar else 1]),
-            (317, 3, [2 if predictor else 1])]
-    tags += ([(322, 4, [tile]), (323, 4, [tile]), (324, 4, offsets), (325, 4, [len(x) for x in chunks])] if tile else
-             [(273, 4, offsets), (278, 4, [3]), (279, 4, [len(x) for x in chunks])])
-    if c in (2, 4):
-        tags.append((338, 3, [extra]))
-    tags.sort()
-    values_at = at + 2 + 12 * len(tags) + 4
-    table, values = b"", b""
-    for tag, kind, vals in tags:
-        packed = struct.pack(order + ("H" if kind == 3 else "I") * len(vals), *vals)
-        if len(packed) <= 4:
-            field = packed.ljust(4, b"\0")
-        else:
-            field = struct.pack(order + "I", values_at + len(values))
-            values += packed
-        table += struct.pack(order + "HHI", tag, kind, len(vals)) + field
-    head = (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "I", at)
-    return head + b"".join(chunks) + b"\0" * (at - 8 - sum(map(len, chunks))) + \
-        struct.pack(order + "H", len(tags)) + table + struct.pack(order + "I", 0) + values
 
 
 @pytest.mark.parametrize("layout", [

@@ -16,7 +16,6 @@ _MAX_16 = 65535
 _MAX_8 = 255
 
 
-
 @dataclass
 class ImageInfo:
     """What the source file held, so the output can be written the same way.
@@ -37,13 +36,9 @@ class ImageInfo:
     icc_profile: bytes | None = None
 
 
-
-
 def _info_for(channels: int, bit_depth: int, mode: str) -> ImageInfo:
     return ImageInfo(mode=mode, bit_depth=bit_depth, channels=channels,
                      has_alpha=channels in (2, 4), gray=channels in (1, 2))
-
-
 
 
 def _exif_orientation(im: Image.Image) -> int:
@@ -52,8 +47,6 @@ def _exif_orientation(im: Image.Image) -> int:
     except (OSError, ValueError, SyntaxError):
         return 1  # unreadable EXIF: treat as upright, like a file without EXIF
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
 
 
 def orient_tensor(image: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 _GLOB_CHARS = frozenset("*?[")
 
 
-
 def special_file_kind(path: Path) -> str | None:
     """What a path that exists but is no regular file is ("a folder", "a named pipe (FIFO)", ...),
     from its status alone: a FIFO is never opened (opening one blocks until a writer comes).
@@ -33,8 +32,6 @@ def special_file_kind(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
-
-
 def _check_file(path: Path) -> None:
     kind = special_file_kind(path)
     if kind is not None:
@@ -43,12 +40,8 @@ def _check_file(path: Path) -> None:
         raise PiSAError(f"Image file {str(path)!r} does not exist.")
 
 
-
-
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 
 
 def skip_reason(path: Path) -> str:
@@ -57,8 +50,6 @@ def skip_reason(path: Path) -> str:
     if kind is not None:
         return f"{kind}, not an image file"
     return f"unsupported format {path.suffix.lower() or '(no extension)'}"
-
-
 
 
 def _split_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -73,20 +64,14 @@ def _split_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
     return images, skipped
 
 
-
-
 def folder_images(folder) -> list[Path]:
     """The image files of a folder (by extension, not recursive, hidden files skipped), sorted."""
     return _split_images(p for p in Path(folder).iterdir() if not p.name.startswith("."))[0]
 
 
-
-
 def list_inputs(patterns) -> list[Path]:
     """The image files of list_inputs_and_skipped, without the skipped entries."""
     return list_inputs_and_skipped(patterns)[0]
-
-
 
 
 def list_inputs_and_skipped(patterns) -> tuple[list[Path], list[tuple[Path, str]]]:

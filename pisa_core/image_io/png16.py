@@ -4,18 +4,18 @@ write them)."""
 from __future__ import annotations
 
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import png
 import torch
-from PIL import Image
 
 from ..errors import PiSAError
 from .info import _MAX_16, ImageInfo, _exif_orientation, _info_for, orient_tensor
+from .limits import open_pillow
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 
 def png_header(path) -> tuple[int, int] | None:
@@ -28,15 +28,13 @@ def png_header(path) -> tuple[int, int] | None:
     return bit_depth, color_type
 
 
-
-
 def _read_png16(path: Path) -> tuple[torch.Tensor, ImageInfo]:
     """A 16-bit PNG through pypng, keeping all 16 bits (Pillow would reduce colour ones to 8)."""
     try:
         with open(path, "rb") as f:  # pypng leaves a file it opened itself unclosed
             width, height, rows, meta = png.Reader(file=f).read()
             data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
-    except (png.Error, OSError, ValueError) as exc:
+    except (png.Error, OSError, ValueError, zlib.error) as exc:  # pypng passes zlib's errors on
         raise PiSAError(f"Cannot decode 16-bit PNG {str(path)!r}: {exc}.") from exc
     planes = meta["planes"]
     data = data.reshape(height, width, planes)
@@ -48,12 +46,10 @@ def _read_png16(path: Path) -> tuple[torch.Tensor, ImageInfo]:
         data = np.concatenate([data, alpha], axis=2)
     channels = data.shape[2]
     image = torch.from_numpy(data.astype(np.float32) / np.float32(_MAX_16))
-    with Image.open(path) as im:  # Pillow still reads the PNG's EXIF (eXIf chunk) for orientation
+    with open_pillow(path, path) as im:  # Pillow still reads the PNG's EXIF (eXIf chunk) for orientation
         image = orient_tensor(image, _exif_orientation(im))
     mode = {1: "L;16", 2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[channels]
     return image.contiguous(), _info_for(channels, 16, mode)
-
-
 
 
 def _png16_channels(path: Path) -> int:
@@ -68,8 +64,6 @@ def _png16_channels(path: Path) -> int:
     return reader.planes + (1 if reader.trns is not None and not reader.alpha else 0)
 
 
-
-
 class _PngWriter(png.Writer):
     """pypng's writer plus ancillary chunks after its preamble (IHDR and friends), before IDAT:
     pypng has no option for text chunks."""
@@ -82,8 +76,6 @@ class _PngWriter(png.Writer):
         super().write_preamble(outfile)
         for kind, data in self.chunks:
             png.write_chunk(outfile, kind, data)
-
-
 
 
 def _write_png16(f, levels: np.ndarray, chunks: list[tuple[bytes, bytes]]) -> None:

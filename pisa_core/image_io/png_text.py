@@ -17,7 +17,6 @@ SETTINGS_KEYWORD = "pisa-sr"  # the text chunk holding the settings an output of
 _PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
-
 def _itxt(path: Path, keyword: str, text: str) -> bytes:
     """The data of an uncompressed iTXt chunk (PNG spec. 11.3.4.5): keyword, NUL, compression flag
     and method 0, empty language tag and translated keyword (each NUL-ended), UTF-8 text."""
@@ -26,8 +25,6 @@ def _itxt(path: Path, keyword: str, text: str) -> bytes:
         raise PiSAError(f"Cannot write {str(path)!r}: the PNG text keyword {keyword!r} must be 1 to 79 printable "
                         "Latin-1 characters without leading or trailing spaces.")
     return keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8")
-
-
 
 
 def _text_entry(kind: bytes, data: bytes) -> tuple[str, str]:
@@ -41,8 +38,6 @@ def _text_entry(kind: bytes, data: bytes) -> tuple[str, str]:
     _language, _, rest = rest[2:].partition(b"\0")
     _translated, _, body = rest.partition(b"\0")
     return keyword.decode("latin-1"), (zlib.decompress(body) if compressed else body).decode("utf-8")
-
-
 
 
 def png_text(path) -> dict[str, str]:
@@ -63,8 +58,6 @@ def png_text(path) -> dict[str, str]:
     except (png.Error, OSError, ValueError, zlib.error) as exc:
         raise PiSAError(f"Cannot read the PNG chunks of {str(path)!r}: {exc}.") from exc
     return found
-
-
 
 
 def read_png_settings(path, keyword: str = SETTINGS_KEYWORD) -> dict:

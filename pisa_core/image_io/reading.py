@@ -15,9 +15,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import PiSAError
 from .icc import Profile, ProfileError, lcms_to_srgb, matrix_to_srgb, parse_profile, profile_mode, srgb_profile
 from .info import _MAX_8, _MAX_16, _TRANSPOSED, ImageInfo, _exif_orientation, _info_for
+from .limits import open_checked
 from .listing import _check_file
 from .png16 import _png16_channels, _read_png16, png_header
-from .tiff import _read_tiff16, _Tag, _tiff16, _tiff_pages
+from .tiff import _read_tiff16, _Tag, _tiff16, _tiff_pages, check_layout_tags
 from .writing import quantize
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,24 @@ READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights of Pillow's convert("L")
 
 
-
 def _open_pil(path: Path) -> Image.Image:
     """Open with Pillow and check the format and the frame count; PiSAError naming the file on
     any failure."""
     _check_file(path)
     _check_single_frame(path)
     try:
-        im = Image.open(path)
+        im = open_checked(path, path)
     except UnidentifiedImageError as exc:
         raise PiSAError(f"Cannot read {str(path)!r}: not a recognised image file "
                         f"(expected PNG, JPEG, WebP, TIFF or BMP).") from exc
-    except (OSError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for a damaged header
         raise PiSAError(f"Cannot read image {str(path)!r}: {exc}.") from exc
+    if im.format == "TIFF":
+        try:
+            check_layout_tags(im.tag_v2, path)
+        except PiSAError:
+            im.close()
+            raise
     if im.format not in READ_FORMATS:
         fmt = im.format
         im.close()
@@ -52,13 +58,9 @@ def _open_pil(path: Path) -> Image.Image:
     return im
 
 
-
-
 def _refuse_frames(path: Path, frames: int) -> None:
     raise PiSAError(f"Image {str(path)!r} has {frames} frames (an animation or a multi-page file); "
                     "PiSA-SR upscales single images: extract the frame you want first.")
-
-
 
 
 def _check_single_frame(path: Path) -> None:
@@ -68,8 +70,6 @@ def _check_single_frame(path: Path) -> None:
         _refuse_frames(path, pages)
 
 
-
-
 def _load(im: Image.Image, path: Path, *, orient: bool = True) -> Image.Image:
     """Decode the pixels and, if orient, apply the EXIF orientation (no-op without one)."""
     try:
@@ -77,8 +77,6 @@ def _load(im: Image.Image, path: Path, *, orient: bool = True) -> Image.Image:
         return ImageOps.exif_transpose(im) if orient else im
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for truncated/corrupt data
         raise PiSAError(f"Cannot decode image {str(path)!r}: {exc}.") from exc
-
-
 
 
 def _pil_layout(im: Image.Image, path: Path) -> tuple[str | None, int, int]:
@@ -103,8 +101,6 @@ def _pil_layout(im: Image.Image, path: Path) -> tuple[str | None, int, int]:
     return target, len(target), 8
 
 
-
-
 def _pil_to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, int]:
     """Pixels of an oriented Pillow image as (uint array [H, W, C], max value, bit depth)."""
     target, _, bit_depth = _pil_layout(im, path)
@@ -118,8 +114,6 @@ def _pil_to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, int]:
     if data.ndim == 2:
         data = data[..., None]
     return data, _MAX_8, bit_depth
-
-
 
 
 def read_image(path, *, convert_profile: bool = True) -> tuple[torch.Tensor, ImageInfo]:
@@ -167,8 +161,6 @@ def read_image(path, *, convert_profile: bool = True) -> tuple[torch.Tensor, Ima
     return _to_srgb(image.contiguous(), info, profile, path)
 
 
-
-
 def _embedded_profile(path: Path, data) -> Profile | None:
     """The parsed profile, or None without one; a profile that cannot be parsed is reported and
     ignored (the colours are read as sRGB, as by viewers that do not manage colour)."""
@@ -181,13 +173,9 @@ def _embedded_profile(path: Path, data) -> Profile | None:
         return None
 
 
-
-
 def _ignore_profile(path: Path, profile: Profile, why: str) -> None:
     log.warning("pisa-sr: %s: its ICC profile %r is ignored (%s); its colours are read as sRGB", path,
                 profile.description, why)
-
-
 
 
 def _to_srgb(image: torch.Tensor, info: ImageInfo, profile: Profile | None,
@@ -211,20 +199,17 @@ def _to_srgb(image: torch.Tensor, info: ImageInfo, profile: Profile | None,
     return image, info
 
 
-
-
 def _refuse_16bit_table(path: Path, profile: Profile) -> None:
     raise PiSAError(f"Image {str(path)!r} has 16-bit samples and a table-based ICC profile "
                     f"({profile.description!r}), which is converted at 8 bits only; convert it to sRGB or "
                     "to 8 bits first.")
 
 
-
-
 def _lcms_to_srgb(im: Image.Image, profile: Profile, path: Path) -> Image.Image | None:
     """An 8-bit image with a table-based, CMYK or Lab profile -> sRGB through ImageCms (its
     output is written as sRGB: the profile is not written back); None when the profile does not
-    fit the image (reported, ignored). 16-bit gray is refused by name."""
+    fit the image or littleCMS cannot convert with it (reported, ignored, as a damaged profile).
+    16-bit gray is refused by name."""
     if im.mode.startswith("I") or im.mode == "F":
         _refuse_16bit_table(path, profile)
     rgb_modes = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA")
@@ -234,14 +219,12 @@ def _lcms_to_srgb(im: Image.Image, profile: Profile, path: Path) -> Image.Image 
         return None
     try:
         converted = lcms_to_srgb(im, profile)
-    except (OSError, ValueError) as exc:  # ImageCms.PyCMSError is an OSError
-        raise PiSAError(f"Cannot convert the colours of {str(path)!r} from its ICC profile "
-                        f"{profile.description!r} to sRGB: {exc}.") from None
+    except ProfileError as exc:
+        _ignore_profile(path, profile, str(exc))
+        return None
     log.info("pisa-sr: %s: converted from its ICC profile %r to sRGB; its output is written as sRGB", path,
              profile.description)
     return converted
-
-
 
 
 def read_mask(path) -> torch.Tensor:
@@ -263,8 +246,6 @@ def read_mask(path) -> torch.Tensor:
     colour = image[..., :3].double()
     luma = sum(weight * colour[..., i] for i, weight in enumerate(_LUMA)) / sum(_LUMA)  # white: exactly 1
     return luma.float().contiguous()
-
-
 
 
 def probe_image(path) -> tuple[ImageInfo, tuple[int, int]]:
@@ -290,8 +271,6 @@ def probe_image(path) -> tuple[ImageInfo, tuple[int, int]]:
     if orientation in _TRANSPOSED:
         width, height = height, width
     return info, (height, width)
-
-
 
 
 def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
@@ -322,8 +301,6 @@ def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
     if profile is not None:
         result = _srgb_8bit(result, mode in ("1", "L", "LA", "La"), profile, path)
     return result
-
-
 
 
 def _srgb_8bit(im: Image.Image, gray: bool, profile: Profile, path: Path) -> Image.Image:

@@ -20,11 +20,11 @@ from PIL import Image, TiffImagePlugin
 
 from ..errors import PiSAError
 from .info import _MAX_16, _TRANSPOSED, ImageInfo, _info_for, orient_tensor
+from .limits import check_declared_size, open_pillow
 
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 
 _STRIP_BYTES = 1 << 20  # raw bytes per strip of the TIFFs we write
-
 
 
 class _Tag:
@@ -37,8 +37,6 @@ class _Tag:
     NEW_SUBFILE_TYPE, ICC_PROFILE = 254, 34675
 
 
-
-
 def _tiff_pages(path: Path) -> int:
     """The full-resolution images of a TIFF file (0 when it is not a TIFF): directories whose
     NewSubfileType does not mark a reduced-resolution copy (a thumbnail, which is not counted).
@@ -46,8 +44,8 @@ def _tiff_pages(path: Path) -> int:
     pages, seen = 0, set()
     with open(path, "rb") as f:
         head = f.read(8)
-        if head[:4] not in _TIFF_SIGNATURES:
-            return 0
+        if len(head) < 8 or head[:4] not in _TIFF_SIGNATURES:
+            return 0  # not a TIFF, or one without its first directory's offset: the reader reports it
         ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
         offset = ifd.next
         while offset and offset not in seen and len(seen) < 1024:
@@ -58,11 +56,10 @@ def _tiff_pages(path: Path) -> int:
                 ifd.load(f)
             except (OSError, SyntaxError, ValueError, KeyError, struct.error):
                 break  # a broken directory chain: the reader reports what it cannot decode
-            pages += not (_tag(ifd, _Tag.NEW_SUBFILE_TYPE, 0)[0] & 1)
+            kind = _tag(ifd, _Tag.NEW_SUBFILE_TYPE, 0)[0]
+            pages += not (isinstance(kind, int) and kind & 1)
             offset = ifd.next
     return pages
-
-
 
 
 @dataclass(frozen=True)
@@ -93,13 +90,32 @@ class _Tiff16:
         return (self.width, self.height) if self.orientation in _TRANSPOSED else (self.height, self.width)
 
 
-
-
 def _tag(ifd, tag: int, default=None) -> tuple:
     value = ifd.get(tag, default)
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
+def _ints(ifd, tag: int, path: Path, default=None) -> tuple[int, ...]:
+    """A tag's values, checked to be what a TIFF 6.0 layout tag holds: one or more whole numbers
+    that fit a LONG (a damaged file can give text, fractions, negative or missing values)."""
+    values = _tag(ifd, tag, default)
+    if not values or not all(isinstance(v, int) and 0 <= v < 2**32 for v in values):
+        raise PiSAError(f"Image {str(path)!r} has a malformed TIFF tag {tag} ({str(values)[:40]}); "
+                        "expected whole numbers.")
+    return values
+
+
+_LAYOUT_TAGS = (_Tag.WIDTH, _Tag.HEIGHT, _Tag.BITS, _Tag.COMPRESSION, _Tag.PHOTOMETRIC, _Tag.STRIP_OFFSETS,
+                _Tag.SAMPLES, _Tag.ROWS_PER_STRIP, _Tag.STRIP_COUNTS, _Tag.PLANAR, _Tag.PREDICTOR, _Tag.TILE_WIDTH,
+                _Tag.TILE_LENGTH, _Tag.TILE_OFFSETS, _Tag.TILE_COUNTS)
+
+
+def check_layout_tags(ifd, path: Path) -> None:
+    """PiSAError naming the file when a tag that lays out the pixel data is not whole numbers:
+    Pillow takes them as they come and fails deep inside its decoder (a TypeError on a fraction)."""
+    for tag in _LAYOUT_TAGS:
+        if tag in ifd:
+            _ints(ifd, tag, path)
 
 
 def _tiff16(path: Path) -> _Tiff16 | None:
@@ -107,7 +123,7 @@ def _tiff16(path: Path) -> _Tiff16 | None:
     cannot open); None for every other file. Unsupported variants are refused by name."""
     with open(path, "rb") as f:
         head = f.read(8)
-        if head[:4] not in _TIFF_SIGNATURES:
+        if len(head) < 8 or head[:4] not in _TIFF_SIGNATURES:
             return None
         try:
             ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
@@ -116,26 +132,54 @@ def _tiff16(path: Path) -> _Tiff16 | None:
         except (OSError, SyntaxError, ValueError, KeyError, struct.error):
             return None  # broken directory: Pillow's own reader reports it
     samples = _tag(ifd, _Tag.SAMPLES, 1)[0]
-    if samples < 2 or any(bits != 16 for bits in _tag(ifd, _Tag.BITS, 1)):
-        return None
+    if not isinstance(samples, int) or samples < 2 or any(bits != 16 for bits in _tag(ifd, _Tag.BITS, 1)):
+        return None  # not a 16-bit colour/alpha TIFF (or a damaged one): Pillow reads or reports it
     name = str(path)
-    photometric = _tag(ifd, _Tag.PHOTOMETRIC)[0]
+    photometric = _ints(ifd, _Tag.PHOTOMETRIC, path)[0]
     if (photometric, samples) not in ((1, 2), (2, 3), (2, 4)):
         raise PiSAError(f"Image {name!r} is a 16-bit TIFF with {samples} samples per pixel and photometric "
                         f"interpretation {photometric}; expected gray + alpha, RGB or RGBA.")
     if any(kind != 1 for kind in _tag(ifd, _Tag.SAMPLE_FORMAT, 1)):
         raise PiSAError(f"Image {name!r} has signed or floating-point 16-bit samples; expected unsigned integers.")
-    predictor = _tag(ifd, _Tag.PREDICTOR, 1)[0]
+    predictor = _ints(ifd, _Tag.PREDICTOR, path, 1)[0]
     if predictor not in (1, 2):
         raise PiSAError(f"Image {name!r} uses TIFF predictor {predictor}; expected none or horizontal "
                         "differencing (2).")
-    extra = _tag(ifd, _Tag.EXTRA_SAMPLES, 2)[0]  # without the tag, as Pillow: alpha
-    return _Tiff16(ifd=ifd, width=_tag(ifd, _Tag.WIDTH)[0], height=_tag(ifd, _Tag.HEIGHT)[0], samples=samples,
-                   planar=_tag(ifd, _Tag.PLANAR, 1)[0] == 2, tiled=_Tag.TILE_OFFSETS in ifd,
-                   predictor=predictor == 2, extra=extra,
-                   orientation=_tag(ifd, _Tag.ORIENTATION, 1)[0])
+    extra = _ints(ifd, _Tag.EXTRA_SAMPLES, path, 2)[0]  # without the tag, as Pillow: alpha
+    width, height = _ints(ifd, _Tag.WIDTH, path)[0], _ints(ifd, _Tag.HEIGHT, path)[0]
+    check_declared_size(path, width, height)
+    tiff = _Tiff16(ifd=ifd, width=width, height=height, samples=samples,
+                   planar=_ints(ifd, _Tag.PLANAR, path, 1)[0] == 2, tiled=_Tag.TILE_OFFSETS in ifd,
+                   predictor=predictor == 2, extra=extra, orientation=_ints(ifd, _Tag.ORIENTATION, path, 1)[0])
+    _check_segments(path, tiff)
+    return tiff
 
 
+def _segments(path: Path, tiff: _Tiff16) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
+    """(offsets, byte counts, segment width, segment height) of the strips or tiles; PiSAError
+    when a size is 0 or the counts do not match the image (TIFF 6.0, sections 3 and 15)."""
+    ifd = tiff.ifd
+    if tiff.tiled:
+        offsets, counts = _ints(ifd, _Tag.TILE_OFFSETS, path), _ints(ifd, _Tag.TILE_COUNTS, path)
+        return offsets, counts, _ints(ifd, _Tag.TILE_WIDTH, path)[0], _ints(ifd, _Tag.TILE_LENGTH, path)[0]
+    offsets, counts = _ints(ifd, _Tag.STRIP_OFFSETS, path), _ints(ifd, _Tag.STRIP_COUNTS, path)
+    return offsets, counts, tiff.width, min(_ints(ifd, _Tag.ROWS_PER_STRIP, path, tiff.height)[0], tiff.height)
+
+
+def _check_segments(path: Path, tiff: _Tiff16) -> None:
+    offsets, counts, width, height = _segments(path, tiff)
+    if width < 1 or height < 1:
+        raise PiSAError(f"Image {str(path)!r} is a TIFF with {'tiles' if tiff.tiled else 'strips'} of "
+                        f"{width}x{height} pixels; expected at least 1x1.")
+    if tiff.tiled and (width % 16 or height % 16):
+        raise PiSAError(f"Image {str(path)!r} is a TIFF with {width}x{height} tiles; TIFF 6.0 tiles are "
+                        "multiples of 16 pixels.")
+    across = -(-tiff.width // width)
+    expected = across * -(-tiff.height // height) * (tiff.samples if tiff.planar else 1)
+    if len(offsets) != expected or len(counts) != expected:
+        raise PiSAError(f"Image {str(path)!r} is a TIFF of {tiff.width}x{tiff.height} pixels with "
+                        f"{len(offsets)} {'tile' if tiff.tiled else 'strip'} offsets and {len(counts)} byte counts; "
+                        f"expected {expected} of each.")
 
 
 def _tiff_ifd(entries: dict[int, tuple[str, list[int]]], order: str, at: int) -> bytes:
@@ -157,8 +201,6 @@ def _tiff_ifd(entries: dict[int, tuple[str, list[int]]], order: str, at: int) ->
     return struct.pack(order + "H", len(entries)) + b"".join(table) + struct.pack(order + "I", 0) + extra
 
 
-
-
 def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
     """Decode with Pillow (which handles the compressions through libtiff) by describing the same
     strips or tiles as a gray 16-bit image: with interleaved samples, a row of W pixels of S
@@ -170,12 +212,10 @@ def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
     order = "<" if ifd.prefix == b"II" else ">"
     per_row = 1 if tiff.planar else tiff.samples
     planes = tiff.samples if tiff.planar else 1
-    if tiff.tiled:
-        offsets, counts = _tag(ifd, _Tag.TILE_OFFSETS), _tag(ifd, _Tag.TILE_COUNTS)
-        segment = _tag(ifd, _Tag.TILE_WIDTH)[0]
-    else:
-        offsets, counts = _tag(ifd, _Tag.STRIP_OFFSETS), _tag(ifd, _Tag.STRIP_COUNTS)
-        segment = tiff.width
+    offsets, counts, segment, rows = _segments(path, tiff)
+    compression = _ints(ifd, _Tag.COMPRESSION, path, 1)[0]
+    if compression > 0xFFFF:  # a SHORT (TIFF 6.0, section 3)
+        raise PiSAError(f"Image {str(path)!r} has an unknown TIFF compression {compression}.")
     data = path.read_bytes()
     at = len(data) + len(data) % 2
     share = len(offsets) // planes
@@ -183,22 +223,21 @@ def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
     for plane in range(planes):
         part = slice(plane * share, (plane + 1) * share)
         entries = {_Tag.WIDTH: ("I", [tiff.width * per_row]), _Tag.HEIGHT: ("I", [tiff.height]),
-                   _Tag.BITS: ("H", [16]), _Tag.COMPRESSION: ("H", [_tag(ifd, _Tag.COMPRESSION, 1)[0]]),
+                   _Tag.BITS: ("H", [16]), _Tag.COMPRESSION: ("H", [compression]),
                    _Tag.PHOTOMETRIC: ("H", [1]), _Tag.SAMPLES: ("H", [1]), _Tag.PLANAR: ("H", [1])}
         if tiff.tiled:
             entries.update({_Tag.TILE_WIDTH: ("I", [segment * per_row]),
-                            _Tag.TILE_LENGTH: ("I", [_tag(ifd, _Tag.TILE_LENGTH)[0]]),
+                            _Tag.TILE_LENGTH: ("I", [rows]),
                             _Tag.TILE_OFFSETS: ("I", list(offsets[part])), _Tag.TILE_COUNTS: ("I", list(counts[part]))})
         else:
-            entries.update({_Tag.ROWS_PER_STRIP: ("I", [_tag(ifd, _Tag.ROWS_PER_STRIP, tiff.height)[0]]),
+            entries.update({_Tag.ROWS_PER_STRIP: ("I", [rows]),
                             _Tag.STRIP_OFFSETS: ("I", list(offsets[part])),
                             _Tag.STRIP_COUNTS: ("I", list(counts[part]))})
         view = data[:4] + struct.pack(order + "I", at) + data[8:] + b"\x00" * (at - len(data))
         view += _tiff_ifd(entries, order, at)
-        # Pillow's decompression-bomb check sees per_row× the pixels; it only refuses inputs far
-        # larger than any upscale would take (the output limit), with its own message
+        # the real size passed check_declared_size; Pillow's own bomb check sees per_row× the pixels
         try:
-            with Image.open(io.BytesIO(view)) as im:
+            with open_pillow(io.BytesIO(view), path) as im:
                 gray = np.asarray(im).astype(np.uint16)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise PiSAError(f"Cannot decode 16-bit TIFF {str(path)!r}: {exc}.") from exc
@@ -213,8 +252,6 @@ def _read_tiff16(path: Path, tiff: _Tiff16) -> tuple[torch.Tensor, ImageInfo]:
         alpha = image[..., -1:]
         image[..., :-1] = torch.where(alpha > 0, image[..., :-1] / alpha.clamp_min(1e-12), 0.0).clamp_(0, 1)
     return orient_tensor(image, tiff.orientation).contiguous(), tiff.info
-
-
 
 
 def _write_tiff(f, levels: np.ndarray, icc_profile: bytes | None = None) -> None:

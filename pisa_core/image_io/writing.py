@@ -36,7 +36,6 @@ SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
 SRGB = "srgb"
 
 
-
 def _check_image(image, path: Path) -> np.ndarray:
     """[H, W, C] float image (C 1..4) -> float32 numpy array, clamped to 0..1."""
     if not isinstance(image, torch.Tensor):
@@ -50,15 +49,11 @@ def _check_image(image, path: Path) -> np.ndarray:
     return image.clamp(0.0, 1.0).numpy()
 
 
-
-
 def quantize(image: np.ndarray, bit_depth: int) -> np.ndarray:
     """Float 0..1 -> integers by rounding half up: round(x * (2**bits - 1)), not truncation."""
     max_value = _MAX_16 if bit_depth == 16 else _MAX_8
     levels = np.floor(image * np.float32(max_value) + np.float32(0.5))
     return levels.astype(np.uint16 if bit_depth == 16 else np.uint8)
-
-
 
 
 def output_format(path, bit_depth: int = 8, channels: int | None = None) -> str:
@@ -79,8 +74,6 @@ def output_format(path, bit_depth: int = 8, channels: int | None = None) -> str:
         raise PiSAError(f"Cannot write {str(path)!r}: JPEG has no alpha channel and the image has "
                         f"{channels} channels; drop the alpha or write a .png/.webp/.tif file.")
     return fmt
-
-
 
 
 def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite: bool = True,
@@ -117,8 +110,6 @@ def write_image(path, image, bit_depth: int = 8, *, quality: int = 95, overwrite
             _save_pil(f, levels, fmt, quality, _png_profile_chunks(None, data.shape[2], icc_profile) + chunks, embed)
 
 
-
-
 def _from_srgb(data: np.ndarray, icc_profile, fmt: str, path: Path) -> tuple[np.ndarray, bytes | None]:
     """(the samples to write, the profile bytes to embed) for write_image's icc_profile."""
     channels = data.shape[2]
@@ -147,8 +138,6 @@ def _from_srgb(data: np.ndarray, icc_profile, fmt: str, path: Path) -> tuple[np.
     return converted, profile.data
 
 
-
-
 def _png_profile_chunks(embed: bytes | None, channels: int, icc_profile) -> list[tuple[bytes, bytes]]:
     """The PNG chunk of the colour space: iCCP with an embedded profile (PNG spec. 11.3.3.3,
     profile name, compression method 0, zlib data), or sRGB (11.3.3.5, perceptual intent) for a
@@ -158,8 +147,6 @@ def _png_profile_chunks(embed: bytes | None, channels: int, icc_profile) -> list
     if icc_profile == SRGB and channels in (1, 2):
         return [(b"sRGB", b"\0")]
     return []
-
-
 
 
 def _save_pil(f, levels: np.ndarray, fmt: str, quality: int, chunks: list[tuple[bytes, bytes]],
@@ -175,8 +162,6 @@ def _save_pil(f, levels: np.ndarray, fmt: str, quality: int, chunks: list[tuple[
         for kind, data in chunks:
             info.add(kind, data)
         pil.save(f, format="PNG", pnginfo=info, **profile)
-
-
 
 
 def check_output_folder(folder, what: str = "output folder") -> Path:
