@@ -16,7 +16,7 @@ from ..errors import PiSAError
 from .icc import Profile, ProfileError, lcms_to_srgb, matrix_to_srgb, parse_profile, profile_mode, srgb_profile
 from .info import _MAX_8, _MAX_16, _TRANSPOSED, ImageInfo, _exif_orientation, _info_for
 from .limits import open_checked
-from .listing import _check_file
+from .listing import _check_file, file_system_errors
 from .png16 import _png16_channels, _read_png16, png_header
 from .tiff import _read_tiff16, _Tag, _tiff16, _tiff_pages, check_layout_tags
 from .writing import quantize
@@ -116,6 +116,7 @@ def _pil_to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, int]:
     return data, _MAX_8, bit_depth
 
 
+@file_system_errors
 def read_image(path, *, convert_profile: bool = True) -> tuple[torch.Tensor, ImageInfo]:
     """Read an image file as ([H, W, C] float32 in 0..1, ImageInfo), EXIF orientation applied,
     colours in sRGB.
@@ -248,6 +249,7 @@ def read_mask(path) -> torch.Tensor:
     return luma.float().contiguous()
 
 
+@file_system_errors
 def probe_image(path) -> tuple[ImageInfo, tuple[int, int]]:
     """Check that read_image can read `path` from its header only (no pixel data is decoded):
     (the ImageInfo read_image reports, (height, width) after the EXIF orientation). PiSAError
@@ -273,6 +275,7 @@ def probe_image(path) -> tuple[ImageInfo, tuple[int, int]]:
     return info, (height, width)
 
 
+@file_system_errors
 def to_pil_8bit(path, *, exif_transpose: bool = True) -> Image.Image:
     """The release's Pillow route: an 8-bit "RGB" image, or "RGBA" when the file has alpha.
 
