@@ -20,6 +20,7 @@ raises PiSAError; any other exception is a finding. libFuzzer enforces the time 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
@@ -76,6 +77,7 @@ def main(target_file: str) -> None:
         write_seeds(target, corpus)
         args.append(str(corpus))
     args += [d for d in DEFAULTS if not any(a.startswith(d.split("=")[0] + "=") for a in args)]
+    logging.disable(logging.WARNING)  # warnings (an ignored colour profile, ...) are valid results, not news
     scratch = Path(tempfile.mkdtemp(prefix=f"pisa-fuzz-{name}-"))
     os.environ.setdefault("PISA_SR_CACHE_DIR", str(scratch))
     atheris.Setup([sys.argv[0], *args], lambda data: check_one(target, data, scratch))
