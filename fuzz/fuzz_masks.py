@@ -12,7 +12,7 @@ from harness import main
 from image_seeds import MODULES  # noqa: F401  (the harness imports them instrumented)
 
 SUFFIX = ".png"
-os.environ.setdefault("PISA_SR_MAX_IMAGE_PIXELS", str(4 * 2**20))  # as fuzz_images.py
+os.environ.setdefault("PISA_SR_MAX_IMAGE_PIXELS", str(2**20))  # as fuzz_images.py
 
 
 def seeds() -> dict[str, bytes]:
