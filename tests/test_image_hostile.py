@@ -4,6 +4,7 @@ the file is ignored), never another exception. Each case is a finding of a fuzz 
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import warnings
@@ -230,3 +231,41 @@ def test_the_limit_can_be_raised(tmp_path, monkeypatch):
     monkeypatch.setenv(LIMIT_VARIABLE, "20")
     with pytest.raises(PiSAError, match="above the 0.0 MP limit"):
         read_image(rgb_png(tmp_path / "small.png"))  # 30 pixels
+
+
+def tiff8() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (6, 7, 3), dtype=np.uint8)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("tag", "kind", "value", "match"), [
+    (273, 5, None, "malformed TIFF tag 273"),           # TypeError ('IFDRational' ...) inside Pillow's load
+    (278, None, 0, "tile cannot extend outside image"),  # Pillow's ValueError about its tile
+])
+def test_8bit_tiff_with_a_malformed_layout(tmp_path, tag, kind, value, match):
+    """fuzz_images: Pillow takes a TIFF's layout tags as they come: a fraction ends in a
+    TypeError deep in its decoder, a strip of no rows in a ValueError about its tile."""
+    path = tmp_path / "layout.tif"
+    path.write_bytes(retag(tiff8(), tag, kind, value))
+    with pytest.raises(PiSAError, match=match):
+        read_image(path)
+    with pytest.raises(PiSAError, match=match):
+        to_pil_8bit(path)
+
+
+def test_16bit_png_whose_pixel_data_fails_its_checksum(tmp_path):
+    """fuzz_images: zlib.error ("incorrect data check") passed on by pypng's decoder."""
+    import png
+
+    buffer = io.BytesIO()
+    png.Writer(7, 6, greyscale=False, bitdepth=16).write_array(buffer, RNG.integers(0, 65536, 6 * 7 * 3))
+    data = buffer.getvalue()
+    at = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[at:at + 4])[0]
+    body = bytearray(data[at + 8:at + 8 + length])
+    body[-1] ^= 0xFF  # the zlib stream's Adler-32
+    path = tmp_path / "adler.png"
+    path.write_bytes(data[:at] + chunk(b"IDAT", bytes(body)) + data[at + 12 + length:])
+    with pytest.raises(PiSAError, match="adler.png.*incorrect data check"):
+        read_image(path)
