@@ -845,7 +845,7 @@ def test_16bit_input_with_a_profile_keeps_16_bits(tmp_path, name, suffix):
 
 def read_image_raw_tiff(path):
     """The samples of a 16-bit TIFF as stored (no colour conversion), by stripping its profile tag."""
-    from pisa_core.image_io.reading import _read_tiff16, _tiff16
+    from pisa_core.image_io.tiff import _read_tiff16, _tiff16
 
     tiff = _tiff16(path)
     return _read_tiff16(path, tiff)[0]
