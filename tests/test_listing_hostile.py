@@ -20,6 +20,7 @@ from pisa_core.image_io import (
     list_inputs_and_skipped,
     probe_image,
     read_image,
+    read_png_settings,
     write_image,
 )
 from pisa_core.image_io.listing import skip_reason
@@ -70,8 +71,10 @@ def test_names_that_are_not_utf8(tmp_path):
     found, _ = list_inputs_and_skipped([folder])
     assert [p.name for p in found] == [os.fsdecode(b"bad\xff.png"), name]
     image, _ = read_image(folder / name)
-    write_image(tmp_path / "out" / name, image)
+    settings = {"input": name}  # the settings a PNG output records name its input
+    write_image(tmp_path / "out" / name, image, text={"pisa-sr": json.dumps(settings, ensure_ascii=False)})
     assert read_image(tmp_path / "out" / name)[0].shape == (4, 5, 3)
+    assert read_png_settings(tmp_path / "out" / name) == settings
     with pytest.raises(PiSAError) as error:
         read_image(found[0])
     assert "\\udcff" in str(error.value)  # escaped: the line prints in any encoding
@@ -127,3 +130,23 @@ def test_unreadable_folders_and_files(tmp_path):
     assert result["skipped"] == [[str(locked), "a folder that cannot be listed (Permission denied)"]]
     assert result["read"] == result["probe"] == f"Cannot read {str(open_folder / 'secret.png')!r}: Permission denied."
     assert result["folder"] == f"Cannot list the folder {str(locked)!r}: Permission denied."
+
+
+def test_a_folder_run_writes_the_good_image_beside_hostile_entries(model_dir, folder, tmp_path, capsys):
+    """The issue's case: links to themselves, in a loop, dangling, a non-UTF-8 name and a damaged
+    TIFF beside a good image; the good image (and the other readable one) is written, each other
+    entry is named with its reason, nothing aborts."""
+    from test_cli import model_args
+    from test_image_hostile import retag, tiff16
+
+    from pisa_core.cli import main
+
+    (folder / "damaged.tif").write_bytes(retag(tiff16(), 273, 5))
+    write_image(folder / os.fsdecode(b"caf\xe9.png"), IMAGE)
+    out = tmp_path / "out"
+    code = main(["upscale", str(folder), "-o", str(out), *model_args(model_dir), "--upscale", "2"])
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == sorted([os.fsdecode(b"caf\xe9.png"), "good.png"])
+    assert code == 2 and "damaged.tif" in captured.out + captured.err
+    for name in ("self.png (a symbolic link loop", "gone.png (a broken symbolic link"):
+        assert name in captured.out

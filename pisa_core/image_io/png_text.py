@@ -24,7 +24,9 @@ def _itxt(path: Path, keyword: str, text: str) -> bytes:
             and all(ord(c) < 256 for c in keyword)):
         raise PiSAError(f"Cannot write {str(path)!r}: the PNG text keyword {keyword!r} must be 1 to 79 printable "
                         "Latin-1 characters without leading or trailing spaces.")
-    return keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8")
+    # a file name that is not valid UTF-8 reaches here as surrogates: they are written as \udcXX
+    # escapes, which keep the chunk UTF-8 and which JSON (the recorded settings) reads back exactly
+    return keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8", "backslashreplace")
 
 
 def _text_entry(kind: bytes, data: bytes) -> tuple[str, str]:
