@@ -23,8 +23,7 @@ import torch
 from common import matmul_gflops, write_result
 from icc_profiles import DISPLAY_P3, rgb_profile
 from PIL import Image, ImageCms
-from test_image_hostile import retag, tiff16
-from tiff_files import tiff16_bytes
+from tiff_files import retag, tiff16, tiff16_bytes
 
 from pisa_core.errors import PiSAError
 from pisa_core.image_io import read_image

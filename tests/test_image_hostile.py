@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from icc_profiles import _profile, para_curve, rgb_profile, table_rgb_profile
 from PIL import Image
-from tiff_files import tiff16_bytes
+from tiff_files import retag, tiff16
 
 from pisa_core.errors import PiSAError
 from pisa_core.image_io import png_text, probe_image, read_image, read_mask, to_pil_8bit
@@ -38,25 +38,6 @@ def png_declaring(width: int, height: int, bit_depth: int = 8, colour_type: int 
     """A PNG whose header declares width x height, with one tiny IDAT: a decompression bomb's header."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def retag(data: bytes, tag: int, kind: int | None = None, value: int | None = None) -> bytes:
-    """A little-endian TIFF with one entry of its first directory changed: its field type and/or
-    its value field."""
-    data = bytearray(data)
-    at = struct.unpack("<I", data[4:8])[0]
-    for i in range(struct.unpack("<H", data[at:at + 2])[0]):
-        entry = at + 2 + 12 * i
-        if struct.unpack("<H", data[entry:entry + 2])[0] == tag:
-            if kind is not None:
-                data[entry + 2:entry + 4] = struct.pack("<H", kind)
-            if value is not None:
-                data[entry + 8:entry + 12] = struct.pack("<I", value)
-    return bytes(data)
-
-
-def tiff16(**layout) -> bytes:
-    return tiff16_bytes(RNG.integers(0, 65536, (6, 7, 3)).astype(np.uint16), **layout)
 
 
 def readers_refuse(path, match: str) -> None:

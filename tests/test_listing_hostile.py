@@ -137,7 +137,7 @@ def test_a_folder_run_writes_the_good_image_beside_hostile_entries(model_dir, fo
     TIFF beside a good image; the good image (and the other readable one) is written, each other
     entry is named with its reason, nothing aborts."""
     from test_cli import model_args
-    from test_image_hostile import retag, tiff16
+    from tiff_files import retag, tiff16
 
     from pisa_core.cli import main
 

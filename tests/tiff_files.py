@@ -53,3 +53,24 @@ def tiff16_bytes(levels, *, order="<", planar=False, tile=None, deflate=False, p
     head = (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "I", at)
     return head + b"".join(chunks) + b"\0" * (at - 8 - sum(map(len, chunks))) + \
         struct.pack(order + "H", len(tags)) + table + struct.pack(order + "I", 0) + values
+
+
+def retag(data: bytes, tag: int, kind: int | None = None, value: int | None = None) -> bytes:
+    """A little-endian TIFF with one entry of its first directory changed: its field type and/or
+    its value field."""
+    data = bytearray(data)
+    at = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[at:at + 2])[0]):
+        entry = at + 2 + 12 * i
+        if struct.unpack("<H", data[entry:entry + 2])[0] == tag:
+            if kind is not None:
+                data[entry + 2:entry + 4] = struct.pack("<H", kind)
+            if value is not None:
+                data[entry + 8:entry + 12] = struct.pack("<I", value)
+    return bytes(data)
+
+
+def tiff16(**layout) -> bytes:
+    """A small random 16-bit RGB TIFF (6x7) in the given layout."""
+    levels = np.random.default_rng(40).integers(0, 65536, (6, 7, 3)).astype(np.uint16)
+    return tiff16_bytes(levels, **layout)
