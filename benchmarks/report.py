@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md", ROOT / "docs" / "tiling.md")
+DOCS = (ROOT / "README.md", ROOT / "docs" / "performance.md", ROOT / "docs" / "tiling.md", ROOT / "docs" / "images.md")
 COMMAND = "python benchmarks/report.py"
 REGION = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.DOTALL)
 
@@ -307,7 +307,31 @@ def decoder_speed(device: str):
     return render
 
 
-RENDER = {"summary": summary, "cpu-image": cpu_image, "cpu-stages": cpu_stages, "cpu-process": cpu_process,
+def image_libraries(results: dict) -> str:
+    """docs/images.md: our 16-bit TIFF reader and ICC conversion beside tifffile and ImageCms."""
+    run = results.get("image-libraries")
+    if run is None:
+        return missing("image-libraries", "python benchmarks/image_libraries.py")
+    f = run["figures"]
+    rows = [[name, r["ours_equal"], r.get("tifffile_equal", "–"), _s(r["ours_s"] and 1000 * r["ours_s"], 1),
+             _s(r.get("tifffile_s") and 1000 * r["tifffile_s"], 1)] for name, r in f["tiff16_reading"].items()]
+    damaged = [[name, r["ours"], r.get("tifffile", "–")] for name, r in f["damaged_tiffs"].items()]
+    w, icc = f["tiff16_writing"], f["icc_p3_to_srgb"]
+    levels = icc["distinct_levels_of_a_16bit_ramp"]
+    return (f"16-bit RGB TIFF, {f['side']}², tifffile {f['tifffile']} with imagecodecs {f.get('imagecodecs', '–')}:\n\n"
+            + _table(["file", "ours", "tifffile", "ours ms", "tifffile ms"], rows)
+            + "\n\nDamaged files (fuzz findings):\n\n" + _table(["file", "ours", "tifffile"], damaged)
+            + f"\n\nWriting RGBA (deflate + predictor): ours {1000 * w['ours_s']:.0f} ms, {w['ours_bytes']:,} bytes; "
+            f"tifffile {_s(w.get('tifffile_s') and 1000 * w['tifffile_s'], 0)} ms, {w.get('tifffile_bytes', '–'):,} bytes; "
+            f"tifffile reads ours: {w.get('tifffile_reads_ours', '–')}.\n\n"
+            f"Display P3 → sRGB, {f['side']}² 8-bit: ours {1000 * icc['ours_s']:.0f} ms, ImageCms "
+            f"{1000 * icc['imagecms_s']:.0f} ms; at most {icc['max_diff_8bit_levels']} level apart "
+            f"({100 * icc['share_differing_8bit']:.1f} % of samples differ); of a 16-bit ramp's 65536 levels ours keeps "
+            f"{levels['ours']}, ImageCms (8-bit colour modes only) {levels['imagecms']}.\n\n{source_line(run)}\n")
+
+
+RENDER = {"summary": summary, "image-libraries": image_libraries, "cpu-image": cpu_image, "cpu-stages": cpu_stages,
+          "cpu-process": cpu_process,
           "cpu-targets": cpu_targets, "flops": flops, "memory-cpu": memory("cpu"), "gpu-speed": gpu_speed,
           "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu"),
           "vae-tile-speed-cpu": vae_tile_speed("cpu"), "decoder-speed-cpu": decoder_speed("cpu"),

@@ -1,4 +1,5 @@
-"""The settings text a PNG carries (`pisa-sr info`): tEXt, zTXt and iTXt chunks anywhere in the file."""
+"""The settings text a PNG carries (`pisa-sr info`, read_png_settings): tEXt, zTXt and iTXt chunks anywhere
+in the file, and the settings' JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
 
 SUFFIX = ".png"
+MODULES = ("pisa_core.image_io.png_text", "png")
 
 
 def seeds() -> dict[str, bytes]:
@@ -29,8 +31,13 @@ def seeds() -> dict[str, bytes]:
 
 
 def parse(path: Path) -> object:
-    from pisa_core.image_io import png_text
+    from pisa_core.errors import PiSAError
+    from pisa_core.image_io import png_text, read_png_settings
 
+    try:
+        read_png_settings(path)
+    except PiSAError:
+        pass
     return png_text(path)
 
 

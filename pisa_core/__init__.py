@@ -20,6 +20,10 @@ _LAZY = {
     "save_official_pkl": ".checkpoint",
     "dual_guidance": ".guidance",
     "plan_passes": ".guidance",
+    "read_image": ".image_io",
+    "read_mask": ".image_io",
+    "read_png_settings": ".image_io",
+    "write_image": ".image_io",
 }
 
 __all__ = ["PiSAError", "__version__", *_LAZY]

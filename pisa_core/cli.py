@@ -41,7 +41,6 @@ log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under pytho
 STAGE_NAMES = ("VAE encode", "UNet", "VAE decode")  # the three model stages of PiSAPipeline.__call__
 LONG_IMAGE_S = 10.0  # an image running longer than this gets a log line per finished stage
 HEARTBEAT_S = 10.0   # the longest a running image or a model load goes without a progress line
-SETTINGS_KEYWORD = "pisa-sr"  # the PNG text chunk holding the settings an output was made with
 MASKED_LAMBDAS = {"lambda_pix_masked": "lambda_pix", "lambda_sem_masked": "lambda_sem"}  # inside -> outside
 # A mask may differ from its input's aspect ratio by rounding or by this much (log of the ratios).
 MASK_ASPECT_TOLERANCE = 0.01
@@ -389,7 +388,7 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     """Every job in turn. An input that fails (unreadable pixels, out of memory) is reported and
     the others go on; a failed write stops the run (the next image would fail the same way)."""
     from . import memory
-    from .image_io import SRGB, write_image
+    from .image_io import SETTINGS_KEYWORD, SRGB, write_image
 
     call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
     shared = run_settings(args, pipe)
@@ -612,24 +611,6 @@ def _run_info(args) -> int:
     return 0
 
 
-def read_settings(path: Path) -> dict:
-    """The settings recorded in a PNG written by `pisa-sr upscale`; PiSAError naming the file when
-    it has none."""
-    from .image_io import png_text
-
-    text = png_text(path).get(SETTINGS_KEYWORD)
-    if text is None:
-        raise PiSAError(f"{str(path)!r} is a PNG image without pisa-sr settings (no {SETTINGS_KEYWORD!r} text "
-                        "chunk): it was not written by pisa-sr upscale, or an editor dropped the chunk.")
-    try:
-        settings = json.loads(text)
-    except ValueError:
-        settings = None
-    if not isinstance(settings, dict):
-        raise PiSAError(f"{str(path)!r}: its {SETTINGS_KEYWORD!r} text chunk is not a JSON object of settings.")
-    return settings
-
-
 def _setting_text(value) -> str:
     if isinstance(value, dict) and set(value) == {"file", "bytes"}:
         return f"{value['file']} ({value['bytes']:,} bytes)"
@@ -641,7 +622,9 @@ def _setting_text(value) -> str:
 
 
 def _print_settings(path: Path, as_json: bool) -> int:
-    settings = read_settings(path)
+    from .image_io import read_png_settings
+
+    settings = read_png_settings(path)
     if as_json:
         print(json.dumps(settings, indent=2, ensure_ascii=False))
         return 0

@@ -383,7 +383,7 @@ class PiSAPipeline:
                  tile_batch: int = default("tile_batch"), progress: ProgressFn | None = None) -> torch.Tensor:
         """images: float tensor [B,H,W,C] in [0,1] with C = 1 (gray), 2 (gray+alpha), 3 or 4
         (RGBA), uint8 in 0..255, or a list of 8-bit RGB Pillow images (the release geometry's
-        exact input); colours are taken as sRGB (image_io.read_image converts ICC profiles). Returns [B,H',W',C] float32 in [0,1] on the CPU (C as given; 3 for Pillow
+        exact input); colours are taken as sRGB (pisa_core.read_image converts ICC profiles). Returns [B,H',W',C] float32 in [0,1] on the CPU (C as given; 3 for Pillow
         input). λ_pix / λ_sem: numbers, or maps over the input image ([h,w], [B,h,w] or [B,1,h,w], any
         resolution) for region-aware guidance. progress(done, total) counts over the three model
         stages."""

@@ -40,14 +40,15 @@ def para_curve(params) -> bytes:
     return b"para\0\0\0\0" + struct.pack(">HH", 3, 0) + _s15(*params)
 
 
-def _desc(text: str) -> bytes:
-    ascii_text = text.encode("ascii") + b"\0"
+def _desc(text: str | bytes) -> bytes:
+    """A v2 textDescriptionType; bytes are written as they are (a damaged profile's text)."""
+    ascii_text = (text if isinstance(text, bytes) else text.encode("ascii")) + b"\0"
     data = b"desc\0\0\0\0" + struct.pack(">I", len(ascii_text)) + ascii_text
     data += struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67  # no Unicode, no ScriptCode
     return data + b"\0" * (-len(data) % 4)
 
 
-def _profile(space: bytes, description: str, tags: dict[bytes, bytes]) -> bytes:
+def _profile(space: bytes, description: str | bytes, tags: dict[bytes, bytes]) -> bytes:
     tags = {b"desc": _desc(description), b"wtpt": xyz_tag(D50), b"cprt": b"text\0\0\0\0public domain\0", **tags}
     table_size = 4 + 12 * len(tags)
     offset = 128 + table_size
@@ -63,7 +64,7 @@ def _profile(space: bytes, description: str, tags: dict[bytes, bytes]) -> bytes:
     return header + struct.pack(">I", len(tags)) + b"".join(entries) + blobs
 
 
-def rgb_profile(colorants=ADOBE_RGB, curve: bytes | None = None, description: str = "Test wide RGB") -> bytes:
+def rgb_profile(colorants=ADOBE_RGB, curve: bytes | None = None, description: str | bytes = "Test wide RGB") -> bytes:
     """A matrix/TRC RGB profile; the same tone curve for the three channels (default: Adobe's gamma)."""
     curve = curve or gamma_curve(ADOBE_GAMMA)
     red, green, blue = colorants

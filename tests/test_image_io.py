@@ -3,6 +3,7 @@ profiles, multi-frame and special files, input lists, header checks, 16-bit TIFF
 PNG text chunks, and writes that never leave a partial file."""
 
 import io
+import json
 import logging
 import os
 import struct
@@ -29,13 +30,13 @@ from icc_profiles import (
 )
 from PIL import Image, ImageCms, features
 from readonly import run_python_with_read_only
+from tiff_files import tiff16_bytes
 
+from pisa_core.atomic import atomic_output
 from pisa_core.errors import PiSAError
-from pisa_core.icc import srgb_profile
 from pisa_core.image_io import (
     SRGB,
     ImageInfo,
-    atomic_output,
     check_output_folder,
     list_inputs,
     list_inputs_and_skipped,
@@ -49,6 +50,7 @@ from pisa_core.image_io import (
     to_pil_8bit,
     write_image,
 )
+from pisa_core.image_io.icc import srgb_profile
 
 RNG = np.random.default_rng(1234)
 
@@ -233,52 +235,6 @@ def test_bilevel_image_reads_as_gray(tmp_path):
 
 
 # ---------------------------------------------------------------- 16-bit TIFF
-
-
-def tiff16_bytes(levels, *, order="<", planar=False, tile=None, deflate=False, predictor=False, extra=2):
-    """A 16-bit TIFF encoded here, independently of image_io's writer: strips of 3 rows or square
-    tiles, interleaved or planar samples, optional deflate and horizontal differencing."""
-    h, w, c = levels.shape
-    planes = [levels[..., i:i + 1] for i in range(c)] if planar else [levels]
-    chunks = []
-    for plane in planes:
-        side = tile or w
-        rows = tile or 3
-        for y in range(0, h, rows):
-            for x in range(0, w, side):
-                block = np.zeros((rows if tile else min(rows, h - y), side, plane.shape[2]), np.uint16)
-                part = plane[y:y + rows, x:x + side]
-                block[:part.shape[0], :part.shape[1]] = part
-                if predictor:
-                    block[:, 1:] = block[:, 1:] - block[:, :-1]
-                raw = block.astype(order + "u2").tobytes()
-                chunks.append(zlib.compress(raw) if deflate else raw)
-    offsets, at = [], 8
-    for chunk in chunks:
-        offsets.append(at)
-        at += len(chunk)
-    at += at % 2
-    tags = [(256, 4, [w]), (257, 4, [h]), (258, 3, [16] * c), (259, 3, [8 if deflate else 1]),
-            (262, 3, [2 if c >= 3 else 1]), (277, 3, [c]), (284, 3, [2 if planar else 1]),
-            (317, 3, [2 if predictor else 1])]
-    tags += ([(322, 4, [tile]), (323, 4, [tile]), (324, 4, offsets), (325, 4, [len(x) for x in chunks])] if tile else
-             [(273, 4, offsets), (278, 4, [3]), (279, 4, [len(x) for x in chunks])])
-    if c in (2, 4):
-        tags.append((338, 3, [extra]))
-    tags.sort()
-    values_at = at + 2 + 12 * len(tags) + 4
-    table, values = b"", b""
-    for tag, kind, vals in tags:
-        packed = struct.pack(order + ("H" if kind == 3 else "I") * len(vals), *vals)
-        if len(packed) <= 4:
-            field = packed.ljust(4, b"\0")
-        else:
-            field = struct.pack(order + "I", values_at + len(values))
-            values += packed
-        table += struct.pack(order + "HHI", tag, kind, len(vals)) + field
-    head = (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "I", at)
-    return head + b"".join(chunks) + b"\0" * (at - 8 - sum(map(len, chunks))) + \
-        struct.pack(order + "H", len(tags)) + table + struct.pack(order + "I", 0) + values
 
 
 @pytest.mark.parametrize("layout", [
@@ -889,7 +845,7 @@ def test_16bit_input_with_a_profile_keeps_16_bits(tmp_path, name, suffix):
 
 def read_image_raw_tiff(path):
     """The samples of a 16-bit TIFF as stored (no colour conversion), by stripping its profile tag."""
-    from pisa_core.image_io import _read_tiff16, _tiff16
+    from pisa_core.image_io.tiff import _read_tiff16, _tiff16
 
     tiff = _tiff16(path)
     return _read_tiff16(path, tiff)[0]
@@ -1146,3 +1102,22 @@ def test_list_inputs_reports_what_a_folder_holds_besides_images(tmp_path):
     assert list_inputs(tmp_path) == files
     files, skipped = list_inputs_and_skipped([tmp_path / "pipe.png", tmp_path / "a.png"])  # given: judged later
     assert files == [tmp_path / "pipe.png", tmp_path / "a.png"] and skipped == []
+
+
+def test_the_python_api_reads_images_masks_and_png_settings(tmp_path):
+    """pisa_core.read_image / read_mask / read_png_settings are the documented, stable readers."""
+    import pisa_core
+
+    image = torch.from_numpy(RNG.random((6, 5, 3), dtype=np.float32))
+    path = tmp_path / "settings.png"
+    write_image(path, image, text={"pisa-sr": json.dumps({"lambda_sem": 0.5})})
+    read, info = pisa_core.read_image(path)
+    assert read.shape == (6, 5, 3) and info.bit_depth == 8
+    assert pisa_core.read_mask(path).shape == (6, 5)
+    assert pisa_core.read_png_settings(path) == {"lambda_sem": 0.5}
+    write_image(tmp_path / "plain.png", image)
+    with pytest.raises(PiSAError, match="without pisa-sr settings"):
+        pisa_core.read_png_settings(tmp_path / "plain.png")
+    write_image(tmp_path / "list.png", image, text={"pisa-sr": "[1, 2]"})
+    with pytest.raises(PiSAError, match="not a JSON object"):
+        pisa_core.read_png_settings(tmp_path / "list.png")

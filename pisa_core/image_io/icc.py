@@ -24,7 +24,7 @@ from functools import lru_cache
 import torch
 from PIL import Image, ImageCms
 
-from .colorspace import (
+from ..colorspace import (
     D50_WHITE,
     D65_WHITE,
     SRGB_TO_XYZ,
@@ -33,6 +33,7 @@ from .colorspace import (
     linear_to_srgb,
     srgb_to_linear,
 )
+from ..errors import PiSAError
 
 _HEADER = 128
 _RGB_TAGS = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
@@ -41,8 +42,9 @@ _LUT_TAGS = (b"A2B0", b"A2B1", b"A2B2", b"B2A0")
 _PARA_COUNTS = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}
 
 
-class ProfileError(ValueError):
-    """An ICC profile that cannot be parsed."""
+class ProfileError(PiSAError):
+    """An ICC profile that cannot be parsed (read_image ignores such an embedded profile with a
+    warning; write_image refuses it)."""
 
 
 def _s15(data: bytes) -> list[float]:
@@ -153,15 +155,27 @@ def _curve(tag: bytes) -> ToneCurve:
         (function,) = struct.unpack(">H", tag[8:10])
         if function not in _PARA_COUNTS:
             raise ProfileError(f"unknown parametric curve type {function}")
-        return _checked(ToneCurve(function, tuple(_s15(tag[12:12 + 4 * _PARA_COUNTS[function]]))))
+        params = tuple(_s15(tag[12:12 + 4 * _PARA_COUNTS[function]]))
+        if len(params) != _PARA_COUNTS[function]:
+            raise ProfileError(f"its parametric curve (type {function}) is truncated")
+        return _checked(ToneCurve(function, params))
     raise ProfileError(f"unknown tone curve type {kind.decode('latin-1')!r}")
 
 
 def _checked(curve: ToneCurve) -> ToneCurve:
-    """A parametric curve that rises: a positive exponent g, and a ≠ 0 where it divides."""
+    """A parametric curve that rises (a positive exponent g, and a ≠ 0 where it divides) and gives
+    finite values both ways on [0, 1] (an exponent of thousands overflows float32 to inf, which
+    would turn colours into NaN)."""
     g = curve.params[0]
     if not g > 0 or (curve.kind > 0 and curve.params[1] == 0):
         raise ProfileError(f"its parametric curve (type {curve.kind}, parameters {curve.params}) does not rise")
+    grid = torch.linspace(0, 1, 65)
+    try:
+        finite = bool(torch.isfinite(curve.forward(grid)).all() and torch.isfinite(curve.inverse(grid)).all())
+    except OverflowError:  # the inverse's junction value is a Python float
+        finite = False
+    if not finite:
+        raise ProfileError(f"its parametric curve (type {curve.kind}, parameters {curve.params}) overflows")
     return curve
 
 
@@ -191,13 +205,20 @@ class Profile:
     matrix: MatrixProfile | None
 
 
+def _xyz(tag: bytes) -> list[float]:
+    """An 'XYZ ' tag's first XYZ number (ICC.1:2010, 10.31): three s15Fixed16Number values."""
+    if tag[:4] != b"XYZ " or len(tag) < 20:
+        raise ProfileError(f"a colorant tag is not an XYZ number (type {tag[:4]!r}, {len(tag)} bytes)")
+    return _s15(tag[8:20])
+
+
 def _matrix_profile(data: bytes, space: str, tags: dict[bytes, bytes]) -> MatrixProfile | None:
     if any(tag in tags for tag in _LUT_TAGS) or data[20:24] != b"XYZ ":
         return None  # littleCMS prefers the tables where a profile has both
     if space == "GRAY" and b"kTRC" in tags:
         return MatrixProfile(data, True, (_curve(tags[b"kTRC"]),), None)
     if space == "RGB" and all(tag in tags for tag in _RGB_TAGS):
-        colorants = [_s15(tags[tag][8:20]) for tag in _RGB_TAGS[:3]]
+        colorants = [_xyz(tags[tag]) for tag in _RGB_TAGS[:3]]
         to_pcs = torch.tensor(colorants, dtype=torch.float32).T  # columns: the colorants
         if abs(float(torch.linalg.det(to_pcs))) < 1e-6:
             raise ProfileError("its colorants are not independent (no inverse)")
@@ -211,8 +232,11 @@ def parse_profile(data: bytes) -> Profile:
         cms = ImageCms.ImageCmsProfile(io.BytesIO(data))
     except (OSError, ImageCms.PyCMSError, TypeError, ValueError) as exc:
         raise ProfileError(f"littleCMS cannot open it ({exc})") from None
-    space = cms.profile.xcolor_space.strip()
-    description = (cms.profile.profile_description or "").strip() or "unnamed"
+    space = data[16:20].decode("latin-1").strip()  # the header's colour space (ICC.1:2010, 7.2.6), as bytes
+    try:  # Pillow decodes the description's text: UnicodeDecodeError, or ValueError on a code point
+        description = (cms.profile.profile_description or "").strip() or "unnamed"  # beyond U+10FFFF
+    except ValueError:
+        description = "unnamed"
     try:
         matrix = _matrix_profile(data, space, _tags(data))
     except (struct.error, IndexError, ZeroDivisionError) as exc:
@@ -259,12 +283,16 @@ def srgb_profile() -> bytes:
 
 def lcms_to_srgb(image: Image.Image, profile: Profile) -> Image.Image:
     """An 8-bit Pillow image in a table-based (or CMYK, Lab) profile -> sRGB "RGB" (or "RGBA"
-    with the alpha kept) through ImageCms."""
+    with the alpha kept) through ImageCms; ProfileError when littleCMS cannot build the transform
+    (a profile it opens can still hold tables it cannot use)."""
     source = ImageCms.ImageCmsProfile(io.BytesIO(profile.data))
     target = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))  # exact, not its s15Fixed16 copy
     alpha = image.getchannel("A") if "A" in image.getbands() else None
     colour = image.convert(profile_mode(profile)) if image.mode != profile_mode(profile) else image
-    converted = ImageCms.profileToProfile(colour, source, target, outputMode="RGB")
+    try:
+        converted = ImageCms.profileToProfile(colour, source, target, outputMode="RGB")
+    except ImageCms.PyCMSError as exc:  # an OSError in older Pillow, a plain Exception since
+        raise ProfileError(f"littleCMS cannot convert with it ({exc})") from None
     if alpha is not None:
         converted.putalpha(alpha)
     return converted
