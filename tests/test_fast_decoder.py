@@ -25,7 +25,8 @@ from tiny_models import tiny_vae
 from pisa_core import fast_decoder, vae_tiling
 from pisa_core.base_model import load_base_model
 from pisa_core.checkpoint import load_pisa_weights
-from pisa_core.cli import main, read_settings
+from pisa_core import read_png_settings as read_settings
+from pisa_core.cli import main
 from pisa_core.errors import PiSAError
 from pisa_core.fast_decoder import is_decoder_file, load_decoder
 from pisa_core.memory import MIN_VAE_TILE, with_backoff
