@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from comfy_stub import runtime
 from decoder_files import published_config, published_decoder, write_published
 from test_nodes import (  # noqa: F401 - the model-folder fixtures
     NODES,
@@ -23,6 +24,7 @@ from test_nodes import (  # noqa: F401 - the model-folder fixtures
 )
 
 fast_decoder = sys.modules["pisa_sr_pack_under_test.pisa_core.fast_decoder"]
+host_module = sys.modules["pisa_sr_pack_under_test.nodes.host"]
 BASE = fast_decoder.BASE_DECODER
 LOADER = NODES["PiSALoader"]
 DIFFUSERS = "[diffusers] sd21-tiny"
@@ -61,6 +63,19 @@ def test_without_a_decoder_file_only_the_base_vae_is_offered():
 
 
 def test_decoder_files_are_listed_as_decoders_not_as_weights(decoder_files):
+    assert choices("decoder") == [BASE, "lying.pth", "sd21_lwdecoder.pth", "sub/lwdecoder.safetensors"]
+    assert choices("pisa_weights") == ["pisa_sr.pkl", "pisa_sr.safetensors"]
+
+
+def test_inside_comfyui_the_model_folder_lists_decoder_files_too(decoder_files, models_root, tmp_path,  # noqa: F811
+                                                                 monkeypatch):
+    """ComfyUI lists a folder's files by its registered extensions: .pth must be one of pisa_sr's."""
+    *_, fp = runtime("0.33", str(tmp_path))
+    fp.add_model_folder_path("pisa_sr", str(models_root / "pisa_sr"))  # as extra_model_paths.yaml: no extensions
+    fp.folder_names_and_paths["pisa_sr"][1].add(".pkl")
+    comfy = host_module.ComfyHost(*runtime("0.33", str(tmp_path))[:3], fp)
+    comfy.register_model_folders()
+    monkeypatch.setattr(host_module, "HOST", comfy)
     assert choices("decoder") == [BASE, "lying.pth", "sd21_lwdecoder.pth", "sub/lwdecoder.safetensors"]
     assert choices("pisa_weights") == ["pisa_sr.pkl", "pisa_sr.safetensors"]
 
