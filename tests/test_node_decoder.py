@@ -10,18 +10,7 @@ import pytest
 import torch
 from comfy_stub import runtime
 from decoder_files import published_config, published_decoder, write_published
-from test_nodes import (  # noqa: F401 - the model-folder fixtures
-    NODES,
-    PiSAError,
-    decode,
-    encode,
-    guide,
-    image,
-    inputs,
-    model_folders,
-    models_root,
-    pisa_model,
-)
+from test_nodes import NODES, PiSAError, decode, encode, guide, image, inputs, model_folders, models_root, pisa_model  # noqa: F401 - the model-folder fixtures
 
 fast_decoder = sys.modules["pisa_sr_pack_under_test.pisa_core.fast_decoder"]
 host_module = sys.modules["pisa_sr_pack_under_test.nodes.host"]
