@@ -27,7 +27,7 @@ LORAS_PREFIX = "[loras] "
 # Same files + dtype + device → the same loaded model, while anything still holds it (a cache).
 _loaded: weakref.WeakValueDictionary[tuple, PiSAModel] = weakref.WeakValueDictionary()
 _load_lock = threading.Lock()
-# (what, path, size, mtime) → whether a model file holds PiSA-SR weights / a fast decoder (a cache).
+# file version (path, size, mtime) → whether it holds PiSA-SR weights / a fast decoder (a cache).
 _recognised: dict[tuple, bool] = {}
 
 # What PiSA-SR weights files hold, by key (docs/release.md, "Weights file"; our .safetensors).
@@ -78,7 +78,8 @@ class EpsCache:
 class PiSAModel:
     """What flows along a PISA_MODEL wire: the pipeline, its model-management handle, the ε cache."""
 
-    def __init__(self, pipe, key: tuple, base_name: str, weights_name: str, decoder_name: str = fast_decoder.BASE_DECODER):
+    def __init__(self, pipe, key: tuple, base_name: str, weights_name: str,
+                 decoder_name: str = fast_decoder.BASE_DECODER):
         self.pipe = pipe
         self.key = key
         self.base_name, self.weights_name, self.decoder_name = base_name, weights_name, decoder_name
@@ -108,28 +109,17 @@ class PiSAModel:
         return f"PiSAModel({self.base_name!r}, {self.weights_name!r}, {self.decoder_name!r}, {self.pipe.dtype})"
 
 
-# ---------------------------------------------------------------- weights and decoder files
-
-
-def _recognised_as(test, path: Path) -> bool:
-    """test(path), asked once per file version (path, size, time): the folders are listed every
-    time ComfyUI asks for the node definitions."""
-    stat = path.stat()
-    key = (test.__name__, str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _recognised:
-        _recognised[key] = test(path)
-    return _recognised[key]
+# ---------------------------------------------------------------- weights files
 
 
 def _is_pisa_weights(path: Path) -> bool:
     """Recognise PiSA-SR weights by their keys without loading them: a safetensors header, or the
     key strings inside an official pisa_sr.pkl's pickle (nothing is unpickled)."""
-    return _recognised_as(_holds_pisa_keys, path)
-
-
-def _is_decoder(path: Path) -> bool:
-    """A fast decoder file, judged from its content (fast_decoder.is_decoder_file: nothing unpickled)."""
-    return _recognised_as(fast_decoder.is_decoder_file, path)
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _recognised:
+        _recognised[key] = _holds_pisa_keys(path)
+    return _recognised[key]
 
 
 def _holds_pisa_keys(path: Path) -> bool:
@@ -146,10 +136,9 @@ def _holds_pisa_keys(path: Path) -> bool:
 
 
 def pisa_weight_choices() -> list[str]:
-    """PiSA-SR weights in models/pisa_sr (any file there but a fast decoder), then those in
-    models/loras (as '[loras] name')."""
-    own = [name for name in host.HOST.files_in(host.PISA_FOLDER, host.PISA_EXTENSIONS)
-           if not _is_decoder(host.find(host.PISA_FOLDER, name))]
+    """PiSA-SR weights in models/pisa_sr (its files but the fast decoders), then those in models/loras
+    (as '[loras] name')."""
+    own = [name for name in host.HOST.files_in(host.PISA_FOLDER, host.PISA_EXTENSIONS) if not _is_decoder(name)]
     loras = [name for name in host.HOST.files_in(host.LORA_FOLDER, host.PISA_EXTENSIONS)
              if _is_pisa_weights(host.find(host.LORA_FOLDER, name))]
     return own + [LORAS_PREFIX + name for name in loras]
@@ -161,12 +150,26 @@ def resolve_pisa_weights(name: str) -> Path:
     return host.find(host.PISA_FOLDER, name)
 
 
+def _is_decoder(name: str) -> bool:
+    """Whether a file the host lists in models/pisa_sr is a fast decoder, judged by its content
+    (fast_decoder.is_decoder_file: nothing is unpickled) once per file version. A name that no
+    longer leads to a file (a dangling link, a file removed since) is not."""
+    try:
+        path = host.find(host.PISA_FOLDER, name)
+        stat = path.stat()
+    except (PiSAError, OSError):
+        return False
+    key = ("fast decoder", str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _recognised:
+        _recognised[key] = fast_decoder.is_decoder_file(path)
+    return _recognised[key]
+
+
 def decoder_choices() -> list[str]:
     """The base model's own VAE decoder (the default, fast_decoder.BASE_DECODER), then the fast
-    decoder files in models/pisa_sr, recognised by content."""
-    files = [name for name in host.HOST.files_in(host.PISA_FOLDER, host.DECODER_EXTENSIONS)
-             if _is_decoder(host.find(host.PISA_FOLDER, name))]
-    return [fast_decoder.BASE_DECODER, *files]
+    decoder files in models/pisa_sr."""
+    files = host.HOST.files_in(host.PISA_FOLDER, host.DECODER_EXTENSIONS)
+    return [fast_decoder.BASE_DECODER, *filter(_is_decoder, files)]
 
 
 def resolve_decoder(name: str) -> Path | None:
