@@ -47,6 +47,7 @@ LOG = logging.getLogger("PiSA-SR")
 PISA_FOLDER = "pisa_sr"
 LORA_FOLDER = "loras"  # other packs and users keep pisa_sr.pkl there too
 PISA_EXTENSIONS = {".pkl", ".safetensors"}
+DECODER_EXTENSIONS = {".pth", ".pt", ".safetensors"}  # a fast decoder file, also kept in models/pisa_sr
 CHECKPOINT_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft"}
 DIFFUSERS_PREFIX = "[diffusers] "
 
@@ -187,12 +188,13 @@ class ComfyHost(PlainHost):
         return Progress(total_steps, report)
 
     def register_model_folders(self) -> None:
-        """Register `models/pisa_sr` (extensions .pkl/.safetensors) so extra_model_paths.yaml works too."""
+        """Register `models/pisa_sr` (PiSA-SR weights .pkl/.safetensors, fast decoders .pth/.pt/.safetensors)
+        so extra_model_paths.yaml works too."""
         fp = self.fp
         fp.add_model_folder_path(PISA_FOLDER, os.path.join(fp.models_dir, PISA_FOLDER))
         paths, exts = fp.folder_names_and_paths[PISA_FOLDER]
         # A folder first created by extra_model_paths.yaml has an empty extension set (= any file).
-        fp.folder_names_and_paths[PISA_FOLDER] = (paths, set(exts) | PISA_EXTENSIONS)
+        fp.folder_names_and_paths[PISA_FOLDER] = (paths, set(exts) | PISA_EXTENSIONS | DECODER_EXTENSIONS)
 
     def folder_paths(self, kind: str) -> list[Path]:
         try:

@@ -2,7 +2,7 @@
 per-model cache of (ε_pix, ε_PiSA) that lets a λ change skip the UNet.
 
 The pack's caches all live here (node classes hold no state): loaded models by file stamps, which
-files in models/loras hold PiSA-SR weights, and each model's ε cache."""
+files hold PiSA-SR weights or a fast decoder, and each model's ε cache."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..pisa_core import memory, options
+from ..pisa_core import fast_decoder, memory, options
 from ..pisa_core.checkpoint import looks_like_pisa_weights
 from ..pisa_core.errors import PiSAError
 from . import host
@@ -25,7 +25,7 @@ LORAS_PREFIX = "[loras] "
 # Same files + dtype + device → the same loaded model, while anything still holds it (a cache).
 _loaded: weakref.WeakValueDictionary[tuple, PiSAModel] = weakref.WeakValueDictionary()
 _load_lock = threading.Lock()
-# (path, size, mtime) → whether a file in models/loras holds PiSA-SR weights (a cache).
+# file version (path, size, mtime) → whether it holds PiSA-SR weights / a fast decoder (a cache).
 _recognised: dict[tuple, bool] = {}
 
 
@@ -72,10 +72,11 @@ class EpsCache:
 class PiSAModel:
     """What flows along a PISA_MODEL wire: the pipeline, its model-management handle, the ε cache."""
 
-    def __init__(self, pipe, key: tuple, base_name: str, weights_name: str):
+    def __init__(self, pipe, key: tuple, base_name: str, weights_name: str,
+                 decoder_name: str = fast_decoder.BASE_DECODER):
         self.pipe = pipe
         self.key = key
-        self.base_name, self.weights_name = base_name, weights_name
+        self.base_name, self.weights_name, self.decoder_name = base_name, weights_name, decoder_name
         self.eps_cache = EpsCache()
         self.unet_calls = 0  # UNet forward passes run through this model (tests and logs)
         self.container = torch.nn.ModuleDict({"unet": pipe.unet, "vae": pipe.vae})
@@ -99,7 +100,7 @@ class PiSAModel:
         host.HOST.size_changed(self.handle)
 
     def __repr__(self) -> str:
-        return f"PiSAModel({self.base_name!r}, {self.weights_name!r}, {self.pipe.dtype})"
+        return f"PiSAModel({self.base_name!r}, {self.weights_name!r}, {self.decoder_name!r}, {self.pipe.dtype})"
 
 
 # ---------------------------------------------------------------- weights files
@@ -121,8 +122,9 @@ def _is_pisa_weights(name: str) -> bool:
 
 
 def pisa_weight_choices() -> list[str]:
-    """PiSA-SR weights in models/pisa_sr, then those in models/loras (as '[loras] name')."""
-    own = host.HOST.files_in(host.PISA_FOLDER, host.PISA_EXTENSIONS)
+    """PiSA-SR weights in models/pisa_sr (its files but the fast decoders), then those in models/loras
+    (as '[loras] name')."""
+    own = [name for name in host.HOST.files_in(host.PISA_FOLDER, host.PISA_EXTENSIONS) if not _is_decoder(name)]
     loras = [name for name in host.HOST.files_in(host.LORA_FOLDER, host.PISA_EXTENSIONS) if _is_pisa_weights(name)]
     return own + [LORAS_PREFIX + name for name in loras]
 
@@ -133,6 +135,33 @@ def resolve_pisa_weights(name: str) -> Path:
     return host.find(host.PISA_FOLDER, name)
 
 
+def _is_decoder(name: str) -> bool:
+    """Whether a file the host lists in models/pisa_sr is a fast decoder, judged by its content
+    (fast_decoder.is_decoder_file: nothing is unpickled) once per file version. A name that no
+    longer leads to a file (a dangling link, a file removed since) is not."""
+    try:
+        path = host.find(host.PISA_FOLDER, name)
+        stat = path.stat()
+    except (PiSAError, OSError):
+        return False
+    key = ("fast decoder", str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _recognised:
+        _recognised[key] = fast_decoder.is_decoder_file(path)
+    return _recognised[key]
+
+
+def decoder_choices() -> list[str]:
+    """The base model's own VAE decoder (the default, fast_decoder.BASE_DECODER), then the fast
+    decoder files in models/pisa_sr."""
+    files = host.HOST.files_in(host.PISA_FOLDER, host.DECODER_EXTENSIONS)
+    return [fast_decoder.BASE_DECODER, *filter(_is_decoder, files)]
+
+
+def resolve_decoder(name: str) -> Path | None:
+    """None for the base VAE's decoder, else the decoder file's path (load_decoder checks its content)."""
+    return None if name == fast_decoder.BASE_DECODER else host.find(host.PISA_FOLDER, name)
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -141,25 +170,34 @@ def _file_stamp(path: Path) -> tuple:
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
-def files_fingerprint(base_name: str, weights_name: str) -> tuple | None:
+def _decoder_stamp(decoder_path: Path | None) -> tuple:
+    return () if decoder_path is None else _file_stamp(decoder_path)
+
+
+def files_fingerprint(base_name: str, weights_name: str, decoder_name: str = fast_decoder.BASE_DECODER) -> tuple | None:
     """What the loaded model depends on in the model folders (paths, sizes, times); None when a file
     is missing (the load then fails with its own clear error)."""
     try:
-        return _file_stamp(host.resolve_base_model(base_name)), _file_stamp(resolve_pisa_weights(weights_name))
+        return (_file_stamp(host.resolve_base_model(base_name)), _file_stamp(resolve_pisa_weights(weights_name)),
+                _decoder_stamp(resolve_decoder(decoder_name)))
     except (PiSAError, OSError):
         return None
 
 
-def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False) -> PiSAModel:
+def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False,
+               decoder_name: str = fast_decoder.BASE_DECODER) -> PiSAModel:
     """Resolve the model files, load them once (cached while in use) and hand them to the host.
-    dtype 'auto' follows the same rule as the CLI and the Python API (options.auto_dtype)."""
+    dtype 'auto' follows the same rule as the CLI and the Python API (options.auto_dtype). A fast
+    decoder file is read and checked before the base model loads (PiSAPipeline.from_files)."""
     from ..pisa_core.pipeline import PiSAPipeline
 
     base_path = host.resolve_base_model(base_name)
     weights_path = resolve_pisa_weights(weights_name)
+    decoder_path = resolve_decoder(decoder_name)
     load = host.HOST.compute_device()
     dtype = options.resolve_dtype(dtype_name, load)
-    key = (_file_stamp(base_path), _file_stamp(weights_path), str(dtype), str(load), bool(compile))
+    key = (_file_stamp(base_path), _file_stamp(weights_path), _decoder_stamp(decoder_path), str(dtype), str(load),
+           bool(compile))
     with _load_lock:
         cached = _loaded.get(key)
         if cached is not None:
@@ -177,12 +215,13 @@ def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", comp
 
         # Weights start on the offload device; the host moves them to `load` before each use.
         pipe = PiSAPipeline.from_files(base_path, weights_path, device=load, dtype=dtype, compile=compile,
-                                       weights_device=host.HOST.offload_device(),
+                                       weights_device=host.HOST.offload_device(), decoder=decoder_path,
                                        free_memory=free_now, on_upcast=on_upcast)
-        model = PiSAModel(pipe, key, base_name, weights_name)
+        model = PiSAModel(pipe, key, base_name, weights_name, decoder_name)
         owner.append(weakref.ref(model))
         _loaded[key] = model
-        LOG.info("pisa-sr: loaded %s + %s (%s on %s)", base_name, weights_name, options.dtype_name(dtype), load)
+        LOG.info("pisa-sr: loaded %s + %s, decoder %s (%s on %s)", base_name, weights_name, decoder_name,
+                 options.dtype_name(dtype), load)
         return model
 
 

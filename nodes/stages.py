@@ -14,7 +14,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..pisa_core import options
+from ..pisa_core import fast_decoder, options
 from ..pisa_core.errors import PiSAError
 from ..pisa_core.geometry import Plan, check_images
 from ..pisa_core.guidance import PISA, PIX, masked_lambda
@@ -23,7 +23,7 @@ from ..pisa_core.options import LATENT_FACTOR
 from ..pisa_core.pipeline import check_options, to_host
 from ..pisa_core.progress import STAGE_STEPS
 from . import host
-from .model import PiSAModel, files_fingerprint, load_model, pisa_weight_choices, with_backoff
+from .model import PiSAModel, decoder_choices, files_fingerprint, load_model, pisa_weight_choices, with_backoff
 from .schema import (
     PisaModel,
     color_reference_input,
@@ -36,6 +36,11 @@ from .schema import (
 )
 
 LOG = logging.getLogger("PiSA-SR")
+DECODER_TOOLTIP = (
+    f"'{fast_decoder.BASE_DECODER}': the base model's own VAE decoder. Or a fast decoder file in models/pisa_sr "
+    "(recognised by content): sd21_lwdecoder.pth from VOSR (arXiv 2604.03225, Apache-2.0), a half-width SD2.1 VAE "
+    "decoder doing a quarter of the decode work, or its .safetensors; its authors report comparable quality on "
+    "SD2.1 latents, not measured on PiSA-SR outputs here. Decode, Upscale and Guidance Grid use it.")
 META = "pisa"  # extra key in the LATENT dict: the pipeline's Plan (sizes, input, geometry) for Decode
 MIN_LATENT_TILE = 16
 
@@ -50,7 +55,8 @@ class PiSALoader(io.ComfyNode):
             node_id="PiSALoader", display_name="PiSA-SR Loader",
             description=("Loads Stable Diffusion 2.1-base (single file from models/checkpoints or a diffusers "
                          "folder from models/diffusers) with the PiSA-SR pixel and semantic LoRAs (models/pisa_sr, "
-                         "or PiSA-SR weights found in models/loras)."),
+                         "or PiSA-SR weights found in models/loras), and optionally a fast decoder in place of the "
+                         "VAE decoder for every decode."),
             inputs=[
                 io.Combo.Input("base_model", options=host.base_model_choices(), tooltip=(
                     "SD 2.1-base: v2-1_512-ema-pruned.safetensors in models/checkpoints, or a diffusers folder in "
@@ -64,18 +70,22 @@ class PiSALoader(io.ComfyNode):
                 widget(io.Boolean, "compile", optional=True, advanced=True, default=False, tooltip=(
                     "torch.compile the UNet and VAE (dynamic shapes): the first image takes minutes to compile, "
                     "later ones run faster on GPUs.")),
+                io.Combo.Input("decoder", options=decoder_choices(), default=fast_decoder.BASE_DECODER,
+                               optional=True, tooltip=DECODER_TOOLTIP),
             ],
             outputs=[PisaModel.Output(display_name="pisa_model",
                                       tooltip="The loaded PiSA-SR model (UNet with both LoRAs, VAE).")])
 
     @classmethod
-    def fingerprint_inputs(cls, base_model, pisa_weights, dtype="auto", compile=False):
+    def fingerprint_inputs(cls, base_model, pisa_weights, dtype="auto", compile=False,
+                           decoder=fast_decoder.BASE_DECODER):
         """A replaced model file (new size or time) loads again; the same files reuse the loaded model."""
-        return files_fingerprint(base_model, pisa_weights), dtype, compile
+        return files_fingerprint(base_model, pisa_weights, decoder), dtype, compile
 
     @classmethod
-    def execute(cls, base_model, pisa_weights, dtype="auto", compile=False) -> io.NodeOutput:
-        return io.NodeOutput(load_model(base_model, pisa_weights, dtype, compile))
+    def execute(cls, base_model, pisa_weights, dtype="auto", compile=False,
+                decoder=fast_decoder.BASE_DECODER) -> io.NodeOutput:
+        return io.NodeOutput(load_model(base_model, pisa_weights, dtype, compile, decoder))
 
 
 class PiSAEncode(io.ComfyNode):

@@ -121,7 +121,7 @@ def comfy_host(monkeypatch, tmp_path, models_root):  # noqa: F811
 def test_model_management_on_each_host(version, comfy_host, tmp_path):
     comfy, mm, patcher = comfy_host(version)
     comfy.register_model_folders()
-    assert comfy.fp.folder_names_and_paths["pisa_sr"][1] >= {".pkl", ".safetensors"}
+    assert comfy.fp.folder_names_and_paths["pisa_sr"][1] >= {".pkl", ".safetensors", ".pth", ".pt"}
     model = NODES["PiSALoader"].execute("[diffusers] sd21-tiny", "pisa_sr.pkl", "fp32")[0]
     # Dynamic VRAM's patcher (CoreModelPatcher on newer hosts) streams comfy.ops layers only: ours is plain
     assert type(model.handle) is patcher.ModelPatcher and not model.handle.is_dynamic()

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).with_name("test_nodes_schema.json")
 NODE_IDS = ["PiSALoader", "PiSAEncode", "PiSADualGuidance", "PiSADecode", "PiSAUpscale", "PiSAGuidanceGrid"]
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FILE_LISTS = ("base_model", "pisa_weights", "decoder")  # choices that depend on the model folders
 
 
 def load_pack(name: str):
@@ -65,7 +66,7 @@ def schema_of(info: dict) -> dict:
             kind, *rest = info["input"][section][name]
             settings = rest[0] if rest else {}
             entry = {"name": name, "type": kind}
-            if kind == "COMBO" and name not in ("base_model", "pisa_weights"):
+            if kind == "COMBO" and name not in FILE_LISTS:
                 entry["choices"] = list(settings["options"])
             if "default" in settings:
                 entry["default"] = settings["default"]
@@ -209,6 +210,10 @@ def _widgets(cls) -> list[tuple[str, str, dict]]:
     return [(name, kind, settings) for _, name, kind, settings in inputs(cls) if kind in WIDGET_TYPES]
 
 
+def _optional(cls) -> set[str]:
+    return {name for section, name, _, _ in inputs(cls) if section == "optional"}
+
+
 def _sockets(cls) -> dict[str, str]:
     return {name: kind for _, name, kind, _ in inputs(cls) if kind not in WIDGET_TYPES}
 
@@ -230,9 +235,11 @@ def test_example_workflow_matches_the_node_schemas(name):
         if cls is None:
             continue
         widgets = _widgets(cls)
-        assert len(node["widgets_values"]) == len(widgets), (name, node["type"])
+        assert len(node["widgets_values"]) <= len(widgets), (name, node["type"])
+        for wname, _, opts in widgets[len(node["widgets_values"]):]:  # added since: optional, their default applies
+            assert wname in _optional(cls) and "default" in opts, (name, node["type"], wname)
         for (wname, kind, opts), value in zip(widgets, node["widgets_values"]):
-            if kind == "COMBO" and wname not in ("base_model", "pisa_weights"):
+            if kind == "COMBO" and wname not in FILE_LISTS:
                 assert value in opts["options"], (name, node["type"], wname, value)
             if kind in ("INT", "FLOAT"):
                 assert opts["min"] <= value <= opts["max"], (name, node["type"], wname, value)

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER = "comfyui-pisa-sr"
 NODE_IDS = ["PiSALoader", "PiSAEncode", "PiSADualGuidance", "PiSADecode", "PiSAUpscale", "PiSAGuidanceGrid"]
 TEMPLATES = ["pisa_sr_basic", "pisa_sr_adjustable", "pisa_sr_grid", "pisa_sr_regions"]
+DECODER, BAD_DECODER = "sd21_lwdecoder.pth", "lying.pth"  # fast decoder files in models/pisa_sr
+BASE_DECODER = "base VAE"  # the loader's default decoder choice
 LQ_SIZE = (24, 32)  # h, w of the test input image
 HTTP_TIMEOUT = 120  # s; a shared CI machine under load answers slowly
 
@@ -114,6 +116,16 @@ class Server:
         return 0.0
 
 
+def write_decoders(folder: Path) -> None:
+    """A tiny fast decoder in the published layout, and one whose config contradicts its tensors
+    (listed by its content, refused when read)."""
+    from decoder_files import published_config, published_decoder, write_published
+
+    model = published_decoder(seed=3)
+    write_published(folder / DECODER, model)
+    write_published(folder / BAD_DECODER, model, {**published_config(), "block_out_channels": [8, 8, 8, 8]})
+
+
 def start_server(model_dir, tmp_path_factory, *extra_args: str):
     from PIL import Image
 
@@ -126,6 +138,7 @@ def start_server(model_dir, tmp_path_factory, *extra_args: str):
     (models / "checkpoints" / "v2-1_512-ema-pruned.safetensors").symlink_to(model_dir / "sd21-tiny.safetensors")
     (models / "diffusers" / "sd21-tiny").symlink_to(model_dir / "sd21-tiny", target_is_directory=True)
     (models / "pisa_sr" / "pisa_sr.pkl").symlink_to(model_dir / "pisa_sr.pkl")
+    write_decoders(models / "pisa_sr")
     config = base / "extra_model_paths.yaml"
     config.write_text(f"pisa_tests:\n    base_path: {models}\n    checkpoints: checkpoints\n"
                       f"    diffusers: diffusers\n    pisa_sr: pisa_sr\n")
@@ -184,9 +197,11 @@ def frontend_server(request, server, model_dir, tmp_path_factory):
 
 
 def api_prompt(lq="lq.png", upscale=4.0, lp=1.0, ls=1.0, tile=96, overlap=32, process_size=0, base="[diffusers] sd21-tiny",
-               prefix="pisa_test"):
+               prefix="pisa_test", decoder=None):
+    loader = {"base_model": base, "pisa_weights": "pisa_sr.pkl", "dtype": "auto",
+              **({"decoder": decoder} if decoder else {})}  # without it: the default, as older prompts
     return {
-        "1": {"class_type": "PiSALoader", "inputs": {"base_model": base, "pisa_weights": "pisa_sr.pkl", "dtype": "auto"}},
+        "1": {"class_type": "PiSALoader", "inputs": loader},
         "2": {"class_type": "LoadImage", "inputs": {"image": lq}},
         "3": {"class_type": "PiSAEncode", "inputs": {"pisa_model": ["1", 0], "image": ["2", 0], "upscale_by": upscale,
                                                      "resampling": "bicubic", "vae_tile": 1024, "process_size": process_size}},
@@ -253,11 +268,37 @@ def test_object_info_lists_the_nodes_and_model_files(server):
     loader = info["PiSALoader"]["input"]["required"]
     assert "v2-1_512-ema-pruned.safetensors" in choices(loader["base_model"])
     assert "[diffusers] sd21-tiny" in choices(loader["base_model"])
-    assert choices(loader["pisa_weights"]) == ["pisa_sr.pkl"]
+    assert choices(loader["pisa_weights"]) == ["pisa_sr.pkl"]  # the decoder files are not weights
     log = server.log.read_text()
     assert "IMPORT FAILED" not in log.split(PACK_FOLDER)[0][-200:]
     assert "Error while calling comfy_entrypoint" not in log and "pisa-sr: this ComfyUI" not in log
     assert f"custom_nodes/{PACK_FOLDER}" in log or PACK_FOLDER in log
+
+
+def test_the_loaders_decoder_input_is_served_last_with_the_base_vae_by_default(server):
+    spec = server.get("/object_info")["PiSALoader"]
+    assert spec["input_order"]["optional"][-1] == "decoder"
+    decoder = spec["input"]["optional"]["decoder"]
+    assert choices(decoder) == [BASE_DECODER, BAD_DECODER, DECODER] and decoder[1]["default"] == BASE_DECODER
+    assert "not measured on PiSA-SR outputs" in decoder[1]["tooltip"]
+
+
+def test_a_chain_with_the_fast_decoder_and_a_clear_error_for_a_bad_one(server):
+    from PIL import Image
+
+    runs = {}
+    for decoder in (None, DECODER):
+        entry = server.wait(server.queue(api_prompt(upscale=2.0, decoder=decoder, prefix=f"decoder_{decoder}")))
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        runs[decoder] = Image.open(saved_images(server, entry)[0])
+    h, w = LQ_SIZE
+    assert runs[DECODER].size == runs[None].size == (2 * w, 2 * h)
+    assert runs[DECODER].tobytes() != runs[None].tobytes()  # the model carries the decoder to PiSA Decode
+    entry = server.wait(server.queue(api_prompt(decoder=BAD_DECODER, prefix="bad_decoder")))
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_type"] == "PiSALoader" and error["exception_type"].endswith("PiSAError"), error
+    assert BAD_DECODER in error["exception_message"] and "\n" not in error["exception_message"].strip(), error
 
 
 def test_the_hosts_v1_view_of_the_v3_nodes_is_the_frozen_schema(server):
@@ -346,8 +387,10 @@ def test_templates_are_served_and_run(server):
     for name in TEMPLATES:
         workflow = server.get(f"/api/workflow_templates/{PACK_FOLDER}/{name}.json")
         for node in workflow["nodes"]:
-            if node["type"] in info:
-                assert len(node["widgets_values"]) >= len(widget_names(info[node["type"]])), (name, node["type"])
+            if node["type"] in info:  # inputs added since the template was saved are optional and take their default
+                spec = info[node["type"]]
+                for missing in widget_names(spec)[len(node["widgets_values"]):]:
+                    assert "default" in spec["input"]["optional"][missing][1], (name, node["type"], missing)
         prompt = ui_to_api(workflow, info)
         for node in prompt.values():  # tiny test models: keep the work small and use our test image
             if node["class_type"] == "PiSAEncode":
@@ -427,7 +470,7 @@ def test_model_management_hand_off_in_process(model_dir, tmp_path):
     version = host_version()
     assert found.pop("interrupt_is_base_exception") == (version >= (0, 20))  # cleanup must sit in `finally`
     assert found.pop("patcher_counts_free_memory") == (version >= (0, 12))
-    assert found == {"in_comfy": True, "pisa_exts": [".pkl", ".safetensors"], "handle": "ModelPatcher",
+    assert found == {"in_comfy": True, "pisa_exts": [".pkl", ".pt", ".pth", ".safetensors"], "handle": "ModelPatcher",
                      "plain_patcher": True, "same_model": True, "registered": True, "weights_on_load_device": True,
                      "after_unload": False, "weights_offloaded": True, "reloaded": True,
                      "out_shape": [1, 64, 64, 3], "memory_asked_each_stage": True, "interrupt": "raised", "freed": True,
