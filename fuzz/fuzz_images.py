@@ -14,9 +14,6 @@ from harness import main
 from image_seeds import MODULES  # noqa: F401  (the harness imports them instrumented)
 
 SUFFIX = ".img"
-# The header limit, lowered so that a file declaring the largest allowed image fits libFuzzer's
-# memory bound (-rss_limit_mb) and time bound (-timeout) on a busy machine: the check is the same at any limit.
-os.environ.setdefault("PISA_SR_MAX_IMAGE_PIXELS", str(2**20))
 
 
 def seeds() -> dict[str, bytes]:
@@ -41,4 +38,7 @@ def parse(path: Path) -> object:
 
 
 if __name__ == "__main__":
+    # The header limit, lowered so that a file declaring the largest allowed image fits libFuzzer's
+    # memory bound (-rss_limit_mb) and time bound (-timeout) on a busy machine: the check is the same at any limit.
+    os.environ.setdefault("PISA_SR_MAX_IMAGE_PIXELS", str(2**20))
     main(__file__)

@@ -12,7 +12,6 @@ from harness import main
 from image_seeds import MODULES  # noqa: F401  (the harness imports them instrumented)
 
 SUFFIX = ".png"
-os.environ.setdefault("PISA_SR_MAX_IMAGE_PIXELS", str(2**20))  # as fuzz_images.py
 
 
 def seeds() -> dict[str, bytes]:
@@ -30,4 +29,5 @@ def parse(path: Path) -> object:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PISA_SR_MAX_IMAGE_PIXELS", str(2**20))  # as fuzz_images.py
     main(__file__)

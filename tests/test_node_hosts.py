@@ -35,12 +35,19 @@ ADVANCED = {"PiSALoader": ["dtype", "compile"], "PiSAEncode": ["resampling", "va
 
 @pytest.fixture()
 def stub_host():
-    """Install the V3 API stub of a host for one test; the suite's default ("0.33") afterwards."""
+    """Install the V3 API stub of a host for one test; afterwards the modules that were there before
+    (the packs other tests imported keep the io.ComfyNode they subclass)."""
+    saved = {name: sys.modules.get(name) for name in ("comfy_api", "comfy_api.latest")}
+
     def use(version):
         if not install_v3_api(version):
             pytest.skip("the real comfy_api is importable here; the host variants need the stub")
     yield use
-    install_v3_api("0.33")
+    for name, module in saved.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
 
 
 @pytest.mark.parametrize("version", HOSTS)

@@ -36,6 +36,8 @@ def _open_pil(path: Path) -> Image.Image:
     _check_single_frame(path)
     try:
         im = open_checked(path, path)
+    except PiSAError:  # our own header checks (a ValueError too) name the file already
+        raise
     except UnidentifiedImageError as exc:
         raise PiSAError(f"Cannot read {str(path)!r}: not a recognised image file "
                         f"(expected PNG, JPEG, WebP, TIFF or BMP).") from exc
