@@ -8,8 +8,9 @@ Counts with torch.utils.flop_counter.FlopCounterMode (matrix products, convoluti
 attention; 2 operations per multiply-add, as the matmul throughput probe counts them), through
 the pipeline's public stages: VAE encode, UNet (default: one pass; adjustable: two as one batch),
 VAE decode. Writes benchmarks/results/flops-<date>.json; benchmarks/report.py divides these counts
-by the stage times of the newest cpu_speed.py run for the share of the machine's matrix throughput
-each stage reaches.
+by the stage times of the newest quiet cpu_speed.py run and the probe beside them for the share of
+the machine's matrix throughput each stage reaches. The timed benchmarks count their own work with
+`upscale_gflop` and `variant_gflop` for the share stored with each figure.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def stage_gflop(pipe: PiSAPipeline, side: int, upscale: float) -> dict[str, floa
                 "unet": count(lambda: pipe.predict_eps(latent, need=(PISA,))),
                 "unet (adjustable)": count(lambda: pipe.predict_eps(latent, need=(PIX, PISA))),
                 "decode": count(lambda: pipe.decode(z_high))}
+
+
+def upscale_gflop(side: int = 128, upscale: float = 4.0) -> dict[str, float]:
+    """stage -> GFLOP of one `side`² input upscaled by `upscale` (counted now, in seconds)."""
+    return stage_gflop(meta_pipeline(), side, upscale)
+
+
+def variant_gflop(stages: dict[str, float], variant: str) -> float:
+    """The operations one image of a speed.py variant needs, from `stages` (stage_gflop): the
+    release structure and the naive baselines are charged the work our pipeline counts for the
+    same output, so their share of the machine's rate shows what their structure wastes."""
+    if variant in ("ours-readjust", "ours-decode"):
+        return stages["decode"]
+    unet = stages["unet (adjustable)"] if "adjustable" in variant else stages["unet"]
+    return stages["encode"] + unet + stages["decode"]
 
 
 def main() -> int:
