@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the release-structure reference and t
 
 import tiny_models  # noqa: E402
 from pisa_files import random_pisa_weights  # noqa: E402
-from quiet import gate, share  # noqa: E402
+from quiet import gate, share
 
 from pisa_core.base_model import BaseModel  # noqa: E402
 from pisa_core.checkpoint import PiSAWeights  # noqa: E402

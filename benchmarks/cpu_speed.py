@@ -1,13 +1,14 @@
 """The CPU targets (issue 9, items 4 and 5), measured side by side in one run on the real-size
 SD2.1-base architecture with random weights, 128² -> 512²:
 
-    python benchmarks/cpu_speed.py [--repeats 3] [--skip image process ops] [--model-dir DIR] [--quick]
+    python benchmarks/cpu_speed.py [--repeats 3] [--skip pairs image process ops] [--model-dir DIR] [--quick]
 
-  image    first the per-image targets: ours (auto) and the release structure (fp32) in one
+  pairs    first the per-image targets: ours (auto) and the release structure (fp32) in one
            process, timed in turn (ours, release, ours, ...) for --repeats rounds after a warm-up
-           each; the target is the median of the per-round ratios, so that a machine whose speed
-           drifts (a shared virtual machine) slows both sides alike. Then per-image time and peak
-           RSS of ours (dtype auto, and fp32; the stages one by one), each variant in its own
+           each, a matrix-product probe in both dtypes before each round; the target is the
+           median of the per-round ratios, so that a machine whose speed drifts (a shared virtual
+           machine) slows both sides alike
+  image    per-image time and peak RSS of ours (dtype auto, and fp32; the stages one by one), each variant in its own
            process (speed.py); bf16/fp32 per stage; the quality guard: PSNR of the auto (bf16)
            output against the fp32 output on the same random model, at least 35 dB on [0, 1]
   process  whole processes, start to written file: `pisa-sr upscale` with the single-file
@@ -50,7 +51,7 @@ from flops import upscale_gflop, variant_gflop
 from quiet import gate
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("image", "process", "ops")
+PARTS = ("pairs", "image", "process", "ops")
 MIN_PSNR_DB = 35.0
 
 # (variant of speed.py, our dtype), each in its own process: stage times, peak RSS, outputs
@@ -431,10 +432,11 @@ def main() -> int:
             "quality": {}, "process": {}, "ops": {}}
     with tempfile.TemporaryDirectory(prefix="pisa-sr-bench-") as tmp:
         work = Path(tmp)
-        if "image" not in args.skip:
+        if "pairs" not in args.skip:
             # the target pairs first: they start right after the throughput probe recorded above
             print("per image, ours and the release structure in turn:", flush=True)
             data["interleaved"] = interleaved(children, args.repeats, probes, counted)
+        if "image" not in args.skip:
             print("per image (each variant in its own process):", flush=True)
             data["image"] = per_image(children, args.repeats, work, probes, counted)
             data["stage_ratios"] = stage_ratios(data["image"])
