@@ -173,9 +173,12 @@ SUMMARY_VARIANTS = ("ours-default", "ours-adjustable")
 def summary(results: Results) -> str:
     """README: what travels first (ours / the release structure in the same run; the share of the
     machine's matrix-product rate), then the seconds with the probe beside them."""
+    gpu = results.get("speed-cuda")
+    gpu_line = (f"GPU: see [docs/performance.md](docs/performance.md#gpu) ({gpu['machine'].get('gpu')})."
+                if gpu else "GPU: not measured yet (`bash benchmarks/gpu.sh` measures it).")
     cpu = results.get("cpu-speed")
     if cpu is None:
-        return missing("cpu-speed", "python benchmarks/cpu_speed.py", results)
+        return missing("cpu-speed", "python benchmarks/cpu_speed.py", results) + f"\n{gpu_line}\n"
     f = cpu["figures"]
     rows = []
     for variant in SUMMARY_VARIANTS:
@@ -195,9 +198,6 @@ def summary(results: Results) -> str:
     if "ours" in process and "release" in process:
         rows.append(["whole `pisa-sr upscale` process, one image", f"{process['ours']['median_ratio']:.3f}", "–",
                      f"{process['ours']['seconds']:.1f} s · release {process['release']['seconds']:.1f} s"])
-    gpu = results.get("speed-cuda")
-    gpu_line = (f"GPU: see [docs/performance.md](docs/performance.md#gpu) ({gpu['machine'].get('gpu')})."
-                if gpu else "GPU: not measured yet (`bash benchmarks/gpu.sh` measures it).")
     return (_table(["CPU", "ours auto / release structure (fp32), same run",
                     "share of the machine's matmul rate in its dtype: ours auto · ours fp32 · release",
                     "seconds (dtype, probe GFLOP/s beside)"], rows)
@@ -325,7 +325,12 @@ def memory(device: str):
         header += ["peak GPU GiB"] if any("peak_gpu_gib" in r for _, r in shown) else []
         header += ["total (probe beside)", "share of the probe", "encode / UNet / decode s"]
         lines = [f"{', '.join(f'{size}²' for size in sizes)}: {source_line(run)}" for run, sizes in sources]
-        lines += [f"{size}²: {refusal(run)}" for size, found in refused.items() for run in found]
+        refused_sizes: dict[str, tuple[dict, list[int]]] = {}
+        for size, found in refused.items():
+            for run in found:
+                refused_sizes.setdefault(run["file"], (run, []))[1].append(size)
+        lines += [f"{', '.join(f'{size}²' for size in sizes)}: {refusal(run)}"
+                  for run, sizes in sorted(refused_sizes.values(), key=lambda entry: entry[0]["file"])]
         table = _table(header, rows) if rows else f"No `{name}` run passes the quiet gate yet, so no figures are shown."
         return table + "\n\n" + "\n\n".join(lines) + "\n"
     return render

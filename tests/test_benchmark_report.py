@@ -139,7 +139,7 @@ def test_a_memory_table_refuses_a_noisy_size_and_keeps_a_quiet_one(tmp_path):
     runs = report.load_runs(tmp_path)
     out = report.memory("cpu")(report.Results(runs))
     assert "| 4096² | bf16 | whole image / whole image | 2.50 | 3.00 s (bf16, probe bf16 400) | 50% |" in out
-    assert "| 512² |" not in out and "512²: Refused: `benchmarks/results/memory-cpu-2026-01-02T0000.json`" in out
+    assert "| 512² |" not in out and "512², 4096²: Refused: `benchmarks/results/memory-cpu-2026-01-02T0000.json`" in out
 
 
 def test_the_quiet_gate_and_the_machine_description():
