@@ -1,7 +1,8 @@
 """The CPU targets (issue 9, items 4 and 5), measured side by side in one run on the real-size
 SD2.1-base architecture with random weights, 128² -> 512²:
 
-    python benchmarks/cpu_speed.py [--repeats 3] [--skip pairs image process ops] [--model-dir DIR] [--quick]
+    python benchmarks/cpu_speed.py [--repeats 3] [--skip pairs image process ops] [--pairs ours-default ...]
+                                   [--model-dir DIR] [--quick]
 
   pairs    first the per-image targets: ours (auto) and the release structure (fp32) in one
            process, timed in turn (ours, release, ours, ...) for --repeats rounds after a warm-up
@@ -97,11 +98,13 @@ def per_image(children: Children, repeats: int, work: Path, probes: Probes, coun
     return results
 
 
-def interleaved(children: Children, rounds: int, probes: Probes, counted: dict) -> dict:
-    """Per target pair, ours (auto) and the release structure (fp32) in turn in one process, a
-    probe in both dtypes before each round; each side with its share of the probe."""
+def interleaved(children: Children, rounds: int, probes: Probes, counted: dict,
+                pairs: tuple[str, ...] = tuple(ours for ours, _ in TARGET_PAIRS)) -> dict:
+    """Per target pair (`pairs`: our variants), ours (auto) and the release structure (fp32) in
+    turn in one process, a probe in both dtypes before each round; each side with its share of
+    the probe."""
     found = {}
-    for ours, release in TARGET_PAIRS:
+    for ours, release in (pair for pair in TARGET_PAIRS if pair[0] in pairs):
         specs = [(ours, "auto"), (release, "fp32")]
         r = children.run(f"{ours} / {release}", speed.interleaved_command(specs, "cpu", rounds))
         if r is not None:
@@ -407,6 +410,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per variant after one warm-up; rounds of the interleaved measurements")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    parser.add_argument("--pairs", nargs="+", default=[ours for ours, _ in TARGET_PAIRS],
+                        choices=[ours for ours, _ in TARGET_PAIRS], help="the target pairs the pairs part times")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="where the random-weight model files are written once (default: a folder in $TMPDIR)")
     parser.add_argument("--quick", action="store_true", help="the tests' tiny models: a smoke test in a minute")
@@ -435,7 +440,7 @@ def main() -> int:
         if "pairs" not in args.skip:
             # the target pairs first: they start right after the throughput probe recorded above
             print("per image, ours and the release structure in turn:", flush=True)
-            data["interleaved"] = interleaved(children, args.repeats, probes, counted)
+            data["interleaved"] = interleaved(children, args.repeats, probes, counted, tuple(args.pairs))
         if "image" not in args.skip:
             print("per image (each variant in its own process):", flush=True)
             data["image"] = per_image(children, args.repeats, work, probes, counted)
