@@ -164,7 +164,7 @@ def missing(benchmark: str, command: str, results: Results | None = None) -> str
     if not refused:
         return f"No `{benchmark}` result yet: `{command}` writes one.\n"
     return (f"No `{benchmark}` run passes the quiet gate yet, so no figures are shown: `{command}` on a machine "
-            f"without other jobs writes one.\n" + "".join(f"\n{refusal(r)}\n" for r in refused))
+            f"without other jobs writes one.\n\n" + "".join(f"- {refusal(r)}\n" for r in refused))
 
 
 SUMMARY_VARIANTS = ("ours-default", "ours-adjustable")
