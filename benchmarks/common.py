@@ -1,7 +1,9 @@
 """Shared pieces of the benchmarks: the real-size SD2.1-base architecture with random weights,
 random PiSA-SR LoRAs of the release's shape, the pipeline's stages run one by one with a clock and
 a peak-RSS reading each, child processes (one measurement each, failures counted), the machine's
-description and timing helpers.
+description, the matrix-product probe taken before every timed round (`Probes`, `round_probe`),
+each timed figure's share of it (`with_share`), the quiet gate (benchmarks/quiet.py) and timing
+helpers.
 
 PISA_BENCH_TINY=1 in the environment (cpu_speed.py --quick sets it, child processes inherit it)
 swaps the real-size architecture for the tests' tiny SD2-structured models: a smoke test of every
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the release-structure reference and t
 
 import tiny_models  # noqa: E402
 from pisa_files import random_pisa_weights  # noqa: E402
+from quiet import gate, share
 
 from pisa_core.base_model import BaseModel  # noqa: E402
 from pisa_core.checkpoint import PiSAWeights  # noqa: E402
@@ -227,14 +230,18 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def matmul_gflops(side: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
-    """Matrix-multiply throughput now, fp32 and bf16 (GFLOP/s, best of `repeats`) on `device`: on a
-    shared machine the same code runs at different speeds at different times (bf16 on AMX most of
-    all), so each run records how fast the processor was before and after it."""
+PROBE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_gflops(side: int = 2048, repeats: int = 10, device: str = "cpu",
+                  dtypes: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, float]:
+    """Matrix-multiply throughput now in each of `dtypes` (GFLOP/s, best of `repeats`) on
+    `device`: on a shared machine the same code runs at different speeds at different times (bf16
+    on AMX most of all), so a run records how fast the processor was beside each timing."""
     result = {}
     device = torch.device(device)
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = (torch.randn(side, side, dtype=dtype, device=device) for _ in range(2))
+    for name in dtypes:
+        a, b = (torch.randn(side, side, dtype=PROBE_DTYPES[name], device=device) for _ in range(2))
         a @ b  # warm-up
         best = float("inf")
         for _ in range(repeats):
@@ -247,19 +254,93 @@ def matmul_gflops(side: int = 2048, repeats: int = 10, device: str = "cpu") -> d
     return result
 
 
+def round_probe(dtypes, device: str = "cpu") -> dict[str, float]:
+    """The probe taken right before a timed round, in the dtypes that round times (names as
+    pisa_core.options.dtype_name gives them; each once)."""
+    return matmul_gflops(device=device, dtypes=tuple(dict.fromkeys(dtypes)))
+
+
+class Probes(dict):
+    """label -> {dtype: GFLOP/s}: every probe of one run, in the order taken (write_result stores
+    them as the run's `probe_gflops` and judges the run's quiet gate from them)."""
+
+    def __init__(self, device: str = "cpu"):
+        super().__init__()
+        self.device = device
+
+    def take(self, label: str, dtypes=("fp32", "bf16")) -> dict[str, float]:
+        self[label] = round_probe(dtypes, self.device)
+        return self[label]
+
+    def add_rounds(self, label: str, figure: dict) -> None:
+        """The per-round probes a child process took (`figure["probes"]`), under `label`."""
+        for i, reading in enumerate(figure.get("probes", []), 1):
+            self[f"{label} round {i}"] = reading
+
+
+def with_share(figure: dict, gflop: float | None) -> dict:
+    """A timed figure (median `seconds`, `dtype`, the probe of each round in `probes`) with its
+    probe (the median of its rounds' readings in its dtype), the operations it needs and its share
+    of the probe, FLOPs / (seconds x probe). Unchanged without a count or probes."""
+    readings = [p[figure["dtype"]] for p in figure.get("probes", []) if figure["dtype"] in p]
+    if gflop is None or not readings:
+        return figure
+    probe = statistics.median(readings)
+    return {**figure, "gflop": gflop, "probe": probe, "share": share(gflop, figure["seconds"], probe)}
+
+
 def machine_info(device: str = "cpu") -> dict:
-    """CPU model and features as torch sees them, the GPU's name when `device` is one, torch
-    version, threads, date."""
+    """CPU model, its matrix features (AMX, AVX-512 BF16 or neither: bf16 pays on the first two
+    only), cores and the threads torch uses, the GPU's name when `device` is one, torch version,
+    date."""
     cpu = torch.cpu
+    flags = cpu_flags()
     info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cpu_model": cpu_model_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "amx_tile": bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()),
             "avx512_bf16": bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
-            "logical_cpus": os.cpu_count()}
+            "matrix_features": matrix_features(flags), "cpu_flags": sorted(flags & MATRIX_FLAGS),
+            "cores": physical_cores(), "logical_cpus": os.cpu_count()}
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+MATRIX_FLAGS = {"amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "avx512_bf16", "avx512f", "avx512_vnni", "avx_vnni"}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def matrix_features(flags: set[str]) -> str:
+    """"AMX", "AVX-512 BF16" or "neither": the bf16 matrix units of the CPU."""
+    if "amx_bf16" in flags or "amx_tile" in flags:
+        return "AMX"
+    return "AVX-512 BF16" if "avx512_bf16" in flags else "neither"
+
+
+def physical_cores() -> int | None:
+    """Distinct (package, core) pairs of /proc/cpuinfo, else None."""
+    try:
+        blocks = Path("/proc/cpuinfo").read_text().strip().split("\n\n")
+    except OSError:
+        return None
+    cores = set()
+    for block in blocks:
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "core id" in fields:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return len(cores) or None
 
 
 def cpu_model_name() -> str:
@@ -293,16 +374,28 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+changes" if changed else "")
 
 
+# the commit a run starts from, read when the benchmark imports this module: a long run's checkout
+# may move on (a commit, an edit) before the run writes its result
+STARTED_AT = git_commit()
+
+
 def write_result(name: str, figures: dict, *, device: str = "cpu", probe: dict | None = None,
                  out: str | None = None) -> Path:
-    """One run of benchmark `name` as one JSON file: commit, date, the machine, the matrix
-    throughput probe (`probe`, else measured now as "after") and the figures. Written to
+    """One run of benchmark `name` as one JSON file: the commit it started from (STARTED_AT; the
+    checkout's commit when written too, if that differs), date, the machine, the matrix throughput
+    probes (`probe`: label -> {dtype: GFLOP/s}, else one measured now as "after"), the quiet gate
+    judged from them (`noisy`, `probe_spread`: quiet.gate) and the figures. Written to
     benchmarks/results/<name>-<date>.json, or to `out`; benchmarks/report.py makes the docs'
-    tables from the newest file of each name."""
+    tables from the newest run of each name that passes the gate."""
     machine = machine_info(device)
-    record = {"benchmark": name, "commit": git_commit(), "date": machine["date"], "command": sys.argv,
-              "machine": machine, "probe_gflops": probe or {"after": matmul_gflops(device=device)},
-              "figures": figures}
+    probe = dict(probe or {"after": matmul_gflops(device=device)})
+    record = {"benchmark": name, "commit": STARTED_AT, "date": machine["date"], "command": sys.argv,
+              "machine": machine, "probe_gflops": probe, "quiet_gate": gate(probe), "figures": figures}
+    record["noisy"] = record["quiet_gate"]["noisy"]
+    record["probe_spread"] = record["quiet_gate"]["probe_spread"]
+    written_at = git_commit()
+    if written_at != STARTED_AT:
+        record["commit_when_written"] = written_at
     stamp = machine["date"].replace(" UTC", "").replace(" ", "T").replace(":", "")
     target = Path(out) if out else RESULTS / f"{name}-{stamp}.json"
     target.parent.mkdir(parents=True, exist_ok=True)

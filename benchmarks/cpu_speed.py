@@ -1,13 +1,15 @@
 """The CPU targets (issue 9, items 4 and 5), measured side by side in one run on the real-size
 SD2.1-base architecture with random weights, 128² -> 512²:
 
-    python benchmarks/cpu_speed.py [--repeats 3] [--skip image process ops] [--model-dir DIR] [--quick]
+    python benchmarks/cpu_speed.py [--repeats 3] [--skip pairs image process ops] [--pairs ours-default ...]
+                                   [--model-dir DIR] [--quick]
 
-  image    first the per-image targets: ours (auto) and the release structure (fp32) in one
+  pairs    first the per-image targets: ours (auto) and the release structure (fp32) in one
            process, timed in turn (ours, release, ours, ...) for --repeats rounds after a warm-up
-           each; the target is the median of the per-round ratios, so that a machine whose speed
-           drifts (a shared virtual machine) slows both sides alike. Then per-image time and peak
-           RSS of ours (dtype auto, and fp32; the stages one by one), each variant in its own
+           each, a matrix-product probe in both dtypes before each round; the target is the
+           median of the per-round ratios, so that a machine whose speed drifts (a shared virtual
+           machine) slows both sides alike
+  image    per-image time and peak RSS of ours (dtype auto, and fp32; the stages one by one), each variant in its own
            process (speed.py); bf16/fp32 per stage; the quality guard: PSNR of the auto (bf16)
            output against the fp32 output on the same random model, at least 35 dB on [0, 1]
   process  whole processes, start to written file: `pisa-sr upscale` with the single-file
@@ -45,10 +47,12 @@ from pathlib import Path
 
 import speed
 import torch
-from common import Children, load_average, lq_image, machine_info, matmul_gflops, measure_process, write_result
+from common import Children, Probes, load_average, lq_image, machine_info, measure_process, with_share, write_result
+from flops import upscale_gflop, variant_gflop
+from quiet import gate
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("image", "process", "ops")
+PARTS = ("pairs", "image", "process", "ops")
 MIN_PSNR_DB = 35.0
 
 # (variant of speed.py, our dtype), each in its own process: stage times, peak RSS, outputs
@@ -77,29 +81,36 @@ def label(variant: str, dtype: str) -> str:
 # ------------------------------------------------------------------------------ per image
 
 
-def per_image(children: Children, repeats: int, work: Path) -> dict:
-    """speed.py's variants, each in its own process; our default/adjustable runs save their output."""
+def per_image(children: Children, repeats: int, work: Path, probes: Probes, counted: dict) -> dict:
+    """speed.py's variants, each in its own process (a probe before each round), each with its
+    share of the probe; our default/adjustable runs save their output."""
     results: dict = {}
     for variant, dtype in IMAGE_RUNS:
         name = label(variant, dtype)
         save = str(work / f"{name}.pt") if variant in QUALITY_VARIANTS else None
         r = children.run(name, speed.variant_command(variant, "cpu", dtype, repeats, save_output=save))
         if r is not None:
-            r["output_file"] = save
+            probes.add_rounds(name, r)
+            r = with_share({**r, "output_file": save}, variant_gflop(counted, variant))
             results[name] = r
             print(f"  {name:28s} {r['dtype']:5s} {r['seconds']:7.2f} s  peak RSS {r['peak_rss_gib']:5.2f} GiB",
                   flush=True)
     return results
 
 
-def interleaved(children: Children, rounds: int) -> dict:
-    """Per target pair, ours (auto) and the release structure (fp32) in turn in one process."""
+def interleaved(children: Children, rounds: int, probes: Probes, counted: dict,
+                pairs: tuple[str, ...] = tuple(ours for ours, _ in TARGET_PAIRS)) -> dict:
+    """Per target pair (`pairs`: our variants), ours (auto) and the release structure (fp32) in
+    turn in one process, a probe in both dtypes before each round; each side with its share of
+    the probe."""
     found = {}
-    for ours, release in TARGET_PAIRS:
+    for ours, release in (pair for pair in TARGET_PAIRS if pair[0] in pairs):
         specs = [(ours, "auto"), (release, "fp32")]
         r = children.run(f"{ours} / {release}", speed.interleaved_command(specs, "cpu", rounds))
         if r is not None:
-            found[ours] = {"ours": r[label(*specs[0])], "release": r[label(*specs[1])]}
+            probes.add_rounds(f"{ours} / {release}", r[label(*specs[0])])
+            found[ours] = {side: with_share(r[label(*spec)], variant_gflop(counted, spec[0]))
+                           for side, spec in zip(("ours", "release"), specs)}
             print(f"  {ours:20s} {found[ours]['ours']['seconds']:6.2f} s / {release} "
                   f"{found[ours]['release']['seconds']:6.2f} s  ratio by round "
                   f"{', '.join(f'{x:.3f}' for x in found[ours]['ours']['round_ratios'])}", flush=True)
@@ -341,16 +352,20 @@ def _op_label(row: dict) -> str:
 
 
 def report(data: dict, m: dict, probe: dict) -> None:
-    print(f"\n{m['cpu_model']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} ({m['threads']} threads), "
-          f"capability {m['cpu_capability']}, AMX tile {m['amx_tile']}, AVX512-BF16 {m['avx512_bf16']}, "
-          f"{m['date']}; load average before {data['load_before']}, after {data['load_after']}; "
-          f"matmul GFLOP/s before {probe['before']}, after {probe['after']}")
+    verdict = gate(probe)
+    print(f"\n{m['cpu_model']} ({m['matrix_features']}), {m['cores']} cores, {m['logical_cpus']} logical CPUs, "
+          f"torch {m['torch']} ({m['threads']} threads), capability {m['cpu_capability']}, {m['date']}; load average "
+          f"before {data['load_before']}, after {data['load_after']}; matmul GFLOP/s before {probe['before']}, after "
+          f"{probe['after']}; {verdict['readings']} probes spread {verdict['probe_spread']:.0%}: "
+          f"{'NOISY (the docs refuse this run)' if verdict['noisy'] else 'quiet'}")
     image = data["image"]
     if image:
-        print("\n| variant | dtype | median s per image | min–max s | peak RSS GiB (run) |\n|---|---|---|---|---|")
+        print("\n| variant | dtype | median s per image | min–max s | probe GFLOP/s | share | peak RSS GiB (run) |"
+              "\n|---|---|---|---|---|---|---|")
         for name, r in image.items():
             print(f"| {name} | {r['dtype']} | {r['seconds']:.2f} | {min(r['times']):.2f}–{max(r['times']):.2f} | "
-                  f"{r['peak_rss_gib']:.2f} |")
+                  f"{r.get('probe', '-')} | {r['share']:.0%} | {r['peak_rss_gib']:.2f} |" if "share" in r else
+                  f"| {name} | {r['dtype']} | {r['seconds']:.2f} | – | – | – | {r['peak_rss_gib']:.2f} |")
     if data["interleaved"]:
         print("\n| interleaved in one process | ours auto s (median) | release fp32 s (median) | ours / release, "
               "round by round | median |\n|---|---|---|---|---|")
@@ -395,6 +410,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per variant after one warm-up; rounds of the interleaved measurements")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    parser.add_argument("--pairs", nargs="+", default=[ours for ours, _ in TARGET_PAIRS],
+                        choices=[ours for ours, _ in TARGET_PAIRS], help="the target pairs the pairs part times")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="where the random-weight model files are written once (default: a folder in $TMPDIR)")
     parser.add_argument("--quick", action="store_true", help="the tests' tiny models: a smoke test in a minute")
@@ -413,18 +430,20 @@ def main() -> int:
         os.environ["PISA_BENCH_TINY"] = "1"  # inherited by every child
     model_dir = args.model_dir or Path(tempfile.gettempdir()) / f"pisa-sr-bench-models{'-tiny' if args.quick else ''}"
     children = Children()
-    probe = {"before": matmul_gflops()}
+    probes, counted = Probes(), upscale_gflop(speed.LQ_SIDE)
+    probes.take("before")
     data = {"load_before": load_average(), "uptime_before": _uptime(),
             "quick": args.quick, "repeats": args.repeats, "image": {}, "interleaved": {}, "stage_ratios": {},
             "quality": {}, "process": {}, "ops": {}}
     with tempfile.TemporaryDirectory(prefix="pisa-sr-bench-") as tmp:
         work = Path(tmp)
-        if "image" not in args.skip:
+        if "pairs" not in args.skip:
             # the target pairs first: they start right after the throughput probe recorded above
             print("per image, ours and the release structure in turn:", flush=True)
-            data["interleaved"] = interleaved(children, args.repeats)
+            data["interleaved"] = interleaved(children, args.repeats, probes, counted, tuple(args.pairs))
+        if "image" not in args.skip:
             print("per image (each variant in its own process):", flush=True)
-            data["image"] = per_image(children, args.repeats, work)
+            data["image"] = per_image(children, args.repeats, work, probes, counted)
             data["stage_ratios"] = stage_ratios(data["image"])
             data["quality"] = quality(data["image"])
         if "process" not in args.skip:
@@ -434,10 +453,11 @@ def main() -> int:
             print("ops (torch.profiler, bf16 and fp32):", flush=True)
             data["ops"] = ops(children)
     data["load_after"], data["uptime_after"] = load_average(), _uptime()
-    probe["after"] = matmul_gflops()
+    probes.take("after")
+    data["gflop"] = counted
     data["targets"] = targets(data["interleaved"], data["process"], data["quality"])
-    report(data, machine_info(), probe)
-    print(f"\nwrote {write_result('cpu-speed', data, probe=probe, out=args.out)}")
+    report(data, machine_info(), probes)
+    print(f"\nwrote {write_result('cpu-speed', data, probe=probes, out=args.out)}")
     if children.exit_code():
         return 1
     return 2 if any(t["pass"] is False for t in data["targets"]) else 0

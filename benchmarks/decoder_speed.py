@@ -1,6 +1,7 @@
 """The fast decoder beside the SD2.1 VAE decoder: decode-stage seconds and peak memory at 512² and
-2048² outputs, and the whole default upscale (128² input, x4) at 512², in one run beside the
-matrix-product probe.
+2048² outputs, and the whole default upscale (128² input, x4) at 512², in one run, with the
+matrix-product probe taken before every round (in the dtype timed), each figure with its share of
+that probe (FLOPs / (seconds x probe)) and the run's quiet gate.
 
     python benchmarks/decoder_speed.py [--device cpu] [--dtype auto] [--sizes 512 2048] [--repeats 3]
 
@@ -28,17 +29,20 @@ import torch
 from common import (
     TINY,
     Children,
+    Probes,
     current_peak_rss_gib,
     lq_image,
-    matmul_gflops,
     random_weights,
     reset_peak_rss,
+    round_probe,
     run_stages,
     sd21_base,
     sync,
+    with_share,
     write_result,
 )
 from decoder_files import PUBLISHED_WIDTHS, TINY_WIDTHS, random_fast_decoder
+from flops import upscale_gflop
 
 from pisa_core.options import LATENT_FACTOR
 
@@ -87,18 +91,32 @@ def measure(decoder: str, job: str, device: str, dtype: str, repeats: int) -> di
     from pisa_core.options import dtype_name
 
     pipe = pipeline(decoder, device, dtype)
-    result = {"decoder": decoder, "job": job, "dtype": dtype_name(pipe.dtype)}
+    result = {"decoder": decoder, "job": job, "dtype": dtype_name(pipe.dtype), "probes": []}
+
+    def probed(run):
+        result["probes"].append(round_probe([result["dtype"]], device))
+        return run()
+
     if job == "whole":
         runs = []
         for _ in range(repeats):
-            _out, stages = run_stages(pipe, lq_image(WHOLE_INPUT))
+            _out, stages = probed(lambda: run_stages(pipe, lq_image(WHOLE_INPUT)))
             runs.append({"seconds": sum(s["seconds"] for s in stages.values()),
                          "decode_seconds": stages["decode"]["seconds"]})
         return {**result, "seconds": statistics.median(r["seconds"] for r in runs),
                 "decode_seconds": statistics.median(r["decode_seconds"] for r in runs), "runs": runs}
-    runs = [timed_decode(pipe, int(job.split("-")[1])) for _ in range(repeats)]
+    runs = [probed(lambda: timed_decode(pipe, int(job.split("-")[1]))) for _ in range(repeats)]
     return {**result, "seconds": statistics.median(r["seconds"] for r in runs), "vae_tile": runs[0]["vae_tile"],
             "peak_rise_gib": runs[0]["peak_rise_gib"], "runs": runs}
+
+
+def job_gflop(decoder: str, job: str) -> float:
+    """The operations a measurement needs (counted on the meta device): the decode at its size, or
+    the whole default upscale, with the decoder measured."""
+    side = WHOLE_INPUT * 4 if job == "whole" else int(job.split("-")[1])
+    stages = upscale_gflop(side // 4)
+    decode = stages["decode (fast decoder)" if decoder == "fast" else "decode"]
+    return stages["encode"] + stages["unet"] + decode if job == "whole" else decode
 
 
 def ratios(results: list[dict]) -> dict:
@@ -126,8 +144,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(*args.child, args.device, args.dtype, args.repeats)))
         return 0
-    children, results, path = Children(), [], None
-    probe = {"before": matmul_gflops(device=args.device)}
+    children, results, path, probes = Children(), [], None, Probes(args.device)
+    probes.take("before")
     small = [(f"decode-{side}", args.repeats) for side in args.sizes if side < 1024]
     large = [(f"decode-{side}", 1) for side in args.sizes if side >= 1024]
     figures = {"device": args.device, "dtype": args.dtype, "whole_input": WHOLE_INPUT, "complete": False}
@@ -137,17 +155,19 @@ def main() -> int:
                    "--repeats", str(repeats)]
             r = children.run(f"{decoder} {job}", cmd)
             if r is not None:
+                probes.add_rounds(f"{decoder} {job}", r)
+                r = with_share(r, job_gflop(decoder, job))
                 results.append(r)
                 memory = f", peak +{r['peak_rise_gib']:.2f} GiB (tile {r['vae_tile']})" if "peak_rise_gib" in r else ""
                 print(f"{decoder:5s} {job:12s} {r['seconds']:8.2f} s{memory}", flush=True)
                 figures.update(results=results, fast_over_vae=ratios(results))
                 path = write_result(f"decoder-speed-{torch.device(args.device).type}", figures, device=args.device,
-                                    probe=probe, out=path or args.out)
-    probe["after"] = matmul_gflops(device=args.device)
+                                    probe=probes, out=path or args.out)
+    probes.take("after")
     figures["complete"] = True
     for job, ratio in figures.get("fast_over_vae", {}).items():
         print(f"fast / vae {job}: " + ", ".join(f"{k} {v:.2f}" for k, v in ratio.items()))
-    path = write_result(f"decoder-speed-{torch.device(args.device).type}", figures, device=args.device, probe=probe,
+    path = write_result(f"decoder-speed-{torch.device(args.device).type}", figures, device=args.device, probe=probes,
                         out=path or args.out)
     print(f"wrote {path}")
     return children.exit_code()

@@ -8,9 +8,10 @@ Counts with torch.utils.flop_counter.FlopCounterMode (matrix products, convoluti
 attention; 2 operations per multiply-add, as the matmul throughput probe counts them), through
 the pipeline's public stages: VAE encode, UNet (default: one pass; adjustable: two as one batch),
 VAE decode, and the decode with the fast decoder (VOSR's half-width SD2.1 VAE decoder, published
-structure: tests/decoder_files.py). Writes benchmarks/results/flops-<date>.json; benchmarks/report.py divides these counts
-by the stage times of the newest cpu_speed.py run for the share of the machine's matrix throughput
-each stage reaches.
+structure: tests/decoder_files.py). Writes benchmarks/results/flops-<date>.json; benchmarks/report.py divides
+these counts by the stage times of the newest quiet cpu_speed.py run and the probe beside them for the share
+of the machine's matrix throughput each stage reaches. The timed benchmarks count their own work with
+`upscale_gflop` and `variant_gflop` for the share stored with each figure.
 """
 
 from __future__ import annotations
@@ -55,14 +56,29 @@ def stage_gflop(pipe: PiSAPipeline, fast: PiSAPipeline, side: int, upscale: floa
                 "decode (fast decoder)": count(lambda: fast.decode(z_high))}
 
 
+def upscale_gflop(side: int = 128, upscale: float = 4.0) -> dict[str, float]:
+    """stage -> GFLOP of one `side`² input upscaled by `upscale`, the fast decoder's decode too
+    (counted now on the meta device, in seconds)."""
+    return stage_gflop(meta_pipeline(), meta_pipeline(random_fast_decoder(device="meta")), side, upscale)
+
+
+def variant_gflop(stages: dict[str, float], variant: str) -> float:
+    """The operations one image of a speed.py variant needs, from `stages` (stage_gflop): the
+    release structure and the naive baselines are charged the work our pipeline counts for the
+    same output, so their share of the machine's rate shows what their structure wastes."""
+    if variant in ("ours-readjust", "ours-decode"):
+        return stages["decode"]
+    unet = stages["unet (adjustable)"] if "adjustable" in variant else stages["unet"]
+    return stages["encode"] + unet + stages["decode"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=128, help="input side in pixels (square)")
     parser.add_argument("--upscale", type=float, default=4.0)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/flops-<date>.json)")
     args = parser.parse_args()
-    fast = meta_pipeline(random_fast_decoder(device="meta"))
-    stages = stage_gflop(meta_pipeline(), fast, args.side, args.upscale)
+    stages = upscale_gflop(args.side, args.upscale)
     for stage, gflop in stages.items():
         print(f"{stage:20s} {gflop:10.1f} GFLOP")
     figures = {"input_side": args.side, "upscale": args.upscale, "stages_gflop": stages}

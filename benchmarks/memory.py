@@ -6,6 +6,8 @@ the real-size SD2.1-base architecture with random weights.
 Each size runs in its own process, through the pipeline's public stages one by one: peak RSS
 after loading (model weights included) for the whole upscale and per stage, and the VAE tile each
 VAE stage actually ran with (the default 0 = auto: untiled when the stage fits in free memory).
+Before each size, a matrix-product probe in the dtype it runs in; each size's seconds are stored
+with that probe and their share of it (the size's operations counted by flops.py).
 Writes one JSON file per run, benchmarks/results/memory-<device>-<date>.json; exits with 1 when any
 size failed.
 """
@@ -20,13 +22,14 @@ import time
 import torch
 from common import (
     Children,
+    Probes,
     current_peak_rss_gib,
     load_average,
     lq_image,
-    matmul_gflops,
     random_weights,
     run_stages,
     sd21_base,
+    with_share,
     write_result,
 )
 
@@ -70,23 +73,31 @@ def main() -> int:
     if args.size:
         print(json.dumps(run_size(args.size, args.device, args.dtype, args.vae_tile, args.latent_tile)))
         return 0
-    children, results = Children(), []
-    load_before, probe = load_average(), {"before": matmul_gflops(device=args.device)}
+    from flops import upscale_gflop, variant_gflop
+
+    from pisa_core.options import dtype_name, resolve_dtype
+
+    children, results, probes = Children(), [], Probes(args.device)
+    dtype = dtype_name(resolve_dtype(args.dtype, torch.device(args.device)))
+    load_before = load_average()
+    probes.take("before", ["fp32", dtype])
     print("| output | dtype | total s | peak RSS GiB (run) | VAE tile encode/decode | encode | UNet | decode |\n"
           "|---|---|---|---|---|---|---|---|", flush=True)
     for size in args.sizes:
         cmd = [sys.executable, __file__, "--size", str(size), "--device", args.device, "--dtype", args.dtype,
                "--vae-tile", str(args.vae_tile), "--latent-tile", str(args.latent_tile)]
+        probe = probes.take(f"{size}²", [dtype])
         r = children.run(f"{size}²", cmd)
         if r is not None:
+            r = with_share({**r, "probes": [probe]}, variant_gflop(upscale_gflop(size // 4), "ours-default"))
             results.append(r)
             print(_row(r), flush=True)
     meta = {"device": args.device, "dtype": args.dtype, "vae_tile": args.vae_tile, "latent_tile": args.latent_tile,
             "torch": torch.__version__, "load_average_before": load_before, "load_average_after": load_average()}
     print(f"load average before {load_before}, after {meta['load_average_after']}")
-    probe["after"] = matmul_gflops(device=args.device)
+    probes.take("after", ["fp32", dtype])
     path = write_result(f"memory-{torch.device(args.device).type}", {"meta": meta, "results": results},
-                        device=args.device, probe=probe, out=args.out)
+                        device=args.device, probe=probes, out=args.out)
     print(f"wrote {path}")
     return children.exit_code()
 

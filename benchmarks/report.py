@@ -1,6 +1,8 @@
 """The benchmark tables of the docs, made from the committed results (benchmarks/results/*.json,
-one file per run, written by common.write_result): the newest run of each benchmark fills the
-marked regions of README.md and docs/performance.md,
+one file per run, written by common.write_result): the newest run of each benchmark that passes
+the quiet gate (benchmarks/quiet.py: its matrix-product probes spread by at most 25 %) fills the
+marked regions of README.md and docs/performance.md; a noisy run is never shown, and the region
+names it and its spread instead,
 
     <!-- report:NAME -->
     ...generated...
@@ -9,7 +11,8 @@ marked regions of README.md and docs/performance.md,
     python benchmarks/report.py           # rewrite the regions in place
     python benchmarks/report.py --check   # exit 1 when a region differs from the results
 
-Reads JSON and writes Markdown only: it imports neither torch nor the benchmarks.
+Reads JSON and writes Markdown only: it imports neither torch nor the benchmarks (only the
+gate's rules, benchmarks/quiet.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+from quiet import QUIET_LIMIT, share, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,35 +43,108 @@ VARIANT_NAMES = {"ours-default": "ours, default λ = (1, 1)", "ours-adjustable":
 
 
 def load_runs(folder: Path = RESULTS) -> dict[str, list[dict]]:
-    """benchmark name -> its runs, oldest first (file names end in the run's date, so they sort by it)."""
+    """benchmark name -> its runs, oldest first (file names end in the run's date, so they sort by
+    it), each with its file name and its quiet gate (recomputed from its stored probes)."""
     runs: dict[str, list[dict]] = {}
     for path in sorted(folder.glob("*.json")):
         record = json.loads(path.read_text())
-        record["file"] = path.name
+        record["file"], record["gate"] = path.name, verdict(record)
         runs.setdefault(record["benchmark"], []).append(record)
     return runs
 
 
-def load_results(folder: Path = RESULTS) -> dict[str, dict]:
-    """benchmark name -> its newest run."""
-    return {name: records[-1] for name, records in load_runs(folder).items()}
+def choose(runs: list[dict]) -> tuple[dict | None, list[dict]]:
+    """(the newest run that passes the quiet gate, else None; the noisy runs newer than it)."""
+    quiet = [r for r in runs if not r["gate"]["noisy"]]
+    shown = quiet[-1] if quiet else None
+    return shown, [r for r in runs if r["gate"]["noisy"] and (shown is None or r["file"] > shown["file"])]
 
 
-def memory_rows(runs: list[dict]) -> list[tuple[dict, dict]]:
-    """(run, row) per output size, each size from the newest run that measured it: a large size
-    takes a long run, so the sizes of one table may come from several runs."""
-    by_size = {row["output"]: (run, row) for run in runs for row in run["figures"]["results"]}
-    return [by_size[size] for size in sorted(by_size)]
+class Results(dict):
+    """benchmark name -> its newest run that passes the quiet gate; `refused[name]`: the noisy
+    runs newer than it (all of them when none passes); `runs[name]`: every run."""
+
+    def __init__(self, runs: dict[str, list[dict]]):
+        super().__init__()
+        self.runs, self.refused = runs, {}
+        for name, found in runs.items():
+            shown, self.refused[name] = choose(found)
+            if shown is not None:
+                self[name] = shown
+
+
+def load_results(folder: Path = RESULTS) -> Results:
+    return Results(load_runs(folder))
+
+
+def memory_rows(runs: list[dict]) -> tuple[list[tuple[dict, dict]], dict[int, list[dict]]]:
+    """(run, row) per output size, each size from the newest run that measured it and passes the
+    quiet gate (a large size takes a long run, so the sizes of one table may come from several
+    runs), and per size the noisy runs refused for it."""
+    by_size: dict[int, list[tuple[dict, dict]]] = {}
+    for run in runs:
+        for row in run["figures"]["results"]:
+            by_size.setdefault(row["output"], []).append((run, row))
+    rows, refused = [], {}
+    for size in sorted(by_size):
+        shown, refused[size] = choose([run for run, _ in by_size[size]])
+        if shown is not None:
+            rows.append(next(pair for pair in by_size[size] if pair[0] is shown))
+    return rows, {size: found for size, found in refused.items() if found}
+
+
+def machine_line(m: dict) -> str:
+    """CPU model, its matrix features (AMX, AVX-512 BF16 or neither), cores, threads used; or the GPU."""
+    if m.get("gpu"):
+        return m["gpu"]
+    features = m.get("matrix_features") or ("AMX" if m.get("amx_tile") else
+                                            "AVX-512 BF16" if m.get("avx512_bf16") else "neither")
+    cores = f"{m['cores']} cores" if m.get("cores") else f"{m['logical_cpus']} logical CPUs"
+    return f"{m['cpu_model']} (matrix features: {features}), {cores}, {m['threads']} threads used"
+
+
+def probe_line(record: dict) -> str:
+    """The run's matrix-product probes: per dtype the range, their number and the gate's spread."""
+    by_dtype: dict[str, list[float]] = {}
+    for found in record["probe_gflops"].values():
+        for dtype, gflops in found.items():
+            by_dtype.setdefault(dtype, []).append(gflops)
+    ranges = ", ".join(f"{d} {min(v):g}" + (f"–{max(v):g}" if max(v) != min(v) else "") for d, v in by_dtype.items())
+    gate = record["gate"]
+    return (f"matrix-product probe (GFLOP/s, 2048² matmul, {gate['readings']} reading"
+            f"{'s' if gate['readings'] > 1 else ''}) {ranges}: spread {gate['probe_spread']:.0%}")
 
 
 def source_line(record: dict) -> str:
-    """Where a table's figures come from: file, date, commit, machine, throughput probe."""
-    m = record["machine"]
-    machine = m.get("gpu") or f"{m['cpu_model']}, {m['threads']} threads"
-    probe = "; ".join(f"{when} " + ", ".join(f"{k} {v}" for k, v in found.items())
-                      for when, found in record["probe_gflops"].items())
-    return (f"*{record['date'][:10]}, commit `{record['commit']}`, {machine}, torch {m['torch']}; matrix throughput "
-            f"(GFLOP/s, 2048² matmul) {probe}. Data: `benchmarks/results/{record['file']}`.*")
+    """Where a table's figures come from: date, commit, machine, probes, file."""
+    return (f"*{record['date'][:10]}, commit `{record['commit']}`, {machine_line(record['machine'])}, torch "
+            f"{record['machine']['torch']}; {probe_line(record)}. Data: `benchmarks/results/{record['file']}`.*")
+
+
+def refusal(record: dict) -> str:
+    """Which run was refused and why."""
+    return (f"Refused: `benchmarks/results/{record['file']}` ({record['date'][:10]}, commit `{record['commit']}`): "
+            f"its {probe_line(record)}, above the quiet gate's {QUIET_LIMIT:.0%}: other jobs shared the processor.")
+
+
+def refusals(results: Results, name: str) -> str:
+    return "".join(f"\n{refusal(r)}" for r in results.refused.get(name, []))
+
+
+def share_of(figure: dict) -> float | None:
+    """A timed figure's share of the probe beside it, from its stored FLOPs, seconds and probe."""
+    if not {"gflop", "probe"} <= set(figure):
+        return None
+    return share(figure["gflop"], figure["seconds"], figure["probe"])
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def seconds_with_probe(figure: dict) -> str:
+    probe = f", probe {figure['dtype']} {figure['probe']:g}" if "probe" in figure else ""
+    return f"{figure['seconds']:.2f} s ({figure['dtype']}{probe})" if probe else f"{figure['seconds']:.2f} s"
 
 
 def _s(value: float | None, digits: int = 2) -> str:
@@ -81,60 +159,81 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 # ------------------------------------------------------------------------------ the regions
 
 
-def missing(benchmark: str, command: str) -> str:
-    return f"No `{benchmark}` result yet: `{command}` writes one.\n"
+def missing(benchmark: str, command: str, results: Results | None = None) -> str:
+    """No run of `benchmark` to show: the refused ones and why, and how to make one."""
+    refused = results.refused.get(benchmark, []) if results is not None else []
+    if not refused:
+        return f"No `{benchmark}` result yet: `{command}` writes one.\n"
+    return (f"No `{benchmark}` run passes the quiet gate yet, so no figures are shown: `{command}` on a machine "
+            f"without other jobs writes one.\n\n" + "".join(f"- {refusal(r)}\n" for r in refused))
 
 
-def summary(results: dict) -> str:
-    """README: per image and whole process, ours against the release structure, CPU (and GPU)."""
-    cpu = results.get("cpu-speed")
-    if cpu is None:
-        return missing("cpu-speed", "python benchmarks/cpu_speed.py")
-    f = cpu["figures"]
-    rows = []
-    for variant in ("ours-default", "ours-adjustable"):
-        pair = f["interleaved"].get(variant)  # ours and the release structure in turn, else ours alone
-        ours = pair["ours"] if pair else f["image"].get(f"{variant}@auto")
-        fp32 = f["image"].get(f"{variant}@fp32")
-        if ours:
-            rows.append([f"one 128² → 512² image, {VARIANT_NAMES[variant].removeprefix('ours, ')}",
-                         f"{ours['seconds']:.2f} s ({ours['dtype']})", _s(fp32 and fp32["seconds"]) + " s",
-                         f"{pair['release']['seconds']:.2f} s" if pair else "not measured"])
-    process = f["process"]
-    if "ours" in process and "release" in process:
-        rows.append(["whole `pisa-sr upscale` process, one image", f"{process['ours']['seconds']:.1f} s",
-                     _s(process.get("ours-fp32", {}).get("seconds"), 1) + " s",
-                     f"{process['release']['seconds']:.1f} s"])
-        rows.append(["its peak memory (RSS)", f"{process['ours']['peak_rss_gib']:.2f} GiB",
-                     _s(process.get("ours-fp32", {}).get("peak_rss_gib")) + " GiB",
-                     f"{process['release']['peak_rss_gib']:.2f} GiB"])
+SUMMARY_VARIANTS = ("ours-default", "ours-adjustable")
+
+
+def summary(results: Results) -> str:
+    """README: what travels first (ours / the release structure in the same run; the share of the
+    machine's matrix-product rate), then the seconds with the probe beside them."""
     gpu = results.get("speed-cuda")
     gpu_line = (f"GPU: see [docs/performance.md](docs/performance.md#gpu) ({gpu['machine'].get('gpu')})."
                 if gpu else "GPU: not measured yet (`bash benchmarks/gpu.sh` measures it).")
-    return (_table(["CPU", "ours, auto", "ours, fp32", "release structure (fp32)"], rows)
-            + f"\n\n{source_line(cpu)}\n{gpu_line}\n")
-
-
-def cpu_image(results: dict) -> str:
     cpu = results.get("cpu-speed")
     if cpu is None:
-        return missing("cpu-speed", "python benchmarks/cpu_speed.py")
+        return missing("cpu-speed", "python benchmarks/cpu_speed.py", results) + f"\n{gpu_line}\n"
     f = cpu["figures"]
-    rows = [[VARIANT_NAMES.get(r["variant"], r["variant"]), r["dtype"], f"{r['seconds']:.2f}",
-             f"{min(r['times']):.2f}–{max(r['times']):.2f}", f"{r['peak_rss_gib']:.2f}"] for r in f["image"].values()]
+    rows = []
+    for variant in SUMMARY_VARIANTS:
+        pair = f["interleaved"].get(variant)  # ours and the release structure in turn
+        fp32 = f["image"].get(f"{variant}@fp32")
+        if not pair:
+            continue
+        ours, release = pair["ours"], pair["release"]
+        shares = [f"{ours['dtype']} {_pct(share_of(ours))}", f"release {_pct(share_of(release))}"]
+        seconds = [seconds_with_probe(ours), f"release {seconds_with_probe(release)}"]
+        if fp32:
+            shares.insert(1, f"fp32 {_pct(share_of(fp32))}")
+            seconds.insert(1, seconds_with_probe(fp32))
+        rows.append([f"one 128² → 512² image, {VARIANT_NAMES[variant].removeprefix('ours, ')}",
+                     f"{ours['median_ratio']:.3f}", " · ".join(shares), " · ".join(seconds)])
+    process = f["process"]
+    if "ours" in process and "release" in process:
+        rows.append(["whole `pisa-sr upscale` process, one image", f"{process['ours']['median_ratio']:.3f}", "–",
+                     f"{process['ours']['seconds']:.1f} s · release {process['release']['seconds']:.1f} s"])
+    return (_table(["CPU", "ours auto / release structure (fp32), same run",
+                    "share of the machine's matmul rate in its dtype: ours auto · ours fp32 · release",
+                    "seconds (dtype, probe GFLOP/s beside)"], rows)
+            + f"\n\n{source_line(cpu)}{refusals(results, 'cpu-speed')}\n{gpu_line}\n")
+
+
+def cpu_run(body):
+    """A region fed by the newest quiet cpu_speed.py run (rendered by `body(run)`), with the
+    noisy runs refused since; or why there is none."""
+    def render(results: Results) -> str:
+        cpu = results.get("cpu-speed")
+        if cpu is None:
+            return missing("cpu-speed", "python benchmarks/cpu_speed.py", results)
+        return body(cpu) + f"\n\n{source_line(cpu)}{refusals(results, 'cpu-speed')}\n"
+    return render
+
+
+@cpu_run
+def cpu_image(cpu: dict) -> str:
+    f = cpu["figures"]
+
+    def row(name: str, r: dict, times: str) -> list[str]:
+        return [name, r["dtype"], f"{r['seconds']:.2f}", times, _s(r.get("probe"), 0), _pct(share_of(r))]
+    rows = [row(VARIANT_NAMES.get(r["variant"], r["variant"]), r, f"{min(r['times']):.2f}–{max(r['times']):.2f}")
+            + [f"{r['peak_rss_gib']:.2f}"] for r in f["image"].values()]
     for variant, pair in f["interleaved"].items():
-        rows.append([f"in turn in one process: {VARIANT_NAMES[variant]} / release structure",
-                     f"{pair['ours']['dtype']} / {pair['release']['dtype']}",
-                     f"{pair['ours']['seconds']:.2f} / {pair['release']['seconds']:.2f}",
-                     "ratio by round " + ", ".join(f"{x:.3f}" for x in pair["ours"]["round_ratios"]), ""])
-    return (_table(["variant", "dtype", "median s per image", "min–max s", "peak RSS GiB (run)"], rows)
-            + f"\n\n{source_line(cpu)}\n")
+        ratios = "ratio by round " + ", ".join(f"{x:.3f}" for x in pair["ours"]["round_ratios"])
+        for side, who in (("ours", VARIANT_NAMES[variant]), ("release", "release structure")):
+            rows.append(row(f"in turn in one process: {who}", pair[side], ratios if side == "ours" else "") + [""])
+    return _table(["variant", "dtype", "median s per image", "min–max s", "probe GFLOP/s (median of its rounds)",
+                   "share of the probe", "peak RSS GiB (run)"], rows)
 
 
-def cpu_stages(results: dict) -> str:
-    cpu = results.get("cpu-speed")
-    if cpu is None:
-        return missing("cpu-speed", "python benchmarks/cpu_speed.py")
+@cpu_run
+def cpu_stages(cpu: dict) -> str:
     rows = [[STAGE_NAMES.get(stage, stage), f"{r['auto_s']:.2f}", f"{r['fp32_s']:.2f}", f"{r['ratio']:.2f}"]
             for stage, r in cpu["figures"]["stage_ratios"].items()]
     quality = [f"{variant}: PSNR {q['psnr_db']:.1f} dB, mean |Δ| {q['mean_abs']:.1e}, max |Δ| {q['max_abs']:.2f}"
@@ -142,43 +241,37 @@ def cpu_stages(results: dict) -> str:
     text = _table(["stage (one 512² output)", "auto s", "fp32 s", "auto / fp32"], rows)
     if quality:
         text += "\n\nauto against fp32 on the same random model, [0, 1] scale: " + "; ".join(quality) + "."
-    return text + f"\n\n{source_line(cpu)}\n"
+    return text
 
 
-def cpu_process(results: dict) -> str:
-    cpu = results.get("cpu-speed")
-    if cpu is None:
-        return missing("cpu-speed", "python benchmarks/cpu_speed.py")
+@cpu_run
+def cpu_process(cpu: dict) -> str:
     process = {k: v for k, v in cpu["figures"]["process"].items() if k != "files_gib"}
     rows = [[name, f"{r['seconds']:.1f} ({min(r['times']):.1f}–{max(r['times']):.1f})", f"{r['peak_rss_gib']:.2f}",
              f"{r['first_run']['seconds']:.1f}", f"`{r['summary']}`" if r["summary"] else "–"]
             for name, r in process.items()]
     if not rows:
-        return "The whole-process part was not run (`--skip process`).\n"
-    return (_table(["process", "wall s, median (min–max)", "peak RSS GiB", "first run s (fills the caches)",
-                    "its summary line (last round)"], rows) + f"\n\n{source_line(cpu)}\n")
+        return "The whole-process part was not run in this run (`--skip process`)."
+    return _table(["process", "wall s, median (min–max)", "peak RSS GiB", "first run s (fills the caches)",
+                   "its summary line (last round)"], rows)
 
 
-def cpu_targets(results: dict) -> str:
-    cpu = results.get("cpu-speed")
-    if cpu is None:
-        return missing("cpu-speed", "python benchmarks/cpu_speed.py")
+@cpu_run
+def cpu_targets(cpu: dict) -> str:
     rows = [[t["target"], _s(t["value"], 3), t["bound"],
              "not run" if t["pass"] is None else ("pass" if t["pass"] else "**fail**")]
             for t in cpu["figures"]["targets"]]
-    return _table(["target", "measured", "bound", ""], rows) + f"\n\n{source_line(cpu)}\n"
+    return _table(["target", "measured", "bound", ""], rows)
 
 
-def flops(results: dict) -> str:
-    """GFLOP per stage (counted on the meta device) and the share of the measured matrix
-    throughput each stage reaches in the newest CPU run (auto and fp32)."""
+def flops(results: Results) -> str:
+    """GFLOP per stage (counted on the meta device) and the share of the machine's matrix
+    throughput each stage reaches in the newest quiet CPU run (auto and fp32): the stage's GFLOP
+    over its seconds times the probe taken beside its rounds, in its dtype."""
     counted, cpu = results.get("flops"), results.get("cpu-speed")
     if counted is None:
-        return missing("flops", "python benchmarks/flops.py")
+        return missing("flops", "python benchmarks/flops.py", results)
     image = cpu["figures"]["image"] if cpu else {}
-    # the machine's throughput: the better of the probes before and after the run
-    probes = list(cpu["probe_gflops"].values()) if cpu else []
-    probe = {dtype: max(p[dtype] for p in probes) for dtype in (probes[0] if probes else {})}
     header = ["stage (128² → 512²)", "GFLOP"]
     dtypes = [d for d in ("auto", "fp32") if f"ours-default@{d}" in image]
     for d in dtypes:
@@ -194,53 +287,67 @@ def flops(results: dict) -> str:
             if measured is None:
                 row += ["–", "–"]
                 continue
-            rate = gflop / measured["seconds"]
-            share = f" ({rate / probe[run['dtype']]:.0%})" if run["dtype"] in probe else ""
-            row += [f"{measured['seconds']:.2f}", f"{rate:.0f}{share}"]
+            part = {"gflop": gflop, "seconds": measured["seconds"], **({"probe": run["probe"]} if "probe" in run else {})}
+            share = share_of(part)
+            row += [f"{measured['seconds']:.2f}", f"{gflop / measured['seconds']:.0f}"
+                    + (f" ({share:.0%})" if share is not None else "")]
         rows.append(row)
     text = _table(header, rows) + (f"\n\nCounted: *{counted['date'][:10]}, commit `{counted['commit']}`, torch "
                                    f"{counted['machine']['torch']}. Data: `benchmarks/results/{counted['file']}`.*")
     if cpu:
         text += f"\nTimed: {source_line(cpu)}"
+    else:
+        text += "\nNot timed: no CPU run passes the quiet gate." + refusals(results, "cpu-speed")
     return text + "\n"
 
 
 def memory(device: str):
-    def render(results: dict) -> str:
-        runs = load_runs().get(f"memory-{device}")
+    def render(results: Results) -> str:
+        name = f"memory-{device}"
+        runs = results.runs.get(name)
         if not runs:
-            return missing(f"memory-{device}", f"python benchmarks/memory.py --device {device}")
+            return missing(name, f"python benchmarks/memory.py --device {device}")
+        shown, refused = memory_rows(runs)
         rows, sources = [], []
-        for run, r in memory_rows(runs):
+        for run, r in shown:
             s = r["stages"]
             tiles = " / ".join("whole image" if s[k]["vae_tile"] >= r["output"] else str(s[k]["vae_tile"])
                                for k in ("encode", "decode"))
             gpu = [f"{r['peak_gpu_gib']:.2f}"] if "peak_gpu_gib" in r else []
-            rows.append([f"{r['output']}²", r["dtype"], tiles, f"{r['peak_rss_gib']:.2f}", *gpu, f"{r['seconds']:.1f}",
+            rows.append([f"{r['output']}²", r["dtype"], tiles, f"{r['peak_rss_gib']:.2f}", *gpu,
+                         seconds_with_probe(r), _pct(share_of(r)),
                          " / ".join(f"{s[k]['seconds']:.1f}" for k in ("encode", "unet", "decode"))])
-            shown = next((entry for entry in sources if entry[0] is run), None)
-            if shown is None:
+            entry = next((entry for entry in sources if entry[0] is run), None)
+            if entry is None:
                 sources.append((run, [r["output"]]))
             else:
-                shown[1].append(r["output"])
+                entry[1].append(r["output"])
         header = ["output (input ×4)", "dtype", "VAE tile (encode / decode)", "peak RSS GiB"]
-        header += ["peak GPU GiB"] if rows and len(rows[0]) == 7 else []
-        header += ["total s", "encode / UNet / decode s"]
-        lines = "\n\n".join(f"{', '.join(f'{size}²' for size in sizes)}: {source_line(run)}" for run, sizes in sources)
-        return _table(header, rows) + f"\n\n{lines}\n"
+        header += ["peak GPU GiB"] if any("peak_gpu_gib" in r for _, r in shown) else []
+        header += ["total (probe beside)", "share of the probe", "encode / UNet / decode s"]
+        lines = [f"{', '.join(f'{size}²' for size in sizes)}: {source_line(run)}" for run, sizes in sources]
+        refused_sizes: dict[str, tuple[dict, list[int]]] = {}
+        for size, found in refused.items():
+            for run in found:
+                refused_sizes.setdefault(run["file"], (run, []))[1].append(size)
+        lines += [f"{', '.join(f'{size}²' for size in sizes)}: {refusal(run)}"
+                  for run, sizes in sorted(refused_sizes.values(), key=lambda entry: entry[0]["file"])]
+        table = _table(header, rows) if rows else f"No `{name}` run passes the quiet gate yet, so no figures are shown."
+        return table + "\n\n" + "\n\n".join(lines) + "\n"
     return render
 
 
 def per_device(benchmark: str, script: str):
-    """A region per device from the newest run of `benchmark`-<device> (rendered by the decorated
-    function), or how to make one."""
+    """A region per device from the newest quiet run of `benchmark`-<device> (rendered by the
+    decorated function), with the noisy runs refused since; or why there is none."""
     def decorate(body):
         def for_device(device: str):
-            def render(results: dict) -> str:
-                run = results.get(f"{benchmark}-{device}")
+            def render(results: Results) -> str:
+                name = f"{benchmark}-{device}"
+                run = results.get(name)
                 if run is None:
-                    return missing(f"{benchmark}-{device}", f"python benchmarks/{script} --device {device}")
-                return body(run)
+                    return missing(name, f"python benchmarks/{script} --device {device}", results)
+                return body(run) + f"\n\n{source_line(run)}{refusals(results, name)}\n"
             return render
         return for_device
     return decorate
@@ -249,15 +356,16 @@ def per_device(benchmark: str, script: str):
 @per_device("vae-tiles", "vae_tiles.py")
 def vae_tiles(run: dict) -> str:
     f = run["figures"]
-    rows = [["untiled (reference)", "–", "–", f"{r['encode_s']:.1f}", f"{r['decode_s']:.1f}"]
-            if r["tile"] == "untiled" else
+
+    def timing(r: dict) -> list[str]:
+        return [f"{r[f'{k}_s']:.1f}" + (f" ({r[f'{k}_share']:.0%})" if f"{k}_share" in r else "")
+                for k in ("encode", "decode")] + [_s(r.get("probe"), 0)]
+    rows = [["untiled (reference)", "–", "–", *timing(r)] if r["tile"] == "untiled" else
             [f"{r['tile']} px", f"{100 * r['encode_mean_of_std']:.4f} / {100 * r['encode_max_of_std']:.4f}",
-             f"{r['decode_mean_levels']:.4f} / {r['decode_max_levels']:.4f}", f"{r['encode_s']:.1f}",
-             f"{r['decode_s']:.1f}"] for r in f["rows"]]
+             f"{r['decode_mean_levels']:.4f} / {r['decode_max_levels']:.4f}", *timing(r)] for r in f["rows"]]
     header = ["VAE tile", "encode: mean / max abs diff, % of latent std", "decode: mean / max abs diff, 8-bit levels",
-              "encode s", "decode s"]
-    return (f"{f['size']}² image, {f['dtype']}:\n\n" + _table(header, rows)
-            + f"\n\n{source_line(run)}\n")
+              "encode s (share of the probe)", "decode s (share of the probe)", "probe GFLOP/s"]
+    return f"{f['size']}² image, {f['dtype']}:\n\n" + _table(header, rows)
 
 
 @per_device("vae-tile-speed", "vae_tile_speed.py")
@@ -274,37 +382,35 @@ def vae_tile_speed(run: dict) -> str:
     return (f"{f['size']}² image, {f['dtype']}, {f['rounds']} round(s), measured in the order "
             f"{', '.join(map(str, f['order']))} (encodes, then decodes):{stopped}\n\n"
             + _table(["VAE tile (encode / decode)", "encode s", "decode s", "total s"], rows)
-            + f"\n\nauto / fastest fixed tile: {ratios}.\n\n{source_line(run)}\n")
+            + f"\n\nauto / fastest fixed tile: {ratios}.")
 
 
-def gpu_speed(results: dict) -> str:
+def gpu_speed(results: Results) -> str:
     run = results.get("speed-cuda")
     if run is None:
-        return missing("speed-cuda", "bash benchmarks/gpu.sh")
-    rows = [[r["variant"], r["dtype"], f"{r['seconds'] * 1000:.1f}", _s(r.get("peak_gpu_gib"))]
-            for r in run["figures"]["results"]]
-    return _table(["variant", "dtype", "median ms per image", "peak GPU GiB"], rows) + f"\n\n{source_line(run)}\n"
+        return missing("speed-cuda", "bash benchmarks/gpu.sh", results)
+    rows = [[r["variant"], r["dtype"], f"{r['seconds'] * 1000:.1f}", _s(r.get("probe"), 0), _pct(share_of(r)),
+             _s(r.get("peak_gpu_gib"))] for r in run["figures"]["results"]]
+    return (_table(["variant", "dtype", "median ms per image", "probe GFLOP/s", "share of the probe", "peak GPU GiB"],
+                   rows) + f"\n\n{source_line(run)}{refusals(results, 'speed-cuda')}\n")
 
 
-def decoder_speed(device: str):
-    def render(results: dict) -> str:
-        run = results.get(f"decoder-speed-{device}")
-        if run is None:
-            return missing(f"decoder-speed-{device}", f"python benchmarks/decoder_speed.py --device {device}")
-        f = run["figures"]
-        by = {(r["decoder"], r["job"]): r for r in f["results"]}
-        rows = []
-        for job, ratio in f["fast_over_vae"].items():
-            vae, fast = by[("vae", job)], by[("fast", job)]
-            name = (f"whole default upscale ({f['whole_input']}² → {4 * f['whole_input']}²)" if job == "whole"
-                    else f"decode stage, {job.removeprefix('decode-')}² output")
-            memory = [_s(vae.get("peak_rise_gib")), _s(fast.get("peak_rise_gib")), _s(ratio.get("peak_memory"))]
-            rows.append([name, vae["dtype"], _s(vae["seconds"], 1), _s(fast["seconds"], 1), _s(ratio["seconds"]),
-                         *memory])
-        header = ["measurement", "dtype", "VAE decoder s", "fast decoder s", "fast / VAE time",
-                  "decode peak rise, VAE GiB", "fast GiB", "fast / VAE memory"]
-        return _table(header, rows) + f"\n\n{source_line(run)}\n"
-    return render
+@per_device("decoder-speed", "decoder_speed.py")
+def decoder_speed(run: dict) -> str:
+    f = run["figures"]
+    by = {(r["decoder"], r["job"]): r for r in f["results"]}
+    rows = []
+    for job, ratio in f["fast_over_vae"].items():
+        vae, fast = by[("vae", job)], by[("fast", job)]
+        name = (f"whole default upscale ({f['whole_input']}² → {4 * f['whole_input']}²)" if job == "whole"
+                else f"decode stage, {job.removeprefix('decode-')}² output")
+        timing = [f"{r['seconds']:.1f}" + (f" ({share_of(r):.0%})" if share_of(r) is not None else "")
+                  for r in (vae, fast)]
+        memory = [_s(vae.get("peak_rise_gib")), _s(fast.get("peak_rise_gib")), _s(ratio.get("peak_memory"))]
+        rows.append([name, vae["dtype"], *timing, _s(ratio["seconds"]), *memory])
+    header = ["measurement", "dtype", "VAE decoder s (share of the probe)", "fast decoder s (share)",
+              "fast / VAE time", "decode peak rise, VAE GiB", "fast GiB", "fast / VAE memory"]
+    return _table(header, rows)
 
 
 def image_libraries(results: dict) -> str:
@@ -369,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for path in stale:
         print(f"rewrote the tables of {path}")
+    for runs in results.refused.values():
+        for run in runs:
+            print(refusal(run).replace("`", ""))
     return 0
 
 

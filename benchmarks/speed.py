@@ -25,16 +25,18 @@ from pathlib import Path
 import torch
 from common import (
     Children,
+    Probes,
     current_peak_rss_gib,
     lq_image,
-    matmul_gflops,
     median_stages,
     random_weights,
     reset_peak_rss,
+    round_probe,
     run_stages,
     sd21_base,
     sd21_text_encoder,
     sync,
+    with_share,
     write_result,
 )
 
@@ -156,8 +158,9 @@ def _timed(run, device: torch.device):
 
 
 def run_variant(variant: str, device: str, dtype: str, repeats: int, save_output: str | None = None) -> dict:
-    """One variant in this process: a warm-up, then `repeats` timed runs (median); stage times
-    for our full upscales; peak RSS of the timed runs (loading excluded) and of loading."""
+    """One variant in this process: a warm-up, then `repeats` timed runs (median), each after a
+    matrix-product probe in the variant's dtype; stage times for our full upscales; peak RSS of
+    the timed runs (loading excluded) and of loading."""
     from pisa_core.options import dtype_name
 
     device = torch.device(device)
@@ -166,15 +169,16 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, save_output
         run, images = _build(variant, device, dtype_t, Path(tmp))
         load_peak = current_peak_rss_gib()
         output, _ = run()  # warm-up
-        reset_peak_rss()
-        times, stage_runs = [], []
+        reset_peak_rss()  # (a probe's 2048² matrices stay far below a run's peak)
+        times, stage_runs, probes = [], [], []
         for _ in range(repeats):
+            probes.append(round_probe([dtype_name(dtype_t)], str(device)))
             seconds, (output, stages) = _timed(run, device)
             times.append(seconds)
             if stages is not None:
                 stage_runs.append(stages)
     result = {"variant": variant, "seconds": statistics.median(times) / images, "times": [t / images for t in times],
-              "peak_rss_gib": current_peak_rss_gib(), "load_peak_rss_gib": load_peak,
+              "probes": probes, "peak_rss_gib": current_peak_rss_gib(), "load_peak_rss_gib": load_peak,
               "device_name": _device_name(device), "dtype": dtype_name(dtype_t)}
     if stage_runs:
         result["stages"] = median_stages(stage_runs)
@@ -188,8 +192,9 @@ def run_variant(variant: str, device: str, dtype: str, repeats: int, save_output
 def run_interleaved(specs: list[tuple[str, str]], device: str, rounds: int) -> dict:
     """Several variants in this process, (variant, dtype) each, timed in turn (a, b, a, b, ...)
     after one warm-up each: on a machine whose speed drifts from one minute to the next (a shared
-    virtual machine) both sides of a ratio then run under the same conditions. Per variant the
-    median seconds and the times; per round the ratio of each variant to the last one."""
+    virtual machine) both sides of a ratio then run under the same conditions. Each round starts
+    with a matrix-product probe in every dtype the round times. Per variant the median seconds,
+    the times and the round probes; per round the ratio of each variant to the last one."""
     from pisa_core.options import dtype_name
 
     device_t = torch.device(device)
@@ -200,11 +205,13 @@ def run_interleaved(specs: list[tuple[str, str]], device: str, rounds: int) -> d
             dtype_t = _variant_dtype(variant, dtype, device_t)
             (Path(tmp) / name).mkdir()
             runs[name], _ = _build(variant, device_t, dtype_t, Path(tmp) / name)
-            found[name] = {"variant": variant, "dtype": dtype_name(dtype_t), "times": []}
+            found[name] = {"variant": variant, "dtype": dtype_name(dtype_t), "times": [], "probes": []}
         for run in runs.values():
             run()  # warm-up
         for _ in range(rounds):
+            probe = round_probe([r["dtype"] for r in found.values()], device)
             for name, run in runs.items():
+                found[name]["probes"].append(probe)
                 found[name]["times"].append(_timed(run, device_t)[0])
     last = found[list(found)[-1]]["times"]
     for r in found.values():
@@ -246,16 +253,20 @@ def main() -> int:
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.device, args.dtype, args.repeats, args.save_output)))
         return 0
+    from flops import upscale_gflop, variant_gflop
+
     children = Children()
     results = []
-    probe = {"before": matmul_gflops(device=args.device)}
+    probes, counted = Probes(args.device), upscale_gflop(LQ_SIDE)
+    probes.take("before")
     for variant in args.variants:
         r = children.run(variant, variant_command(variant, args.device, args.dtype, args.repeats))
         if r is not None:
-            results.append(r)
+            probes.add_rounds(variant, r)
+            results.append(with_share(r, variant_gflop(counted, variant)))
             print(f"{variant:28s} {r['seconds']:8.3f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
-    probe["after"] = matmul_gflops(device=args.device)
-    report(results, args, probe)
+    probes.take("after")
+    report(results, args, probes)
     return children.exit_code()
 
 

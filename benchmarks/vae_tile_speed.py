@@ -6,7 +6,8 @@ at auto and at fixed tiles, measured in the same run.
 The real-size SD2.1 VAE with random weights through PiSAPipeline.encode / decode (the set-up of
 benchmarks/vae_tiles.py). Order, per round: every encode (auto, then each fixed tile in the order
 given), then every decode of the auto encode's latent in the same order, so a change in the
-machine's speed spreads over all of them rather than one. A fixed tile as large as the image runs
+machine's speed spreads over all of them rather than one; a matrix-product probe in the VAE's
+dtype before each measurement feeds the run's quiet gate. A fixed tile as large as the image runs
 the stage untiled. Prints a Markdown table and auto / fastest fixed tile per stage and in total;
 writes benchmarks/results/vae-tile-speed-<device>-<date>.json after every measurement
 ("complete": false until the last), so a long run that is stopped still leaves its figures.
@@ -18,10 +19,10 @@ import statistics
 import sys
 
 import torch
-from common import matmul_gflops, write_result
+from common import Probes, write_result
 from vae_tiles import regions_image, timed, vae_arguments, vae_only_pipeline
 
-from pisa_core.options import LATENT_FACTOR
+from pisa_core.options import LATENT_FACTOR, dtype_name
 
 STAGES = ("encode", "decode")
 
@@ -69,8 +70,9 @@ def main() -> int:
     parser = vae_arguments(__doc__, 4096, [256, 512, 1024], "bf16")
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    probe = {"before": matmul_gflops(device=args.device)}
     pipe = vae_only_pipeline(args.device, args.dtype)
+    probes = Probes(args.device)
+    probes.take("before")
     pixels = regions_image(args.size)
     side = args.size // LATENT_FACTOR
     auto_tiles = {"encode": pipe.vae_tile_for("encode", pixels.shape[-2:], 0),
@@ -87,6 +89,7 @@ def main() -> int:
             for stage in STAGES:
                 for config in ["auto", *args.tiles]:
                     tile = 0 if config == "auto" else config
+                    probes.take(f"round {round_ + 1} {stage} {config}", [dtype_name(pipe.vae_dtype)])
                     if stage == "encode":
                         out, took = timed(pipe, lambda t=tile: pipe.encode(pixels, vae_tile=t))
                         if config == "auto":
@@ -98,11 +101,11 @@ def main() -> int:
                     print(f"round {round_ + 1} {stage} {config}: {took:.1f} s", flush=True)
                     figures.update(seconds=seconds, **summarise(seconds, auto_tiles, args.tiles))
                     path = write_result(f"vae-tile-speed-{torch.device(args.device).type}", figures,
-                                        device=args.device, probe=probe, out=path)
-    probe["after"] = matmul_gflops(device=args.device)
+                                        device=args.device, probe=probes, out=path)
+    probes.take("after")
     figures["complete"] = True
     path = write_result(f"vae-tile-speed-{torch.device(args.device).type}", figures, device=args.device,
-                        probe=probe, out=path)
+                        probe=probes, out=path)
     print("\n" + table(figures) + f"\n\nwritten {path}")
     return 0
 

@@ -7,20 +7,25 @@ the pipeline's public stages (PiSAPipeline.encode / decode; a tiny UNet, unused)
 in mean and contrast, so per-tile GroupNorm statistics would differ from the whole image's. The
 untiled encode and decode (vae_tile = the image side) are the references; each tile size's encode
 is compared in latent units (relative to the latent's standard deviation; target: max <= 1 %) and
-its decode in 8-bit levels (target: max <= 2/255). Prints a Markdown table and writes
-benchmarks/results/vae-tiles-<device>-<date>.json.
+its decode in 8-bit levels (target: max <= 2/255). A matrix-product probe in the dtype timed
+precedes each tile size's encode and decode; each row stores it with the share of it each stage
+reaches (the stage's operations at that tile, counted on the meta device). Prints a Markdown table
+and writes benchmarks/results/vae-tiles-<device>-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
 import torch
-from common import matmul_gflops, random_weights, sd21_vae, sync, tiny_models, write_result
+from common import Probes, random_weights, sd21_vae, sync, tiny_models, write_result
+from quiet import share
 
 from pisa_core.base_model import BaseModel
+from pisa_core.options import dtype_name
 
 DECODE_MAX_LEVELS = 2.0   # issue target: decode within 2/255 of the untiled decode
 ENCODE_MAX_OF_STD = 0.01  # issue target: encode within 1 % of the latent's standard deviation
@@ -53,8 +58,22 @@ def vae_only_pipeline(device: str, dtype: str):
     """PiSAPipeline around vae_only_base() (random LoRAs on its tiny UNet) on `device`."""
     from pisa_core.pipeline import PiSAPipeline
 
-    base = vae_only_base()
+    with torch.device("meta") if device == "meta" else contextlib.nullcontext():
+        base = vae_only_base()
     return PiSAPipeline(base, random_weights(base.unet), device=device, dtype=dtype)
+
+
+def vae_gflop(size: int, tiles: list[int]) -> dict[int, dict[str, float]]:
+    """tile -> {"encode", "decode"}: GFLOP of each VAE stage of a `size`² image at that tile (a
+    tile as large as the image: untiled), counted on the meta device."""
+    from flops import count
+
+    pipe = vae_only_pipeline("meta", "fp32")
+    pixels = regions_image(size)
+    with torch.inference_mode():
+        latent = pipe.encode(pixels, vae_tile=size)
+        return {t: {"encode": count(lambda t=t: pipe.encode(pixels, vae_tile=t)),
+                    "decode": count(lambda t=t: pipe.decode(latent, vae_tile=t))} for t in tiles}
 
 
 def vae_arguments(doc: str, size: int, tiles: list[int], dtype: str) -> argparse.ArgumentParser:
@@ -83,23 +102,34 @@ def main() -> int:
     parser = vae_arguments(__doc__, 1024, [256, 512], "fp32")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/vae-tiles-...)")
     args = parser.parse_args()
-    probe = {"before": matmul_gflops(device=args.device)}
-    pipe = vae_only_pipeline(args.device, args.dtype)
-    pixels = regions_image(args.size)
     whole = args.size  # a tile as large as the image: the plain untiled forward
+    counted = vae_gflop(args.size, [whole, *args.tiles])
+    pipe = vae_only_pipeline(args.device, args.dtype)
+    pixels, dtype = regions_image(args.size), dtype_name(pipe.vae_dtype)
+    probes = Probes(args.device)
+    probes.take("before")
+
+    def measured(tile: int, **found) -> dict:
+        """A row: the probe taken before it, each stage's seconds and share of that probe."""
+        probe = probes[str(tile)][dtype]
+        return {"tile": "untiled" if tile == whole else tile, **found, "probe": probe,
+                **{f"{k}_share": share(counted[tile][k], found[f"{k}_s"], probe) for k in ("encode", "decode")}}
+
+    probes.take(str(whole), [dtype])
     ref_latent, enc_s = timed(pipe, lambda: pipe.encode(pixels, vae_tile=whole))
     ref_image, dec_s = timed(pipe, lambda: pipe.decode(ref_latent, vae_tile=whole))
     ref_levels, latent_std = to_levels(ref_image), ref_latent.float().std().item()
-    rows = [{"tile": "untiled", "encode_s": enc_s, "decode_s": dec_s}]
+    rows = [measured(whole, encode_s=enc_s, decode_s=dec_s)]
     for tile in args.tiles:
+        probes.take(str(tile), [dtype])
         latent, enc_s = timed(pipe, lambda t=tile: pipe.encode(pixels, vae_tile=t))
         image, dec_s = timed(pipe, lambda t=tile: pipe.decode(ref_latent, vae_tile=t))
         enc_diff = (latent.float() - ref_latent.float()).abs().cpu()
         dec_diff = (to_levels(image) - ref_levels).abs()
-        rows.append({"tile": tile, "encode_s": enc_s, "decode_s": dec_s,
-                     "encode_mean_of_std": enc_diff.mean().item() / latent_std,
-                     "encode_max_of_std": enc_diff.max().item() / latent_std,
-                     "decode_mean_levels": dec_diff.mean().item(), "decode_max_levels": dec_diff.max().item()})
+        rows.append(measured(tile, encode_s=enc_s, decode_s=dec_s,
+                     encode_mean_of_std=enc_diff.mean().item() / latent_std,
+                             encode_max_of_std=enc_diff.max().item() / latent_std,
+                             decode_mean_levels=dec_diff.mean().item(), decode_max_levels=dec_diff.max().item()))
     passed = all(r["encode_max_of_std"] <= ENCODE_MAX_OF_STD and r["decode_max_levels"] <= DECODE_MAX_LEVELS
                  for r in rows[1:])
     print(f"{args.size}² image, real-size SD2.1 VAE with random weights, {args.dtype} on {args.device}; "
@@ -115,9 +145,10 @@ def main() -> int:
                   f"{r['decode_s']:.1f} |")
     print(f"\ntargets (decode max <= {DECODE_MAX_LEVELS}/255, encode max <= {100 * ENCODE_MAX_OF_STD:g} % of the "
           f"latent std): {'met' if passed else 'NOT met'}")
-    probe["after"] = matmul_gflops(device=args.device)
-    figures = {"size": args.size, "dtype": args.dtype, "latent_std": latent_std, "rows": rows, "targets_met": passed}
-    path = write_result(f"vae-tiles-{torch.device(args.device).type}", figures, device=args.device, probe=probe,
+    probes.take("after")
+    figures = {"size": args.size, "dtype": args.dtype, "latent_std": latent_std, "rows": rows, "targets_met": passed,
+               "gflop": {str(t): found for t, found in counted.items()}}
+    path = write_result(f"vae-tiles-{torch.device(args.device).type}", figures, device=args.device, probe=probes,
                         out=args.out)
     print(f"written {path}")
     return 0 if passed else 1
