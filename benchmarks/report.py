@@ -417,7 +417,7 @@ def image_libraries(results: dict) -> str:
     """docs/images.md: our 16-bit TIFF reader and ICC conversion beside tifffile and ImageCms."""
     run = results.get("image-libraries")
     if run is None:
-        return missing("image-libraries", "python benchmarks/image_libraries.py")
+        return missing("image-libraries", "python benchmarks/image_libraries.py", results)
     f = run["figures"]
     rows = [[name, r["ours_equal"], r.get("tifffile_equal", "–"), _s(r["ours_s"] and 1000 * r["ours_s"], 1),
              _s(r.get("tifffile_s") and 1000 * r["tifffile_s"], 1)] for name, r in f["tiff16_reading"].items()]
