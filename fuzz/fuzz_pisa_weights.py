@@ -13,7 +13,7 @@ from harness import main
 from weight_seeds import one_line
 
 SUFFIX = ".pkl"  # the format is judged by content, never by the name
-MODULES = ("pisa_core.checkpoint", "pisa_core.tensor_files", "pisa_core.torch_pickles", "pisa_core.file_kinds")
+MODULES = ("pisa_core.checkpoint", "pisa_core.files.tensors", "pisa_core.files.torch_pickles", "pisa_core.files.kinds")
 
 
 def seeds() -> dict[str, bytes]:

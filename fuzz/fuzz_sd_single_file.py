@@ -12,7 +12,7 @@ from harness import main
 from weight_seeds import one_line
 
 SUFFIX = ".ckpt"
-MODULES = ("pisa_core.base_model", "pisa_core.ldm_convert", "pisa_core.tensor_files", "pisa_core.torch_pickles")
+MODULES = ("pisa_core.base_model", "pisa_core.ldm_convert", "pisa_core.files.tensors", "pisa_core.files.torch_pickles")
 
 
 def seeds() -> dict[str, bytes]:

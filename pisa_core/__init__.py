@@ -20,10 +20,10 @@ _LAZY = {
     "save_official_pkl": ".checkpoint",
     "dual_guidance": ".guidance",
     "plan_passes": ".guidance",
-    "read_image": ".image_io",
-    "read_mask": ".image_io",
-    "read_png_settings": ".image_io",
-    "write_image": ".image_io",
+    "read_image": ".files.images",
+    "read_mask": ".files.images",
+    "read_png_settings": ".files.images",
+    "write_image": ".files.images",
 }
 
 __all__ = ["PiSAError", "__version__", *_LAZY]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from .atomic import atomic_output
+from .files.atomic import atomic_output
 from .errors import PiSAError
 from .lora import (
     FAMILIES,
@@ -30,8 +30,8 @@ from .lora import (
     module_group,
     module_kind,
 )
-from .tensor_files import SafetensorsFile, is_name, is_safetensors, load_pickle
-from .torch_pickles import is_torch_zip, zip_pickle
+from .files.tensors import SafetensorsFile, is_name, is_safetensors, load_pickle
+from .files.torch_pickles import is_torch_zip, zip_pickle
 
 WHAT = "PiSA-SR weights"
 

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _upscale_targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
     """-o is a file name (by its image extension) for a single input, else a folder of <stem>.png."""
-    from .image_io import IMAGE_EXTENSIONS, WRITE_FORMATS
+    from .files.images import IMAGE_EXTENSIONS, WRITE_FORMATS
 
     as_file = output.suffix.lower() in (*IMAGE_EXTENSIONS, *WRITE_FORMATS) and not output.is_dir()
     if as_file and len(files) > 1:
@@ -146,7 +146,7 @@ def match_masks(pairs: list[tuple[Path, Path]], mask: str | None) -> dict[Path, 
     """input -> its mask (or None): one --mask file for every input, or from a --mask folder the
     image of the input's stem. Refused before any work: a --mask that does not exist, a folder
     without a mask for any input, two masks of one stem, a mask that is an input or an output."""
-    from .image_io import folder_images
+    from .files.images import folder_images
 
     sources = [source for source, _ in pairs]
     if mask is None:
@@ -233,7 +233,7 @@ def _plan_job(source: Path, target: Path, mask: Path | None, args, mask_sizes: d
     """Header check (PiSAError: the input cannot be read), then its mask, the sizes, format and bit
     depth of its output (_PlanError)."""
     from .geometry import output_size, working_size
-    from .image_io import SIXTEEN_BIT_FORMATS, output_format, probe_image
+    from .files.images import SIXTEEN_BIT_FORMATS, output_format, probe_image
 
     info, (h, w) = probe_image(source)
     if mask is not None:
@@ -260,7 +260,7 @@ def _plan_job(source: Path, target: Path, mask: Path | None, args, mask_sizes: d
 def _check_mask_shape(mask: Path, source: Path, size: tuple[int, int], mask_sizes: dict) -> None:
     """The mask decodes (read once per file, its size kept in mask_sizes) and has the input's
     aspect ratio, up to rounding or MASK_ASPECT_TOLERANCE; _PlanError otherwise."""
-    from .image_io import read_mask
+    from .files.images import read_mask
 
     if mask not in mask_sizes:
         try:
@@ -339,7 +339,7 @@ def _upscale_one(pipe, job: Job, call: dict, args, label: str):
     maps over the input: the masked λ inside, the plain ones outside (the pipeline resizes them
     like the image)."""
     from .guidance import masked_lambda
-    from .image_io import read_image, read_mask, to_pil_8bit
+    from .files.images import read_image, read_mask, to_pil_8bit
 
     image, info = read_image(job.source)
     batch = [to_pil_8bit(job.source)] if job.release_pil else image.unsqueeze(0)
@@ -388,7 +388,7 @@ def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     """Every job in turn. An input that fails (unreadable pixels, out of memory) is reported and
     the others go on; a failed write stops the run (the next image would fail the same way)."""
     from . import memory
-    from .image_io import SETTINGS_KEYWORD, SRGB, write_image
+    from .files.images import SETTINGS_KEYWORD, SRGB, write_image
 
     call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
     shared = run_settings(args, pipe)
@@ -466,7 +466,7 @@ def _list_inputs(args, tally: Tally) -> list[Path]:
     """The input files of every INPUT argument, each argument listed on its own: with several, one
     that cannot be listed (it does not exist, its folder cannot be read) is a failed input and the
     others go on. Folder entries that are not images go to tally.not_images."""
-    from .image_io import list_inputs_and_skipped
+    from .files.images import list_inputs_and_skipped
 
     files: dict[tuple, Path] = {}
     for pattern in args.inputs:
@@ -486,7 +486,7 @@ def _list_inputs(args, tally: Tally) -> list[Path]:
 def _plan_upscale(args, state, tally: Tally) -> list[Job]:
     """Everything checked before the model loads: options, output names (never an input, no
     collisions), existing outputs, every input's header and planned sizes, the output folders."""
-    from .image_io import IMAGE_EXTENSIONS, check_output_folder
+    from .files.images import IMAGE_EXTENSIONS, check_output_folder
 
     _check_upscale_options(args)
     files = _list_inputs(args, tally)
@@ -566,7 +566,7 @@ def _my_share(items: list, state) -> list:
 def _run_convert(args) -> int:
     from .checkpoint import convert_pisa_weights, writer_for
     from .fast_decoder import convert_decoder, is_decoder_file
-    from .image_io import check_output_folder
+    from .files.images import check_output_folder
 
     destination = Path(args.destination)
     decoder = is_decoder_file(args.source)
@@ -584,7 +584,7 @@ def _run_convert(args) -> int:
 def _run_info(args) -> int:
     from .checkpoint import describe, load_pisa_weights
     from .fast_decoder import decoder_text, describe_decoder, is_decoder_file, load_decoder
-    from .file_kinds import IMAGE, sniff_file
+    from .files.kinds import IMAGE, sniff_file
 
     path = Path(args.file)
     kind = sniff_file(path) if path.is_file() else None
@@ -622,7 +622,7 @@ def _setting_text(value) -> str:
 
 
 def _print_settings(path: Path, as_json: bool) -> int:
-    from .image_io import read_png_settings
+    from .files.images import read_png_settings
 
     settings = read_png_settings(path)
     if as_json:

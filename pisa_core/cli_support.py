@@ -226,7 +226,7 @@ def remove_stale_temporaries(folders) -> list[Path]:
     """Remove, from the output folders of a run, the temporary files that killed runs left behind
     (atomic.remove_stale_temporaries: only that naming pattern, only of processes that are gone),
     and say so."""
-    from .atomic import remove_stale_temporaries as remove_in
+    from .files.atomic import remove_stale_temporaries as remove_in
 
     removed = [path for folder in folders for path in remove_in(folder)]
     if removed:

@@ -18,7 +18,7 @@ from test_cli_outputs import NO_MODEL, one_line_error
 
 from pisa_core import options
 from pisa_core.cli import LONG_IMAGE_S, _StageLog, main
-from pisa_core.image_io import read_image, write_image
+from pisa_core.files.images import read_image, write_image
 from pisa_core.progress import Heartbeat
 
 # benchmarks/cpu_speed.py parses this; README "Command line" documents it.

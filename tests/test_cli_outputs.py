@@ -14,7 +14,7 @@ from readonly import run_python_with_read_only
 from test_cli import model_args, photos  # noqa: F401 (photos is a fixture)
 
 from pisa_core.cli import main
-from pisa_core.image_io import read_image
+from pisa_core.files.images import read_image
 from pisa_core.train.cli import degrade_main
 
 # Any run that got as far as loading the model would fail on this file instead.

@@ -17,9 +17,9 @@ from pisa_core.colorfix import (
     wavelet_color_fix,
     wavelet_decompose,
 )
-from pisa_core.colorspace import srgb_to_xyz, xyz_to_lab
+from pisa_core.files.colorspace import srgb_to_xyz, xyz_to_lab
 from pisa_core.errors import PiSAError
-from pisa_core.image_io import read_image, write_image
+from pisa_core.files.images import read_image, write_image
 from pisa_core.options import COLOR_FIXES
 
 

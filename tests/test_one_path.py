@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pisa_core.cli import main
-from pisa_core.image_io import read_image
+from pisa_core.files.images import read_image
 from pisa_core.pipeline import PiSAPipeline
 
 

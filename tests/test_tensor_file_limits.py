@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pisa_core.errors import PiSAError
-from pisa_core.tensor_files import SafetensorsFile, load_pickle, read_tensors
-from pisa_core.torch_pickles import MIN_DECLARED_BYTES, declared_limit
+from pisa_core.files.tensors import SafetensorsFile, load_pickle, read_tensors
+from pisa_core.files.torch_pickles import MIN_DECLARED_BYTES, declared_limit
 
 WHAT = "test tensors"
 

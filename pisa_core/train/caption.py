@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_output
+from ..files.atomic import atomic_output
 from ..errors import PiSAError
 from .data import list_images, load_rgb
 

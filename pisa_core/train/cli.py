@@ -83,7 +83,7 @@ def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_
     an input, no two images onto one file, folders writable); existing ones are kept unless
     `overwrite`; an image that cannot be read is reported and the others go on (exit code 2)."""
     from ..cli_support import Tally, check_targets, remove_stale_temporaries, split_existing
-    from ..image_io import check_output_folder, write_image
+    from ..files.images import check_output_folder, write_image
     from .data import load_rgb
     from .degradation import DegradationConfig, degrade
 

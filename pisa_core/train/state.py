@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_output
+from ..files.atomic import atomic_output
 from ..checkpoint import WEIGHT_WRITERS, PiSAWeights, make_family
 from ..errors import PiSAError
 from ..lora import FAMILIES, LoRAFamily

@@ -23,7 +23,7 @@ from .. import options
 from ..base_model import load_base_model
 from ..checkpoint import PiSAWeights, check_compatible, load_pisa_weights
 from ..errors import PiSAError
-from ..image_io import check_output_folder, write_image
+from ..files.images import check_output_folder, write_image
 from ..lora import FAMILIES, LoRAFamily
 from .config import TrainConfig
 from .data import PairDataset, PositionSampler, build_items, collate, missing_caption_warning

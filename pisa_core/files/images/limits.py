@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import PiSAError
-from ..options import MAX_OUTPUT_PIXELS
+from ...errors import PiSAError
+from ...options import MAX_OUTPUT_PIXELS
 
 LIMIT_VARIABLE = "PISA_SR_MAX_IMAGE_PIXELS"
 

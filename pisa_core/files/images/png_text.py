@@ -9,7 +9,7 @@ from pathlib import Path
 
 import png
 
-from ..errors import PiSAError
+from ...errors import PiSAError
 from .listing import _check_file
 
 SETTINGS_KEYWORD = "pisa-sr"  # the text chunk holding the settings an output of `pisa-sr upscale` was made with

@@ -33,7 +33,7 @@ from ..colorspace import (
     linear_to_srgb,
     srgb_to_linear,
 )
-from ..errors import PiSAError
+from ...errors import PiSAError
 
 _HEADER = 128
 _RGB_TAGS = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")

@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import PiSAError
+from ...errors import PiSAError
 
 #: File extensions picked up from folders and glob patterns by list_inputs.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")

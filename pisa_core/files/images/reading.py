@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import PiSAError
+from ...errors import PiSAError
 from .icc import Profile, ProfileError, lcms_to_srgb, matrix_to_srgb, parse_profile, profile_mode, srgb_profile
 from .info import _MAX_8, _MAX_16, _TRANSPOSED, ImageInfo, _exif_orientation, _info_for
 from .limits import open_checked

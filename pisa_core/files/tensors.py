@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import PiSAError
-from .file_kinds import SAFETENSORS, TENSOR_KINDS, sniff_file
+from ..errors import PiSAError
+from .kinds import SAFETENSORS, TENSOR_KINDS, sniff_file
 from .torch_pickles import check_declared_sizes, corrupted, is_torch_zip
 
 # torch's weights-only unpickler on a global it will not import (the pickle would run code)

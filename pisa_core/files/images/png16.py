@@ -11,7 +11,7 @@ import numpy as np
 import png
 import torch
 
-from ..errors import PiSAError
+from ...errors import PiSAError
 from .info import _MAX_16, ImageInfo, _exif_orientation, _info_for, orient_tensor
 from .limits import open_pillow
 

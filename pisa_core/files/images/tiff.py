@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, TiffImagePlugin
 
-from ..errors import PiSAError
+from ...errors import PiSAError
 from .info import _MAX_16, _TRANSPOSED, ImageInfo, _info_for, orient_tensor
 from .limits import check_declared_size, open_pillow
 

@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PiSAError
+from ..errors import PiSAError
 
 MAX_EXPANSION = 4                # tied weights may share data; a real checkpoint declares about its size
 MIN_DECLARED_BYTES = 64 * 2**20  # what the tensors of a small file may declare in any case

@@ -10,7 +10,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from .errors import PiSAError
+from ..errors import PiSAError
 
 TOKEN_BYTES = 4
 # temporary_path's names: .NAME.PID.TOKEN.part (the token TOKEN_BYTES random bytes in hex)
