@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the release-structure reference and t
 import tiny_models  # noqa: E402
 from pisa_files import random_pisa_weights  # noqa: E402
 
-from pisa_core.base_model import BaseModel  # noqa: E402
-from pisa_core.checkpoint import PiSAWeights  # noqa: E402
+from pisa_core.model.base import BaseModel  # noqa: E402
+from pisa_core.model.checkpoint import PiSAWeights  # noqa: E402
 from pisa_core.options import LATENT_FACTOR  # noqa: E402
 
 CONFIGS = ROOT / "pisa_core" / "configs"

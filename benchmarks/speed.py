@@ -96,7 +96,7 @@ def _baseline(variant, device, dtype, tmp: Path):
     from pisa_files import write_official_pkl
     from release_reference import ReleaseStyleSR, adain_reference, attach_unmerged
 
-    from pisa_core.base_model import empty_prompt_ids
+    from pisa_core.model.base import empty_prompt_ids
 
     base = sd21_base()
     pkl = tmp / "pisa_sr.pkl"

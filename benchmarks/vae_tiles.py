@@ -20,7 +20,7 @@ import time
 import torch
 from common import matmul_gflops, random_weights, sd21_vae, sync, tiny_models, write_result
 
-from pisa_core.base_model import BaseModel
+from pisa_core.model.base import BaseModel
 
 DECODE_MAX_LEVELS = 2.0   # issue target: decode within 2/255 of the untiled decode
 ENCODE_MAX_OF_STD = 0.01  # issue target: encode within 1 % of the latent's standard deviation

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..pisa_core import memory, options
-from ..pisa_core.checkpoint import looks_like_pisa_weights
+from ..pisa_core.model.checkpoint import looks_like_pisa_weights
 from ..pisa_core.errors import PiSAError
 from . import host
 

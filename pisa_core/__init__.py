@@ -14,10 +14,10 @@ __version__ = package_version()
 
 _LAZY = {
     "PiSAPipeline": ".pipeline",
-    "load_base_model": ".base_model",
-    "load_pisa_weights": ".checkpoint",
-    "save_pisa_weights": ".checkpoint",
-    "save_official_pkl": ".checkpoint",
+    "load_base_model": ".model.base",
+    "load_pisa_weights": ".model.checkpoint",
+    "save_pisa_weights": ".model.checkpoint",
+    "save_official_pkl": ".model.checkpoint",
     "dual_guidance": ".guidance",
     "plan_passes": ".guidance",
     "read_image": ".files.images",

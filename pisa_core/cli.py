@@ -366,7 +366,7 @@ def run_settings(args, pipe) -> dict:
     import torch
 
     from . import __version__
-    from .fast_decoder import decoder_setting
+    from .model.fast_decoder import decoder_setting
 
     return {"version": __version__, "torch": torch.__version__, "base": _model_file(args.base),
             "weights": _model_file(args.weights), "decoder": decoder_setting(pipe.decoder),
@@ -531,7 +531,7 @@ def _run_upscale(args) -> int:
 def _prepare_upscale(args, tally: Tally):
     """(jobs, distributed state or None, device): everything before the model loads (the fast
     decoder file is read and checked here, before the base model)."""
-    from .fast_decoder import load_decoder
+    from .model.fast_decoder import load_decoder
     from .hardware import parse_device
 
     if not args.base or not args.weights:
@@ -564,8 +564,8 @@ def _my_share(items: list, state) -> list:
 
 
 def _run_convert(args) -> int:
-    from .checkpoint import convert_pisa_weights, writer_for
-    from .fast_decoder import convert_decoder, is_decoder_file
+    from .model.checkpoint import convert_pisa_weights, writer_for
+    from .model.fast_decoder import convert_decoder, is_decoder_file
     from .files.images import check_output_folder
 
     destination = Path(args.destination)
@@ -582,8 +582,8 @@ def _run_convert(args) -> int:
 
 
 def _run_info(args) -> int:
-    from .checkpoint import describe, load_pisa_weights
-    from .fast_decoder import decoder_text, describe_decoder, is_decoder_file, load_decoder
+    from .model.checkpoint import describe, load_pisa_weights
+    from .model.fast_decoder import decoder_text, describe_decoder, is_decoder_file, load_decoder
     from .files.kinds import IMAGE, sniff_file
 
     path = Path(args.file)

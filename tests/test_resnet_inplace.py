@@ -12,7 +12,7 @@ import torch
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from pisa_core.resnet_inplace import InplaceResnetBlock2D, _same_sum_in_place, supports_inplace, use_inplace_resnets
+from pisa_core.model.resnet_inplace import InplaceResnetBlock2D, _same_sum_in_place, supports_inplace, use_inplace_resnets
 from tiny_models import tiny_unet, tiny_vae
 
 

@@ -10,7 +10,7 @@ import torch
 from model_files import ldm_state_dict, vae_with
 from tiny_models import tiny_text_encoder, tiny_unet
 
-from pisa_core.base_model import read_single_file
+from pisa_core.model.base import read_single_file
 from pisa_core.errors import PiSAError
 
 U, V, T = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.model."

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import WEIGHT_WRITERS
+from ..model.checkpoint import WEIGHT_WRITERS
 from ..errors import PiSAError
 from .lora import LORA_INITS
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base_model import encode_prompts
+from ..model.base import encode_prompts
 from ..errors import PiSAError
 from ..guidance import residual_latent
 

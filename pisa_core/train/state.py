@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ..files.atomic import atomic_output
-from ..checkpoint import WEIGHT_WRITERS, PiSAWeights, make_family
+from ..model.checkpoint import WEIGHT_WRITERS, PiSAWeights, make_family
 from ..errors import PiSAError
-from ..lora import FAMILIES, LoRAFamily
+from ..model.lora import FAMILIES, LoRAFamily
 from .lora import zero_family
 
 STATE_PATTERN = re.compile(r"^state_step(\d+)$")

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from ..checkpoint import PiSAWeights
+from ..model.checkpoint import PiSAWeights
 from ..errors import PiSAError
 from .config import TrainConfig
 from .lora import UNetLoRA, install_lora

@@ -35,10 +35,10 @@ import torch
 from diffusers.models.autoencoders.vae import Decoder
 from safetensors.torch import save
 
-from .files.atomic import atomic_output
-from .errors import PiSAError
-from .files.kinds import SAFETENSORS, TORCH_ZIP, sniff_file
-from .files.tensors import SafetensorsFile, is_safetensors, load_pickle
+from ..files.atomic import atomic_output
+from ..errors import PiSAError
+from ..files.kinds import SAFETENSORS, TORCH_ZIP, sniff_file
+from ..files.tensors import SafetensorsFile, is_safetensors, load_pickle
 
 WHAT = "a fast decoder file (VOSR's sd21_lwdecoder.pth or its .safetensors)"
 BASE_DECODER = "base VAE"  # what the settings say when the base model's own VAE decoder decodes

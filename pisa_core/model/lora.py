@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import PiSAError
+from ..errors import PiSAError
 
 FAMILIES = ("pix", "sem")
 GROUPS = ("encoder", "decoder", "others")

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from .files.atomic import atomic_output
-from .errors import PiSAError
-from .files.tensors import SafetensorsFile
+from ..files.atomic import atomic_output
+from ..errors import PiSAError
+from ..files.tensors import SafetensorsFile
 
 log = logging.getLogger(__name__)
 

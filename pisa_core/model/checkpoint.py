@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from .files.atomic import atomic_output
-from .errors import PiSAError
+from ..files.atomic import atomic_output
+from ..errors import PiSAError
 from .lora import (
     FAMILIES,
     GROUPS,
@@ -30,8 +30,8 @@ from .lora import (
     module_group,
     module_kind,
 )
-from .files.tensors import SafetensorsFile, is_name, is_safetensors, load_pickle
-from .files.torch_pickles import is_torch_zip, zip_pickle
+from ..files.tensors import SafetensorsFile, is_name, is_safetensors, load_pickle
+from ..files.torch_pickles import is_torch_zip, zip_pickle
 
 WHAT = "PiSA-SR weights"
 
@@ -480,7 +480,7 @@ def writer_for(path) -> Callable[[PiSAWeights, Path], None]:
 def load_convertible(path) -> PiSAWeights:
     """What `pisa-sr convert` reads: PiSA-SR weights in any format load_pisa_weights reads, or a
     resumable training state (a checkpoints/state_stepNNNNNN folder or its train.pt)."""
-    from .train.state import TRAIN_STATE_FILE, is_train_state, weights_from_train_state
+    from ..train.state import TRAIN_STATE_FILE, is_train_state, weights_from_train_state
 
     path = Path(path)
     if path.is_dir() and (path / TRAIN_STATE_FILE).is_file():

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .checkpoint import PiSAWeights, check_compatible
-from .errors import PiSAError
+from ..errors import PiSAError
 from .lora import LoRAFamily, adapted_weight_shape, conv_settings, lora_down, lora_forward, lora_up, merged_weight
 
 

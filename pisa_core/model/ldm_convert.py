@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import PiSAError
+from ..errors import PiSAError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.model."
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # pisa_core/configs: package data
 
 # Keys of the stored OpenCLIP text tower that the SD2 text encoder does not use.
 UNUSED_TEXT_KEYS = ("text_projection", "logit_scale", "attn_mask")

@@ -31,8 +31,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from . import ldm_convert as ldm
 from . import prompt_cache
-from .errors import PiSAError
-from .files.tensors import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, named_tensors, read_tensors
+from ..errors import PiSAError
+from ..files.tensors import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, named_tensors, read_tensors
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 EXPECTED = "PiSA-SR needs Stable Diffusion 2.1-base (epsilon prediction)"
