@@ -98,7 +98,7 @@ def run_stages(pipe, images, lambda_pix: float = 1.0, lambda_sem: float = 1.0, *
     """One upscale through the pipeline's public stages, one by one (what pipe(...) does), with
     the seconds and the peak RSS of each stage (the peak restarts at every stage) and the VAE tile
     each VAE stage runs with (`pipe.vae_tile_for`). Returns (output, {stage: {...}})."""
-    from pisa_core.guidance import plan_passes
+    from pisa_core.inference.guidance import plan_passes
 
     stages: dict[str, dict] = {}
 

@@ -61,8 +61,8 @@ def _lambdas(variant: str) -> tuple[float, float]:
 
 def _ours(variant, device, dtype):
     """(run() -> (output, stages or None), images per run) for one of our variants."""
-    from pisa_core.guidance import PISA, PIX
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.guidance import PISA, PIX
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     class SequentialPasses(PiSAPipeline):
         def predict_eps(self, latent, *, need=(PIX, PISA), **options):

@@ -51,7 +51,7 @@ def vae_only_base() -> BaseModel:
 
 def vae_only_pipeline(device: str, dtype: str):
     """PiSAPipeline around vae_only_base() (random LoRAs on its tiny UNet) on `device`."""
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     base = vae_only_base()
     return PiSAPipeline(base, random_weights(base.unet), device=device, dtype=dtype)

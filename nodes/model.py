@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..pisa_core import memory, options
+from ..pisa_core.inference import memory
+from ..pisa_core import options
 from ..pisa_core.model.checkpoint import looks_like_pisa_weights
 from ..pisa_core.errors import PiSAError
 from . import host
@@ -153,7 +154,7 @@ def files_fingerprint(base_name: str, weights_name: str) -> tuple | None:
 def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False) -> PiSAModel:
     """Resolve the model files, load them once (cached while in use) and hand them to the host.
     dtype 'auto' follows the same rule as the CLI and the Python API (options.auto_dtype)."""
-    from ..pisa_core.pipeline import PiSAPipeline
+    from ..pisa_core.inference.pipeline import PiSAPipeline
 
     base_path = host.resolve_base_model(base_name)
     weights_path = resolve_pisa_weights(weights_name)

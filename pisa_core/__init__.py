@@ -13,13 +13,13 @@ from .version import package_version
 __version__ = package_version()
 
 _LAZY = {
-    "PiSAPipeline": ".pipeline",
+    "PiSAPipeline": ".inference.pipeline",
     "load_base_model": ".model.base",
     "load_pisa_weights": ".model.checkpoint",
     "save_pisa_weights": ".model.checkpoint",
     "save_official_pkl": ".model.checkpoint",
-    "dual_guidance": ".guidance",
-    "plan_passes": ".guidance",
+    "dual_guidance": ".inference.guidance",
+    "plan_passes": ".inference.guidance",
     "read_image": ".files.images",
     "read_mask": ".files.images",
     "read_png_settings": ".files.images",

@@ -34,7 +34,7 @@ from .cli_support import (
     split_existing,
 )
 from .errors import PiSAError
-from .progress import Heartbeat
+from .inference.progress import Heartbeat
 
 log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under python -m
 
@@ -202,8 +202,8 @@ class Job:
 
 def _check_upscale_options(args) -> None:
     """The options the core would only refuse after the model is loaded; one line naming the flag."""
-    from .guidance import check_lambda
-    from .pipeline import check_options
+    from .inference.guidance import check_lambda
+    from .inference.pipeline import check_options
 
     for name in MASKED_LAMBDAS:
         if getattr(args, name) is None:
@@ -232,7 +232,7 @@ class _PlanError(PiSAError):
 def _plan_job(source: Path, target: Path, mask: Path | None, args, mask_sizes: dict) -> Job:
     """Header check (PiSAError: the input cannot be read), then its mask, the sizes, format and bit
     depth of its output (_PlanError)."""
-    from .geometry import output_size, working_size
+    from .inference.geometry import output_size, working_size
     from .files.images import SIXTEEN_BIT_FORMATS, output_format, probe_image
 
     info, (h, w) = probe_image(source)
@@ -338,7 +338,7 @@ def _upscale_one(pipe, job: Job, call: dict, args, label: str):
     """Read and super-resolve one input -> ([H, W, C] in [0, 1], its ImageInfo). With a mask, λ are
     maps over the input: the masked λ inside, the plain ones outside (the pipeline resizes them
     like the image)."""
-    from .guidance import masked_lambda
+    from .inference.guidance import masked_lambda
     from .files.images import read_image, read_mask, to_pil_8bit
 
     image, info = read_image(job.source)
@@ -387,7 +387,7 @@ def image_settings(shared: dict, job: Job, args) -> dict:
 def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     """Every job in turn. An input that fails (unreadable pixels, out of memory) is reported and
     the others go on; a failed write stops the run (the next image would fail the same way)."""
-    from . import memory
+    from .inference import memory
     from .files.images import SETTINGS_KEYWORD, SRGB, write_image
 
     call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
@@ -431,7 +431,7 @@ def _work_text(job: Job) -> str:
 
 
 def _load_pipeline(args, device, tally: Tally):
-    from .pipeline import PiSAPipeline
+    from .inference.pipeline import PiSAPipeline
 
     quiet_libraries()
     tic = time.perf_counter()
@@ -532,7 +532,7 @@ def _prepare_upscale(args, tally: Tally):
     """(jobs, distributed state or None, device): everything before the model loads (the fast
     decoder file is read and checked here, before the base model)."""
     from .model.fast_decoder import load_decoder
-    from .hardware import parse_device
+    from .inference.hardware import parse_device
 
     if not args.base or not args.weights:
         raise PiSAError("--base and --weights are required (or set PISA_SR_BASE and PISA_SR_WEIGHTS)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import hardware
+from .inference import hardware
 from .errors import PiSAError
 
 log = logging.getLogger(__name__)

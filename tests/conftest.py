@@ -38,7 +38,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pipe(model_dir):
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     return PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32")
 

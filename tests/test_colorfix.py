@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pisa_core.colorfix import (
+from pisa_core.inference.colorfix import (
     adain_color_fix,
     apply_color_fix,
     channel_mean_std,

@@ -23,15 +23,15 @@ from test_vae_tiling import OOMAbove, Placement
 from tiny_models import tiny_vae
 
 from pisa_core.model import fast_decoder
-from pisa_core import vae_tiling
+from pisa_core.inference import vae_tiling
 from pisa_core.model.base import load_base_model
 from pisa_core.model.checkpoint import load_pisa_weights
 from pisa_core.cli import main
 from pisa_core import read_png_settings
 from pisa_core.errors import PiSAError
 from pisa_core.model.fast_decoder import is_decoder_file, load_decoder
-from pisa_core.memory import MIN_VAE_TILE, with_backoff
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.memory import MIN_VAE_TILE, with_backoff
+from pisa_core.inference.pipeline import PiSAPipeline
 
 META = torch.device("meta")
 PARITY = 1e-5
@@ -167,7 +167,7 @@ def test_a_half_precision_overflow_falls_back_to_fp32(model_dir, decoder_path, l
     told: list[str] = []
     pipe = overflowing(model_dir, "decode", told, decoder=decoder_path)
     assert pipe.vae.decoder.conv_in.out_channels == 64  # the overflow is planted in the fast decoder
-    with caplog.at_level(logging.WARNING, logger="pisa_core.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="pisa_core.inference.pipeline"):
         try:
             out = pipe(lq_image(16, 16), process_size=0)
         except RuntimeError as error:

@@ -45,7 +45,7 @@ PACK = load_pack("pisa_sr_pack_under_test")
 NODES = registered_nodes(PACK)
 host = sys.modules["pisa_sr_pack_under_test.nodes.host"]
 PiSAError = sys.modules["pisa_sr_pack_under_test.pisa_core.errors"].PiSAError
-plan_passes = sys.modules["pisa_sr_pack_under_test.pisa_core.guidance"].plan_passes
+plan_passes = sys.modules["pisa_sr_pack_under_test.pisa_core.inference.guidance"].plan_passes
 options = sys.modules["pisa_sr_pack_under_test.pisa_core.options"]
 
 

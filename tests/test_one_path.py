@@ -10,7 +10,7 @@ from PIL import Image
 
 from pisa_core.cli import main
 from pisa_core.files.images import read_image
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.pipeline import PiSAPipeline
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 
 from pisa_core import options
 from pisa_core.errors import PiSAError
-from pisa_core.hardware import Probe
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.hardware import Probe
+from pisa_core.inference.pipeline import PiSAPipeline
 
 
 def probe(cpu_bf16=False, capability=(8, 0), asked=None):
@@ -89,7 +89,7 @@ def test_an_overflow_switches_that_part_to_fp32_and_reruns_the_stage(model_dir, 
     told: list[str] = []
     pipe = overflowing(model_dir, part, told)
     image = lq_image(16, 16)
-    with caplog.at_level(logging.WARNING, logger="pisa_core.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="pisa_core.inference.pipeline"):
         try:
             out = pipe(image, process_size=0, lambda_pix=0.8, lambda_sem=1.2)
         except RuntimeError as error:

@@ -28,7 +28,7 @@ from pisa_core.cli import build_parser
 from pisa_core.cli import main as cli_main
 from pisa_core.errors import PiSAError
 from pisa_core.model.lora import LoRAFamily
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.pipeline import PiSAPipeline
 from pisa_core.train.config import TrainConfig, config_from_args
 from pisa_core.train.data import Item, PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from pisa_core.train.lpips import LPIPS

@@ -103,7 +103,7 @@ def _options_section() -> str:
              "One definition each (`pisa_core/options.py`), shared by the CLI, the Python API and the ComfyUI nodes. "
              "The Python keyword is an argument of `PiSAPipeline.__call__`; `dtype` is one of `PiSAPipeline(...)` "
              "and `PiSAPipeline.from_files(...)`, and the masked λ become λ maps there "
-             "(`pisa_core.guidance.masked_lambda`).", "",
+             "(`pisa_core.inference.guidance.masked_lambda`).", "",
              "| Python keyword | CLI flag | node input | default | range or choices |", "| --- | --- | --- | --- | --- |"]
     for o in OPTIONS.values():
         span = (" \\| ".join(f"`{c}`" for c in o.choices) if o.choices

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import PiSAError
-from .options import LATENT_FACTOR, MAX_OUTPUT_PIXELS, MAX_WORK_AREA_FACTOR, MIN_WORK_SIDE, RESAMPLING
+from ..errors import PiSAError
+from ..options import LATENT_FACTOR, MAX_OUTPUT_PIXELS, MAX_WORK_AREA_FACTOR, MIN_WORK_SIDE, RESAMPLING
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as Pillow's convert("L")
 

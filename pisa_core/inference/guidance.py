@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import PiSAError
-from .options import LAMBDA_LIMIT
+from ..errors import PiSAError
+from ..options import LAMBDA_LIMIT
 
 PIX = "pix"
 PISA = "pisa"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PiSAError
+from ..errors import PiSAError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "meta")
 

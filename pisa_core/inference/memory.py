@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from .errors import PiSAError
-from .options import LATENT_FACTOR
+from ..errors import PiSAError
+from ..options import LATENT_FACTOR
 
 log = logging.getLogger(__name__)
 

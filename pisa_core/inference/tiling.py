@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .errors import PiSAError
+from ..errors import PiSAError
 
 Progress = Callable[[int, int], None] | None
 

@@ -45,7 +45,7 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from . import vae_attention
-from .errors import PiSAError
+from ..errors import PiSAError
 from .hardware import Probe
 
 Progress = Callable[[int, int], None] | None

@@ -4,7 +4,7 @@ Generator, as at inference (paper arXiv 2412.03017, Sec. 3; docs/release.md, "In
     z_L  = s · VAE.encode(x_LQ)      no gradient; in training a posterior sample (the release's
                                      choice, the noise acts as augmentation), else the mean
     ε    = UNet_LoRA(z_L, t = 1, caption embedding)
-    z_H  = z_L − ε                   (pisa_core.guidance.residual_latent)
+    z_H  = z_L − ε                   (pisa_core.inference.guidance.residual_latent)
     x_SR = clamp(VAE.decode(z_H / s), −1, 1)
 """
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..model.base import encode_prompts
 from ..errors import PiSAError
-from ..guidance import residual_latent
+from ..inference.guidance import residual_latent
 
 GENERATOR_TIMESTEP = 1
 
