@@ -25,7 +25,7 @@ from pisa_core.model.checkpoint import (
     save_official_pkl,
     save_pisa_weights,
 )
-from pisa_core.cli import main as cli_main
+from pisa_core.cli.main import main as cli_main
 from pisa_core.errors import PiSAError
 from pisa_core.model.lora import GROUPS, lora_delta, merged_weight, module_group, release_target_modules
 

@@ -17,7 +17,7 @@ from test_cli import model_args, photos  # noqa: F401 (photos is a fixture)
 from test_cli_outputs import NO_MODEL, one_line_error
 
 from pisa_core import options
-from pisa_core.cli import LONG_IMAGE_S, _StageLog, main
+from pisa_core.cli.main import LONG_IMAGE_S, _StageLog, main
 from pisa_core.files.images import read_image, write_image
 from pisa_core.inference.progress import Heartbeat
 

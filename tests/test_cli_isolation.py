@@ -16,7 +16,7 @@ from PIL import Image
 from test_cli import model_args
 
 from pisa_core.files import images as image_io
-from pisa_core.cli import main
+from pisa_core.cli.main import main
 
 
 def _png(pixels: np.ndarray, **options) -> bytes:

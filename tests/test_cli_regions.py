@@ -15,7 +15,7 @@ from test_cli_outputs import NO_MODEL, one_line_error
 
 import pisa_core
 from pisa_core import options
-from pisa_core.cli import main
+from pisa_core.cli.main import main
 from pisa_core.files.images import png_text, read_image, write_image
 
 PLAIN = ("--lambda-sem", "1.3")  # outside the mask (λ_pix 1 everywhere)

@@ -26,7 +26,7 @@ from pisa_core.model import fast_decoder
 from pisa_core.inference import vae_tiling
 from pisa_core.model.base import load_base_model
 from pisa_core.model.checkpoint import load_pisa_weights
-from pisa_core.cli import main
+from pisa_core.cli.main import main
 from pisa_core import read_png_settings
 from pisa_core.errors import PiSAError
 from pisa_core.model.fast_decoder import is_decoder_file, load_decoder

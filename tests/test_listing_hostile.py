@@ -139,7 +139,7 @@ def test_a_folder_run_writes_the_good_image_beside_hostile_entries(model_dir, fo
     from test_cli import model_args
     from tiff_files import retag, tiff16
 
-    from pisa_core.cli import main
+    from pisa_core.cli.main import main
 
     (folder / "damaged.tif").write_bytes(retag(tiff16(), 273, 5))
     write_image(folder / os.fsdecode(b"caf\xe9.png"), IMAGE)

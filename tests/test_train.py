@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 
 from pisa_core.model.base import load_base_model
 from pisa_core.model.checkpoint import PiSAWeights, load_convertible, load_pisa_weights, save_pisa_weights
-from pisa_core.cli import build_parser
-from pisa_core.cli import main as cli_main
+from pisa_core.cli.main import build_parser
+from pisa_core.cli.main import main as cli_main
 from pisa_core.errors import PiSAError
 from pisa_core.model.lora import LoRAFamily
 from pisa_core.inference.pipeline import PiSAPipeline

@@ -392,7 +392,7 @@ class CtrlCAtConv(TorchFunctionMode):
 
 
 def test_cli_ctrl_c_in_a_tiled_vae_stage_leaves_no_output(model_dir, tmp_path):
-    from pisa_core.cli import main
+    from pisa_core.cli.main import main
 
     source, out = tmp_path / "in.png", tmp_path / "out"
     Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)).save(source)

@@ -1,5 +1,5 @@
-"""docs/cli.md, generated from the command line's own parsers (pisa_core.cli.build_parser, which
-registers the training commands of pisa_core.train.cli and their config module) and from the
+"""docs/cli.md, generated from the command line's own parsers (pisa_core.cli.main.build_parser, which
+registers the training commands of pisa_core.cli.train and their config module) and from the
 options module (pisa_core.options.OPTIONS), so that no flag can be added, renamed or given a new
 default without the page changing (tests/test_docs.py compares).
 
@@ -116,7 +116,7 @@ def _options_section() -> str:
 
 def render() -> str:
     """The whole page, from the parsers as they are now."""
-    from pisa_core.cli import build_parser
+    from pisa_core.cli.main import build_parser
 
     with _without_env(ENV_PREFIX):
         parser = build_parser()

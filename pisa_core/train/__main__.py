@@ -3,7 +3,7 @@
 import sys
 
 from ..errors import PiSAError
-from .cli import train_main
+from ..cli.train import train_main
 
 if __name__ == "__main__":
     try:

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import options
-from .cli_support import (
+from .. import options
+from .support import (
     Tally,
     check_targets,
     file_identity,
@@ -33,8 +33,8 @@ from .cli_support import (
     run_command,
     split_existing,
 )
-from .errors import PiSAError
-from .inference.progress import Heartbeat
+from ..errors import PiSAError
+from ..inference.progress import Heartbeat
 
 log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under python -m
 
@@ -113,7 +113,7 @@ def _add_weights_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="pisa-sr", description="PiSA-SR one-step diffusion super-resolution")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upscale_parser(sub)
     _add_weights_parsers(sub)
     try:
-        from .train.cli import add_train_subparsers
+        from .train import add_train_subparsers
     except ImportError:  # the training extra is optional
         add_train_subparsers = None
     if add_train_subparsers is not None:
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _upscale_targets(files: list[Path], output: Path) -> list[tuple[Path, Path]]:
     """-o is a file name (by its image extension) for a single input, else a folder of <stem>.png."""
-    from .files.images import IMAGE_EXTENSIONS, WRITE_FORMATS
+    from ..files.images import IMAGE_EXTENSIONS, WRITE_FORMATS
 
     as_file = output.suffix.lower() in (*IMAGE_EXTENSIONS, *WRITE_FORMATS) and not output.is_dir()
     if as_file and len(files) > 1:
@@ -146,7 +146,7 @@ def match_masks(pairs: list[tuple[Path, Path]], mask: str | None) -> dict[Path, 
     """input -> its mask (or None): one --mask file for every input, or from a --mask folder the
     image of the input's stem. Refused before any work: a --mask that does not exist, a folder
     without a mask for any input, two masks of one stem, a mask that is an input or an output."""
-    from .files.images import folder_images
+    from ..files.images import folder_images
 
     sources = [source for source, _ in pairs]
     if mask is None:
@@ -202,8 +202,8 @@ class Job:
 
 def _check_upscale_options(args) -> None:
     """The options the core would only refuse after the model is loaded; one line naming the flag."""
-    from .inference.guidance import check_lambda
-    from .inference.pipeline import check_options
+    from ..inference.guidance import check_lambda
+    from ..inference.pipeline import check_options
 
     for name in MASKED_LAMBDAS:
         if getattr(args, name) is None:
@@ -232,8 +232,8 @@ class _PlanError(PiSAError):
 def _plan_job(source: Path, target: Path, mask: Path | None, args, mask_sizes: dict) -> Job:
     """Header check (PiSAError: the input cannot be read), then its mask, the sizes, format and bit
     depth of its output (_PlanError)."""
-    from .inference.geometry import output_size, working_size
-    from .files.images import SIXTEEN_BIT_FORMATS, output_format, probe_image
+    from ..inference.geometry import output_size, working_size
+    from ..files.images import SIXTEEN_BIT_FORMATS, output_format, probe_image
 
     info, (h, w) = probe_image(source)
     if mask is not None:
@@ -260,7 +260,7 @@ def _plan_job(source: Path, target: Path, mask: Path | None, args, mask_sizes: d
 def _check_mask_shape(mask: Path, source: Path, size: tuple[int, int], mask_sizes: dict) -> None:
     """The mask decodes (read once per file, its size kept in mask_sizes) and has the input's
     aspect ratio, up to rounding or MASK_ASPECT_TOLERANCE; _PlanError otherwise."""
-    from .files.images import read_mask
+    from ..files.images import read_mask
 
     if mask not in mask_sizes:
         try:
@@ -338,8 +338,8 @@ def _upscale_one(pipe, job: Job, call: dict, args, label: str):
     """Read and super-resolve one input -> ([H, W, C] in [0, 1], its ImageInfo). With a mask, λ are
     maps over the input: the masked λ inside, the plain ones outside (the pipeline resizes them
     like the image)."""
-    from .inference.guidance import masked_lambda
-    from .files.images import read_image, read_mask, to_pil_8bit
+    from ..inference.guidance import masked_lambda
+    from ..files.images import read_image, read_mask, to_pil_8bit
 
     image, info = read_image(job.source)
     batch = [to_pil_8bit(job.source)] if job.release_pil else image.unsqueeze(0)
@@ -365,8 +365,8 @@ def run_settings(args, pipe) -> dict:
     """What every output of this run shares: software, model files, dtype and device, the options."""
     import torch
 
-    from . import __version__
-    from .model.fast_decoder import decoder_setting
+    from .. import __version__
+    from ..model.fast_decoder import decoder_setting
 
     return {"version": __version__, "torch": torch.__version__, "base": _model_file(args.base),
             "weights": _model_file(args.weights), "decoder": decoder_setting(pipe.decoder),
@@ -387,8 +387,8 @@ def image_settings(shared: dict, job: Job, args) -> dict:
 def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     """Every job in turn. An input that fails (unreadable pixels, out of memory) is reported and
     the others go on; a failed write stops the run (the next image would fail the same way)."""
-    from .inference import memory
-    from .files.images import SETTINGS_KEYWORD, SRGB, write_image
+    from ..inference import memory
+    from ..files.images import SETTINGS_KEYWORD, SRGB, write_image
 
     call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
     shared = run_settings(args, pipe)
@@ -431,7 +431,7 @@ def _work_text(job: Job) -> str:
 
 
 def _load_pipeline(args, device, tally: Tally):
-    from .inference.pipeline import PiSAPipeline
+    from ..inference.pipeline import PiSAPipeline
 
     quiet_libraries()
     tic = time.perf_counter()
@@ -466,7 +466,7 @@ def _list_inputs(args, tally: Tally) -> list[Path]:
     """The input files of every INPUT argument, each argument listed on its own: with several, one
     that cannot be listed (it does not exist, its folder cannot be read) is a failed input and the
     others go on. Folder entries that are not images go to tally.not_images."""
-    from .files.images import list_inputs_and_skipped
+    from ..files.images import list_inputs_and_skipped
 
     files: dict[tuple, Path] = {}
     for pattern in args.inputs:
@@ -486,7 +486,7 @@ def _list_inputs(args, tally: Tally) -> list[Path]:
 def _plan_upscale(args, state, tally: Tally) -> list[Job]:
     """Everything checked before the model loads: options, output names (never an input, no
     collisions), existing outputs, every input's header and planned sizes, the output folders."""
-    from .files.images import IMAGE_EXTENSIONS, check_output_folder
+    from ..files.images import IMAGE_EXTENSIONS, check_output_folder
 
     _check_upscale_options(args)
     files = _list_inputs(args, tally)
@@ -531,8 +531,8 @@ def _run_upscale(args) -> int:
 def _prepare_upscale(args, tally: Tally):
     """(jobs, distributed state or None, device): everything before the model loads (the fast
     decoder file is read and checked here, before the base model)."""
-    from .model.fast_decoder import load_decoder
-    from .inference.hardware import parse_device
+    from ..model.fast_decoder import load_decoder
+    from ..inference.hardware import parse_device
 
     if not args.base or not args.weights:
         raise PiSAError("--base and --weights are required (or set PISA_SR_BASE and PISA_SR_WEIGHTS)")
@@ -564,9 +564,9 @@ def _my_share(items: list, state) -> list:
 
 
 def _run_convert(args) -> int:
-    from .model.checkpoint import convert_pisa_weights, writer_for
-    from .model.fast_decoder import convert_decoder, is_decoder_file
-    from .files.images import check_output_folder
+    from ..model.checkpoint import convert_pisa_weights, writer_for
+    from ..model.fast_decoder import convert_decoder, is_decoder_file
+    from ..files.images import check_output_folder
 
     destination = Path(args.destination)
     decoder = is_decoder_file(args.source)
@@ -582,9 +582,9 @@ def _run_convert(args) -> int:
 
 
 def _run_info(args) -> int:
-    from .model.checkpoint import describe, load_pisa_weights
-    from .model.fast_decoder import decoder_text, describe_decoder, is_decoder_file, load_decoder
-    from .files.kinds import IMAGE, sniff_file
+    from ..model.checkpoint import describe, load_pisa_weights
+    from ..model.fast_decoder import decoder_text, describe_decoder, is_decoder_file, load_decoder
+    from ..files.kinds import IMAGE, sniff_file
 
     path = Path(args.file)
     kind = sniff_file(path) if path.is_file() else None
@@ -622,7 +622,7 @@ def _setting_text(value) -> str:
 
 
 def _print_settings(path: Path, as_json: bool) -> int:
-    from .files.images import read_png_settings
+    from ..files.images import read_png_settings
 
     settings = read_png_settings(path)
     if as_json:

@@ -1,5 +1,5 @@
-"""What the command-line front ends share (`pisa-sr` in pisa_core.cli, the training commands in
-pisa_core.train.cli): logging setup, the error contract, output path checks and the tally of a
+"""What the command-line front ends share (`pisa-sr` in pisa_core.cli.main, the training commands in
+pisa_core.cli.train): logging setup, the error contract, output path checks and the tally of a
 run, so neither front end imports the other."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PiSAError
+from ..errors import PiSAError
 
 log = logging.getLogger("pisa_core.cli")  # the command line's lines, whichever of its modules writes them
 
@@ -226,7 +226,7 @@ def remove_stale_temporaries(folders) -> list[Path]:
     """Remove, from the output folders of a run, the temporary files that killed runs left behind
     (atomic.remove_stale_temporaries: only that naming pattern, only of processes that are gone),
     and say so."""
-    from .files.atomic import remove_stale_temporaries as remove_in
+    from ..files.atomic import remove_stale_temporaries as remove_in
 
     removed = [path for folder in folders for path in remove_in(folder)]
     if removed:
