@@ -135,7 +135,7 @@ def _device_name(device: torch.device) -> str:
 
 def _variant_dtype(variant: str, dtype: str, device: torch.device) -> torch.dtype:
     """The release structure always runs in fp32; our variants in `dtype` resolved for `device`."""
-    from pisa_core.options import resolve_dtype
+    from pisa_core.inference.hardware import resolve_dtype
 
     return torch.float32 if variant.startswith("release") else resolve_dtype(dtype, device)
 

@@ -11,7 +11,7 @@ from harness import main
 from weight_seeds import one_line
 
 SUFFIX = ".pt"
-MODULES = ("pisa_core.model.checkpoint", "pisa_core.train.state", "pisa_core.files.tensors", "pisa_core.files.torch_pickles")
+MODULES = ("pisa_core.model.checkpoint", "pisa_core.files.tensors", "pisa_core.files.torch_pickles")
 
 
 def seeds() -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..pisa_core.inference import memory
+from ..pisa_core.inference import hardware, memory
 from ..pisa_core import options
 from ..pisa_core.model.checkpoint import looks_like_pisa_weights
 from ..pisa_core.errors import PiSAError
@@ -153,13 +153,13 @@ def files_fingerprint(base_name: str, weights_name: str) -> tuple | None:
 
 def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False) -> PiSAModel:
     """Resolve the model files, load them once (cached while in use) and hand them to the host.
-    dtype 'auto' follows the same rule as the CLI and the Python API (options.auto_dtype)."""
+    dtype 'auto' follows the same rule as the CLI and the Python API (hardware.auto_dtype)."""
     from ..pisa_core.inference.pipeline import PiSAPipeline
 
     base_path = host.resolve_base_model(base_name)
     weights_path = resolve_pisa_weights(weights_name)
     load = host.HOST.compute_device()
-    dtype = options.resolve_dtype(dtype_name, load)
+    dtype = hardware.resolve_dtype(dtype_name, load)
     key = (_file_stamp(base_path), _file_stamp(weights_path), str(dtype), str(load), bool(compile))
     with _load_lock:
         cached = _loaded.get(key)

@@ -411,7 +411,8 @@ def test_training_step_runs_under_bf16_autocast_on_the_cpu(model_dir, data_dir, 
     weights stored in fp32 (or bf16 with --half-frozen-weights), the UNet's layers, the CSD teacher's
     included, computing in bf16, finite losses and a LoRA that moves."""
     done = subprocess.run([sys.executable, __file__, "bf16-step", str(model_dir), str(data_dir), str(lpips_file),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert results["False"]["frozen"] == ["torch.float32"] and results["True"]["frozen"] == ["torch.bfloat16"]

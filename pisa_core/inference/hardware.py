@@ -2,7 +2,7 @@
 free memory.
 
 Probes only read; they never change torch's state. `Probe` bundles the capability questions the
-dtype policy (options.auto_dtype) and the attention's chunking (vae_attention.plan) ask, so tests
+dtype policy (auto_dtype, below) and the attention's chunking (vae_attention.plan) ask, so tests
 can answer them for a machine they are not on.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PiSAError
+from ..options import DTYPE_CHOICES, DTYPES
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "meta")
 
@@ -126,6 +127,37 @@ class Probe:
     cpu_native_bf16: Callable[[], bool] = cpu_native_bf16
     cuda_capability: Callable[[torch.device], tuple[int, int]] = cuda_capability
     fused_attention: Callable[[torch.device, torch.dtype, int, int], bool] = fused_attention
+
+
+# ---------------------------------------------------------------------------------- dtype policy
+
+
+def auto_dtype(device: torch.device, probe: Probe | None = None) -> torch.dtype:
+    """The dtype `auto` means on `device`: bf16 where that device computes it natively (CUDA
+    compute capability >= 8; CPUs with AVX512-BF16/AMX or Arm BF16), else fp16 on GPUs and fp32 on
+    CPUs. cuDNN has no bf16 convolutions below capability 8, and CPUs without native bf16 emulate
+    it more slowly than fp32; fp16 on a CPU is slower than fp32."""
+    probe = probe or Probe()
+    if device.type == "cuda":
+        return torch.bfloat16 if probe.cuda_capability(device)[0] >= 8 else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    if device.type == "cpu" and probe.cpu_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtype(name, device: torch.device, probe: Probe | None = None) -> torch.dtype:
+    """'auto' / None / 'fp32' / 'fp16' / 'bf16' / a torch.dtype -> torch.dtype."""
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise PiSAError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {name}.")
+        return name
+    if name in (None, "auto"):
+        return auto_dtype(device, probe)
+    if name not in DTYPES:
+        raise PiSAError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {name!r}.")
+    return DTYPES[name]
 
 
 def free_memory(device: torch.device) -> int | None:

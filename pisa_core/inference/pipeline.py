@@ -108,7 +108,7 @@ class PiSAPipeline:
                  on_upcast: Callable[[str], None] | None = None, probe: hardware.Probe | None = None,
                  decoder=None):
         """device: where the stages compute (default: CUDA, else MPS, else CPU). dtype: 'auto'
-        (options.auto_dtype), 'fp32', 'fp16', 'bf16'. weights_device: where the weights are put
+        (hardware.auto_dtype), 'fp32', 'fp16', 'bf16'. weights_device: where the weights are put
         at load (default: device); a host that moves them to `device` before each use (ComfyUI's
         model management) passes its offload device here. channels_last: NHWC convolutions
         (default options.auto_channels_last). compile: torch.compile the UNet and the VAE with
@@ -125,7 +125,7 @@ class PiSAPipeline:
             fast_decoder.attach(base.vae, self.decoder)
         self.device = hardware.parse_device(device)
         self.probe = probe or hardware.Probe()
-        self.dtype = options.resolve_dtype(dtype, self.device, self.probe)
+        self.dtype = hardware.resolve_dtype(dtype, self.device, self.probe)
         self.channels_last = (options.auto_channels_last(self.device, self.dtype)
                               if channels_last is None else bool(channels_last))
         self.scaling_factor = base.scaling_factor
@@ -163,7 +163,7 @@ class PiSAPipeline:
         decoder file (fast_decoder), read and checked before the base model; None: the base VAE's
         decoder. Options as in __init__."""
         device = hardware.parse_device(device)
-        dtype = options.resolve_dtype(dtype, device, options_.get("probe"))
+        dtype = hardware.resolve_dtype(dtype, device, options_.get("probe"))
         decoder = fast_decoder.resolve(decoder)
         lora = load_pisa_weights(weights)
         merge = LoRAMerge(lora, lora.source or str(weights))

@@ -1,5 +1,5 @@
-"""PiSA-SR LoRA weights: the authors' `pisa_sr.pkl` (read safely, and written) and this project's
-`.safetensors`.
+"""PiSA-SR LoRA weights: the authors' `pisa_sr.pkl` (read safely, and written), this project's
+`.safetensors`, and the weights in a training state (read for `pisa-sr convert`).
 
 The official file's layout: docs/release.md, "Weights file".
 Two adapter families, "pix" and "sem", each a set of LoRA factor pairs (A, B) keyed by diffusers
@@ -29,6 +29,7 @@ from .lora import (
     adapted_weight_shape,
     module_group,
     module_kind,
+    zero_family,
 )
 from ..files.tensors import SafetensorsFile, is_name, is_safetensors, load_pickle
 from ..files.torch_pickles import is_torch_zip, zip_pickle
@@ -477,11 +478,52 @@ def writer_for(path) -> Callable[[PiSAWeights, Path], None]:
                     f"(the official pisa_sr.pkl layout); the name ends with '{Path(path).suffix}'.")
 
 
+# ----------------------------------------------------------------------------- training states
+# `pisa-sr train` writes them (train/state.py); reading their weights lives here, with the other
+# weight formats, so that the weights never import the training code.
+
+TRAIN_STATE_FILE = "train.pt"
+# what train.state.save_train_state writes besides the optimizer, scheduler and scaler
+TRAIN_STATE_KEYS = ("step", "stage", "config", "lora")
+
+
+def stage_weights(stage: str, pix: LoRAFamily, sem: LoRAFamily) -> PiSAWeights:
+    """Both adapters of a run; after the pix stage the (untrained) sem family is written as zeros."""
+    if stage == "pix":
+        sem = zero_family(sem)
+    return PiSAWeights(pix=pix, sem=sem, format="pisa-safetensors", source=None)
+
+
+def is_train_state(data) -> bool:
+    return isinstance(data, dict) and all(key in data for key in TRAIN_STATE_KEYS)
+
+
+def weights_from_train_state(data: dict, source: str) -> PiSAWeights:
+    """The weights a training state holds (what the run would write at that step): factors from
+    its "lora" entry, rank from their shapes, alpha from its config."""
+    try:
+        config = json.loads(data["config"])
+        found = {}
+        for family in FAMILIES:
+            pairs = data["lora"][family]
+            if not all(isinstance(pair, dict) for pair in pairs.values()):
+                raise TypeError(family)
+            factors = {module: (pair["A"], pair["B"]) for module, pair in pairs.items()}
+            rank = int(next(iter(factors.values()))[0].shape[0])
+            found[family] = (rank, float(config[f"alpha_{family}"]), factors)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, StopIteration):
+        raise PiSAError(f"'{source}' looks like a training state but its LoRA factors or config cannot be read; "
+                        "expected the train.pt of a checkpoints/state_stepNNNNNN folder.") from None
+    families = {family: make_family(family, rank, alpha, factors, source, "its other modules' rank")
+                for family, (rank, alpha, factors) in found.items()}
+    weights = stage_weights(data["stage"], families["pix"], families["sem"])
+    weights.format, weights.source = "training-state", source
+    return weights
+
+
 def load_convertible(path) -> PiSAWeights:
     """What `pisa-sr convert` reads: PiSA-SR weights in any format load_pisa_weights reads, or a
     resumable training state (a checkpoints/state_stepNNNNNN folder or its train.pt)."""
-    from ..train.state import TRAIN_STATE_FILE, is_train_state, weights_from_train_state
-
     path = Path(path)
     if path.is_dir() and (path / TRAIN_STATE_FILE).is_file():
         path = path / TRAIN_STATE_FILE

@@ -158,3 +158,9 @@ def is_release_target(parameter_name: str) -> bool:
 def release_target_modules(unet: nn.Module) -> list[str]:
     """Module names the release puts a LoRA on (the same list for pix and sem), in parameter order."""
     return [name[: -len(".weight")] for name, _ in unet.named_parameters() if is_release_target(name)]
+
+
+def zero_family(like: LoRAFamily) -> LoRAFamily:
+    """A family with the same modules and rank whose factors are all zero (no effect on the UNet)."""
+    return LoRAFamily(rank=like.rank, alpha=like.alpha,
+                      factors={n: (torch.zeros_like(A), torch.zeros_like(B)) for n, (A, B) in like.factors.items()})

@@ -154,8 +154,3 @@ def install_lora(unet: nn.Module, ranks: dict[str, int], alphas: dict[str, float
     lora.set_active(**{f: True for f in FAMILIES})
     return lora
 
-
-def zero_family(like: LoRAFamily) -> LoRAFamily:
-    """A family with the same modules and rank whose factors are all zero (no effect on the UNet)."""
-    return LoRAFamily(rank=like.rank, alpha=like.alpha,
-                      factors={n: (torch.zeros_like(A), torch.zeros_like(B)) for n, (A, B) in like.factors.items()})

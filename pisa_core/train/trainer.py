@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .. import options
 from ..model.base import load_base_model
-from ..model.checkpoint import PiSAWeights, check_compatible, load_pisa_weights
+from ..model.checkpoint import PiSAWeights, check_compatible, load_pisa_weights, stage_weights
 from ..errors import PiSAError
 from ..files.images import check_output_folder, write_image
 from ..model.lora import FAMILIES, LoRAFamily
@@ -37,7 +37,6 @@ from .state import (
     restore_rng,
     save_rng,
     save_train_state,
-    stage_weights,
     state_dir,
     write_weights,
 )
