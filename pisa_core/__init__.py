@@ -26,7 +26,13 @@ _LAZY = {
     "write_image": ".files.images",
 }
 
-__all__ = ["PiSAError", "__version__", *_LAZY]
+# The public API: what `from pisa_core import ...` gives, from every layer (files, model, inference).
+__all__ = [
+    "PiSAError", "__version__",
+    "PiSAPipeline", "dual_guidance", "plan_passes",
+    "load_base_model", "load_pisa_weights", "save_pisa_weights", "save_official_pkl",
+    "read_image", "read_mask", "read_png_settings", "write_image",
+]
 
 
 def __getattr__(name: str):

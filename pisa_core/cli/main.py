@@ -113,10 +113,10 @@ def _add_weights_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import package_version
 
     parser = argparse.ArgumentParser(prog="pisa-sr", description="PiSA-SR one-step diffusion super-resolution")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_upscale_parser(sub)
     _add_weights_parsers(sub)
@@ -365,10 +365,10 @@ def run_settings(args, pipe) -> dict:
     """What every output of this run shares: software, model files, dtype and device, the options."""
     import torch
 
-    from .. import __version__
     from ..model.fast_decoder import decoder_setting
+    from ..version import package_version
 
-    return {"version": __version__, "torch": torch.__version__, "base": _model_file(args.base),
+    return {"version": package_version(), "torch": torch.__version__, "base": _model_file(args.base),
             "weights": _model_file(args.weights), "decoder": decoder_setting(pipe.decoder),
             "dtype": options.dtype_name(pipe.dtype), "device": str(pipe.device),
             **{name: getattr(args, name) for name in options.CALL_OPTIONS}}
