@@ -1,6 +1,6 @@
 """The SD2.1 single-file loader up to the model build: the checkpoint's keys and shapes read
 (lazily), the structure checked, the three components' configs inferred and their keys renamed
-(base_model.read_single_file). No model is built."""
+(model.base.read_single_file). No model is built."""
 
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ..pisa_core.inference import hardware, memory
 from ..pisa_core.errors import PiSAError
+from ..pisa_core.inference import hardware, memory
 from ..pisa_core.inference.progress import Progress
 
 try:  # ComfyUI present: these modules are already imported by the server.

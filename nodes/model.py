@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..pisa_core.inference import hardware, memory
 from ..pisa_core import options
-from ..pisa_core.model.checkpoint import looks_like_pisa_weights
 from ..pisa_core.errors import PiSAError
+from ..pisa_core.inference import hardware, memory
+from ..pisa_core.model.checkpoint import looks_like_pisa_weights
 from . import host
 
 LOG = logging.getLogger("PiSA-SR")

@@ -19,9 +19,9 @@ from ..pisa_core.errors import PiSAError
 from ..pisa_core.inference.geometry import Plan, check_images
 from ..pisa_core.inference.guidance import PISA, PIX, masked_lambda
 from ..pisa_core.inference.memory import MIN_VAE_TILE, working_memory
-from ..pisa_core.options import LATENT_FACTOR
 from ..pisa_core.inference.pipeline import check_options, to_host
 from ..pisa_core.inference.progress import STAGE_STEPS
+from ..pisa_core.options import LATENT_FACTOR
 from . import host
 from .model import PiSAModel, files_fingerprint, load_model, pisa_weight_choices, with_backoff
 from .schema import (

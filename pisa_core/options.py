@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------- constants

@@ -14,6 +14,7 @@ from diffusers.loaders import single_file_utils as oracle
 from tiny_models import tiny_unet, tiny_vae
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from pisa_core.errors import PiSAError
 from pisa_core.model import ldm_convert as ldm
 from pisa_core.model.base import (
     check_diffusers_folder,
@@ -21,7 +22,6 @@ from pisa_core.model.base import (
     encode_prompts,
     load_base_model,
 )
-from pisa_core.errors import PiSAError
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,8 +14,8 @@ from readonly import run_python_with_read_only
 from test_cli import model_args, photos  # noqa: F401 (photos is a fixture)
 
 from pisa_core.cli.main import main
-from pisa_core.files.images import read_image
 from pisa_core.cli.train import degrade_main
+from pisa_core.files.images import read_image
 
 # Any run that got as far as loading the model would fail on this file instead.
 NO_MODEL = ("--base", "/nonexistent/model.safetensors")

@@ -22,16 +22,16 @@ from test_precision import overflowing, skip_without_half_kernels
 from test_vae_tiling import OOMAbove, Placement
 from tiny_models import tiny_vae
 
-from pisa_core.model import fast_decoder
-from pisa_core.inference import vae_tiling
-from pisa_core.model.base import load_base_model
-from pisa_core.model.checkpoint import load_pisa_weights
-from pisa_core.cli.main import main
 from pisa_core import read_png_settings
+from pisa_core.cli.main import main
 from pisa_core.errors import PiSAError
-from pisa_core.model.fast_decoder import is_decoder_file, load_decoder
+from pisa_core.inference import vae_tiling
 from pisa_core.inference.memory import MIN_VAE_TILE, with_backoff
 from pisa_core.inference.pipeline import PiSAPipeline
+from pisa_core.model import fast_decoder
+from pisa_core.model.base import load_base_model
+from pisa_core.model.checkpoint import load_pisa_weights
+from pisa_core.model.fast_decoder import is_decoder_file, load_decoder
 
 META = torch.device("meta")
 PARITY = 1e-5

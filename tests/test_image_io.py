@@ -32,8 +32,8 @@ from PIL import Image, ImageCms, features
 from readonly import run_python_with_read_only
 from tiff_files import tiff16_bytes
 
-from pisa_core.files.atomic import atomic_output
 from pisa_core.errors import PiSAError
+from pisa_core.files.atomic import atomic_output
 from pisa_core.files.images import (
     SRGB,
     ImageInfo,

@@ -22,13 +22,13 @@ from launcher import accelerate_two_processes, run_launched
 from PIL import Image
 from safetensors.torch import load_file
 
-from pisa_core.model.base import load_base_model
-from pisa_core.model.checkpoint import PiSAWeights, load_convertible, load_pisa_weights, save_pisa_weights
 from pisa_core.cli.main import build_parser
 from pisa_core.cli.main import main as cli_main
 from pisa_core.errors import PiSAError
-from pisa_core.model.lora import LoRAFamily
 from pisa_core.inference.pipeline import PiSAPipeline
+from pisa_core.model.base import load_base_model
+from pisa_core.model.checkpoint import PiSAWeights, load_convertible, load_pisa_weights, save_pisa_weights
+from pisa_core.model.lora import LoRAFamily
 from pisa_core.train.config import TrainConfig, config_from_args
 from pisa_core.train.data import Item, PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from pisa_core.train.lpips import LPIPS

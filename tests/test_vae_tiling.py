@@ -13,11 +13,11 @@ from tiny_models import tiny_vae
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pisa_core.inference import vae_attention, vae_tiling
 from pisa_core.errors import PiSAError
+from pisa_core.inference import vae_attention, vae_tiling
 from pisa_core.inference.memory import CPU_VAE_TILE, MIN_VAE_TILE, auto_vae_tile, with_backoff
-from pisa_core.model.resnet_inplace import use_inplace_resnets
 from pisa_core.inference.vae_tiling import group_moments, merge_moments, run_tiled
+from pisa_core.model.resnet_inplace import use_inplace_resnets
 
 META = torch.device("meta")
 

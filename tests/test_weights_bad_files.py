@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from pisa_core.model.checkpoint import load_convertible, official_pisa_dict
 from pisa_core.errors import PiSAError
+from pisa_core.model.checkpoint import load_convertible, official_pisa_dict
 
 
 def _train_state(pix: dict, stage: str = "sem", sem: dict | None = None) -> dict:

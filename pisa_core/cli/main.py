@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import options
+from ..errors import PiSAError
+from ..inference.progress import Heartbeat
 from .support import (
     Tally,
     check_targets,
@@ -33,8 +35,6 @@ from .support import (
     run_command,
     split_existing,
 )
-from ..errors import PiSAError
-from ..inference.progress import Heartbeat
 
 log = logging.getLogger("pisa_core.cli")  # not __name__: "__main__" under python -m
 
@@ -232,8 +232,8 @@ class _PlanError(PiSAError):
 def _plan_job(source: Path, target: Path, mask: Path | None, args, mask_sizes: dict) -> Job:
     """Header check (PiSAError: the input cannot be read), then its mask, the sizes, format and bit
     depth of its output (_PlanError)."""
-    from ..inference.geometry import output_size, working_size
     from ..files.images import SIXTEEN_BIT_FORMATS, output_format, probe_image
+    from ..inference.geometry import output_size, working_size
 
     info, (h, w) = probe_image(source)
     if mask is not None:
@@ -338,8 +338,8 @@ def _upscale_one(pipe, job: Job, call: dict, args, label: str):
     """Read and super-resolve one input -> ([H, W, C] in [0, 1], its ImageInfo). With a mask, λ are
     maps over the input: the masked λ inside, the plain ones outside (the pipeline resizes them
     like the image)."""
-    from ..inference.guidance import masked_lambda
     from ..files.images import read_image, read_mask, to_pil_8bit
+    from ..inference.guidance import masked_lambda
 
     image, info = read_image(job.source)
     batch = [to_pil_8bit(job.source)] if job.release_pil else image.unsqueeze(0)
@@ -387,8 +387,8 @@ def image_settings(shared: dict, job: Job, args) -> dict:
 def _run_jobs(pipe, jobs: list[Job], args, tally: Tally, state) -> None:
     """Every job in turn. An input that fails (unreadable pixels, out of memory) is reported and
     the others go on; a failed write stops the run (the next image would fail the same way)."""
-    from ..inference import memory
     from ..files.images import SETTINGS_KEYWORD, SRGB, write_image
+    from ..inference import memory
 
     call = {name: getattr(args, name) for name in options.CALL_OPTIONS}
     shared = run_settings(args, pipe)
@@ -531,8 +531,8 @@ def _run_upscale(args) -> int:
 def _prepare_upscale(args, tally: Tally):
     """(jobs, distributed state or None, device): everything before the model loads (the fast
     decoder file is read and checked here, before the base model)."""
-    from ..model.fast_decoder import load_decoder
     from ..inference.hardware import parse_device
+    from ..model.fast_decoder import load_decoder
 
     if not args.base or not args.weights:
         raise PiSAError("--base and --weights are required (or set PISA_SR_BASE and PISA_SR_WEIGHTS)")
@@ -564,9 +564,9 @@ def _my_share(items: list, state) -> list:
 
 
 def _run_convert(args) -> int:
+    from ..files.images import check_output_folder
     from ..model.checkpoint import convert_pisa_weights, writer_for
     from ..model.fast_decoder import convert_decoder, is_decoder_file
-    from ..files.images import check_output_folder
 
     destination = Path(args.destination)
     decoder = is_decoder_file(args.source)
@@ -582,9 +582,9 @@ def _run_convert(args) -> int:
 
 
 def _run_info(args) -> int:
+    from ..files.kinds import IMAGE, sniff_file
     from ..model.checkpoint import describe, load_pisa_weights
     from ..model.fast_decoder import decoder_text, describe_decoder, is_decoder_file, load_decoder
-    from ..files.kinds import IMAGE, sniff_file
 
     path = Path(args.file)
     kind = sniff_file(path) if path.is_file() else None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .support import run_command
 from ..errors import PiSAError
 from ..train.config import add_config_arguments, config_from_args
+from .support import run_command
 
 DEGRADE_HELP = ("make LQ test images from HQ ones with the training degradation (Real-ESRGAN second order, "
                 "release parameters), reproducible per seed and file")
@@ -34,8 +34,8 @@ def add_train_subparsers(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from .support import quiet_libraries
     from ..train.trainer import train
+    from .support import quiet_libraries
 
     config = config_from_args(args)
     quiet_libraries()
@@ -82,10 +82,10 @@ def degrade_files(inputs, output, *, seed: int = 0, keep_size: bool = False, hq_
     whether or not the images before it are written. Outputs are checked before any work (never
     an input, no two images onto one file, folders writable); existing ones are kept unless
     `overwrite`; an image that cannot be read is reported and the others go on (exit code 2)."""
-    from .support import Tally, check_targets, remove_stale_temporaries, split_existing
     from ..files.images import check_output_folder, write_image
     from ..train.data import load_rgb
     from ..train.degradation import DegradationConfig, degrade
+    from .support import Tally, check_targets, remove_stale_temporaries, split_existing
 
     scale = DegradationConfig().scale
     listed = _degrade_targets(inputs, output, hq_output)
@@ -144,8 +144,8 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_caption(args) -> int:
-    from .support import quiet_libraries
     from ..train.caption import caption_images
+    from .support import quiet_libraries
 
     quiet_libraries()
     caption_images(args.inputs, args.model, overwrite=args.overwrite, batch_size=args.batch_size,

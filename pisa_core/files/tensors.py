@@ -24,7 +24,7 @@ _CODE_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECAS
 
 
 def is_safetensors(path: Path, what: str) -> bool:
-    """Judge by content (file_kinds.sniff), not by the name: True for safetensors, False for
+    """Judge by content (files.kinds.sniff_file), not by the name: True for safetensors, False for
     torch.save zips and pickles. Anything else (an image, a text file, an unknown binary, whatever
     its name) is a PiSAError saying what the file is instead of `what`."""
     kind = sniff_file(path)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..files.colorspace import gray_to_lightness, lab_to_xyz, lightness_to_gray, srgb_to_xyz, xyz_to_lab, xyz_to_srgb
 from ..errors import PiSAError
+from ..files.colorspace import gray_to_lightness, lab_to_xyz, lightness_to_gray, srgb_to_xyz, xyz_to_lab, xyz_to_srgb
 from ..options import COLOR_FIXES as MODES
 
 ADAIN_EPS = 1e-5

@@ -25,19 +25,19 @@ import torch
 from diffusers import Transformer2DModel
 from torch import nn
 
-from ..model import fast_decoder
-from . import hardware, memory, vae_attention, vae_tiling
 from .. import options
+from ..errors import PiSAError
+from ..model import fast_decoder
 from ..model.adapters import DualLoRAUNet, LoRAMerge
 from ..model.base import BaseModel, load_base_model
 from ..model.checkpoint import PiSAWeights, load_pisa_weights
+from ..model.resnet_inplace import use_inplace_resnets
+from ..options import LATENT_FACTOR, default
+from . import hardware, memory, vae_attention, vae_tiling
 from .colorfix import apply_color_fix
-from ..errors import PiSAError
 from .geometry import Plan, map_to_latent, merge_channels, prepare, resize, to_output_size, to_unit_range
 from .guidance import PISA, PIX, Lambda, check_lambda, describe_lambda, plan_passes, residual_latent
-from ..options import LATENT_FACTOR, default
 from .progress import STAGE_STEPS, Progress
-from ..model.resnet_inplace import use_inplace_resnets
 from .tiling import tiled_latent_map
 
 log = logging.getLogger(__name__)

@@ -44,8 +44,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
-from . import vae_attention
 from ..errors import PiSAError
+from . import vae_attention
 from .hardware import Probe
 
 Progress = Callable[[int, int], None] | None

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .checkpoint import PiSAWeights, check_compatible
 from ..errors import PiSAError
+from .checkpoint import PiSAWeights, check_compatible
 from .lora import LoRAFamily, adapted_weight_shape, conv_settings, lora_down, lora_forward, lora_up, merged_weight
 
 

@@ -6,7 +6,7 @@ Accepted sources:
   weight files (safetensors, sharded or not, or `.bin` pickles);
 - a single-file LDM checkpoint: ``.safetensors``, or ``.ckpt`` / ``.pt`` / ``.pth``.
 
-Every weight file goes through `tensor_files` (no pickled code ever runs). UNet and VAE weights are
+Every weight file goes through `files.tensors` (no pickled code ever runs). UNet and VAE weights are
 streamed tensor by tensor straight into the target dtype and device: an optional `unet_transform`
 sees each UNet tensor in float32 first (PiSA-SR merges its LoRAs there, so the merged weight is
 rounded once), and no full float32 copy of the model is ever held.
@@ -29,10 +29,10 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import ldm_convert as ldm
-from . import prompt_cache
 from ..errors import PiSAError
 from ..files.tensors import LazyTensor, SafetensorsFile, is_safetensors, load_pickle, named_tensors, read_tensors
+from . import ldm_convert as ldm
+from . import prompt_cache
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 EXPECTED = "PiSA-SR needs Stable Diffusion 2.1-base (epsilon prediction)"

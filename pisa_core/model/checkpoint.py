@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from ..files.atomic import atomic_output
 from ..errors import PiSAError
+from ..files.atomic import atomic_output
+from ..files.tensors import SafetensorsFile, is_name, is_safetensors, load_pickle
+from ..files.torch_pickles import is_torch_zip, zip_pickle
 from .lora import (
     FAMILIES,
     GROUPS,
@@ -31,8 +33,6 @@ from .lora import (
     module_kind,
     zero_family,
 )
-from ..files.tensors import SafetensorsFile, is_name, is_safetensors, load_pickle
-from ..files.torch_pickles import is_torch_zip, zip_pickle
 
 WHAT = "PiSA-SR weights"
 

@@ -35,8 +35,8 @@ import torch
 from diffusers.models.autoencoders.vae import Decoder
 from safetensors.torch import save
 
-from ..files.atomic import atomic_output
 from ..errors import PiSAError
+from ..files.atomic import atomic_output
 from ..files.kinds import SAFETENSORS, TORCH_ZIP, sniff_file
 from ..files.tensors import SafetensorsFile, is_safetensors, load_pickle
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from ..files.atomic import atomic_output
 from ..errors import PiSAError
+from ..files.atomic import atomic_output
 from ..files.tensors import SafetensorsFile
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 import sys
 
-from ..errors import PiSAError
 from ..cli.train import train_main
+from ..errors import PiSAError
 
 if __name__ == "__main__":
     try:

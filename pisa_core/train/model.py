@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..model.base import encode_prompts
 from ..errors import PiSAError
 from ..inference.guidance import residual_latent
+from ..model.base import encode_prompts
 
 GENERATOR_TIMESTEP = 1
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import PiSAError
 from ..files.atomic import atomic_output
 from ..model.checkpoint import TRAIN_STATE_FILE, WEIGHT_WRITERS, PiSAWeights
-from ..errors import PiSAError
 
 STATE_PATTERN = re.compile(r"^state_step(\d+)$")
 

@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import options
-from ..model.base import load_base_model
-from ..model.checkpoint import PiSAWeights, check_compatible, load_pisa_weights, stage_weights
 from ..errors import PiSAError
 from ..files.images import check_output_folder, write_image
+from ..model.base import load_base_model
+from ..model.checkpoint import PiSAWeights, check_compatible, load_pisa_weights, stage_weights
 from ..model.lora import FAMILIES, LoRAFamily
 from .config import TrainConfig
 from .data import PairDataset, PositionSampler, build_items, collate, missing_caption_warning

@@ -24,6 +24,7 @@ from functools import lru_cache
 import torch
 from PIL import Image, ImageCms
 
+from ...errors import PiSAError
 from ..colorspace import (
     D50_WHITE,
     D65_WHITE,
@@ -33,7 +34,6 @@ from ..colorspace import (
     linear_to_srgb,
     srgb_to_linear,
 )
-from ...errors import PiSAError
 
 _HEADER = 128
 _RGB_TAGS = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")

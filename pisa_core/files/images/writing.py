@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..atomic import atomic_output, temporary_path
 from ...errors import PiSAError
+from ..atomic import atomic_output, temporary_path
 from .icc import ProfileError, matrix_from_srgb, parse_profile, srgb_profile
 from .info import _MAX_8, _MAX_16
 from .png16 import _write_png16
