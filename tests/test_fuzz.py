@@ -3,6 +3,7 @@ from its code-built seeds: a finding fails the test with libFuzzer's report. Lon
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,16 @@ TARGETS = sorted((ROOT / "fuzz").glob("fuzz_*.py"))
 RUNS = 300
 
 pytest.importorskip("atheris", reason="the fuzz targets need atheris (pip install -e '.[test]')")
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept():
+    """A target sets its environment when it is loaded (fuzz_images.py: a 1 MP pixel limit for the
+    fuzzer's runs); loading it here must not change what the tests after these see."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.stem for t in TARGETS])
