@@ -35,12 +35,18 @@ ADVANCED = {"PiSALoader": ["dtype", "compile"], "PiSAEncode": ["resampling", "va
 
 @pytest.fixture()
 def stub_host():
-    """Install the V3 API stub of a host for one test; the suite's default ("0.33") afterwards."""
+    """Install the V3 API stub of a host for one test; the suite's own stub afterwards (the very
+    modules the pack under test was loaded with, so its node classes still derive from their io)."""
+    saved = {name: sys.modules.get(name) for name in ("comfy_api", "comfy_api.latest")}
+
     def use(version):
         if not install_v3_api(version):
             pytest.skip("the real comfy_api is importable here; the host variants need the stub")
     yield use
-    install_v3_api("0.33")
+    if all(saved.values()):
+        sys.modules.update(saved)
+    else:
+        install_v3_api("0.33")
 
 
 @pytest.mark.parametrize("version", HOSTS)
