@@ -37,8 +37,8 @@ import tiny_models  # noqa: E402
 from pisa_files import random_pisa_weights  # noqa: E402
 from quiet import gate, share
 
-from pisa_core.base_model import BaseModel  # noqa: E402
-from pisa_core.checkpoint import PiSAWeights  # noqa: E402
+from pisa_core.model.base import BaseModel  # noqa: E402
+from pisa_core.model.checkpoint import PiSAWeights  # noqa: E402
 from pisa_core.options import LATENT_FACTOR  # noqa: E402
 
 CONFIGS = ROOT / "pisa_core" / "configs"
@@ -101,7 +101,7 @@ def run_stages(pipe, images, lambda_pix: float = 1.0, lambda_sem: float = 1.0, *
     """One upscale through the pipeline's public stages, one by one (what pipe(...) does), with
     the seconds and the peak RSS of each stage (the peak restarts at every stage) and the VAE tile
     each VAE stage runs with (`pipe.vae_tile_for`). Returns (output, {stage: {...}})."""
-    from pisa_core.guidance import plan_passes
+    from pisa_core.inference.guidance import plan_passes
 
     stages: dict[str, dict] = {}
 

@@ -247,7 +247,7 @@ def profile_ops(dtype: str) -> dict:
     from common import random_weights, sd21_base
     from torch.profiler import ProfilerActivity, profile
 
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     base = sd21_base()
     pipe = PiSAPipeline(base, random_weights(base.unet), device="cpu", dtype=dtype)

@@ -58,7 +58,7 @@ def rss_gib() -> float:
 
 
 def pipeline(decoder: str, device: str, dtype: str):
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     base = sd21_base()
     fast = random_fast_decoder(TINY_WIDTHS if TINY else PUBLISHED_WIDTHS) if decoder == "fast" else None

@@ -24,8 +24,8 @@ from common import lq_image, random_weights, sd21_base, write_result
 from decoder_files import random_fast_decoder
 from torch.utils.flop_counter import FlopCounterMode
 
-from pisa_core.guidance import PISA, PIX
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.guidance import PISA, PIX
+from pisa_core.inference.pipeline import PiSAPipeline
 
 
 def meta_pipeline(decoder=None) -> PiSAPipeline:

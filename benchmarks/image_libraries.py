@@ -26,9 +26,9 @@ from PIL import Image, ImageCms
 from tiff_files import retag, tiff16, tiff16_bytes
 
 from pisa_core.errors import PiSAError
-from pisa_core.image_io import read_image
-from pisa_core.image_io.icc import matrix_to_srgb, parse_profile
-from pisa_core.image_io.tiff import _write_tiff
+from pisa_core.files.images import read_image
+from pisa_core.files.images.icc import matrix_to_srgb, parse_profile
+from pisa_core.files.images.tiff import _write_tiff
 
 try:
     import tifffile

@@ -35,8 +35,8 @@ from common import (
 
 
 def run_size(size: int, device: str, dtype: str, vae_tile: int, latent_tile: int) -> dict:
+    from pisa_core.inference.pipeline import PiSAPipeline
     from pisa_core.options import dtype_name
-    from pisa_core.pipeline import PiSAPipeline
 
     base = sd21_base()
     pipe = PiSAPipeline(base, random_weights(base.unet), device=device, dtype=dtype)

@@ -63,8 +63,8 @@ def _lambdas(variant: str) -> tuple[float, float]:
 
 def _ours(variant, device, dtype):
     """(run() -> (output, stages or None), images per run) for one of our variants."""
-    from pisa_core.guidance import PISA, PIX
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.guidance import PISA, PIX
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     class SequentialPasses(PiSAPipeline):
         def predict_eps(self, latent, *, need=(PIX, PISA), **options):
@@ -98,7 +98,7 @@ def _baseline(variant, device, dtype, tmp: Path):
     from pisa_files import write_official_pkl
     from release_reference import ReleaseStyleSR, adain_reference, attach_unmerged
 
-    from pisa_core.base_model import empty_prompt_ids
+    from pisa_core.model.base import empty_prompt_ids
 
     base = sd21_base()
     pkl = tmp / "pisa_sr.pkl"
@@ -137,7 +137,7 @@ def _device_name(device: torch.device) -> str:
 
 def _variant_dtype(variant: str, dtype: str, device: torch.device) -> torch.dtype:
     """The release structure always runs in fp32; our variants in `dtype` resolved for `device`."""
-    from pisa_core.options import resolve_dtype
+    from pisa_core.inference.hardware import resolve_dtype
 
     return torch.float32 if variant.startswith("release") else resolve_dtype(dtype, device)
 

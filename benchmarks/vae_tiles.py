@@ -24,7 +24,7 @@ import torch
 from common import Probes, random_weights, sd21_vae, sync, tiny_models, write_result
 from quiet import share
 
-from pisa_core.base_model import BaseModel
+from pisa_core.model.base import BaseModel
 from pisa_core.options import dtype_name
 
 DECODE_MAX_LEVELS = 2.0   # issue target: decode within 2/255 of the untiled decode
@@ -56,7 +56,7 @@ def vae_only_base() -> BaseModel:
 
 def vae_only_pipeline(device: str, dtype: str):
     """PiSAPipeline around vae_only_base() (random LoRAs on its tiny UNet) on `device`."""
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     with torch.device("meta") if device == "meta" else contextlib.nullcontext():
         base = vae_only_base()

@@ -11,7 +11,7 @@ from harness import main
 from weight_seeds import one_line
 
 SUFFIX = ".pt"
-MODULES = ("pisa_core.checkpoint", "pisa_core.train.state", "pisa_core.tensor_files", "pisa_core.torch_pickles")
+MODULES = ("pisa_core.model.checkpoint", "pisa_core.files.tensors", "pisa_core.files.torch_pickles")
 
 
 def seeds() -> dict[str, bytes]:
@@ -24,7 +24,7 @@ def seeds() -> dict[str, bytes]:
 
 @one_line
 def parse(path: Path) -> object:
-    from pisa_core.checkpoint import load_convertible, official_pisa_dict
+    from pisa_core.model.checkpoint import load_convertible, official_pisa_dict
 
     return official_pisa_dict(load_convertible(path))
 

@@ -1,4 +1,4 @@
-"""The fast decoder file (`--decoder`, pisa_core.fast_decoder): torch.save zips read with
+"""The fast decoder file (`--decoder`, pisa_core.model.fast_decoder): torch.save zips read with
 weights_only=True, the layout judged from the tensor names, the structure from the shapes, the config
 checked; and is_decoder_file, the cheap content check that lists model folders (it never raises).
 
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this tree's pisa_core (imported below), not an installed one
 from harness import main
 
 try:
@@ -24,7 +25,7 @@ except ImportError:  # seeds and parse work without it (tests/test_fuzz.py check
 
 # imported with the target, not by its first input (diffusers takes seconds), and instrumented
 with atheris.instrument_imports(include=["pisa_core"]) if atheris else contextlib.nullcontext():
-    from pisa_core.fast_decoder import is_decoder_file, load_decoder
+    from pisa_core.model.fast_decoder import is_decoder_file, load_decoder
 
 SUFFIX = ".pth"
 

@@ -22,7 +22,7 @@ def seeds() -> dict[str, bytes]:
 def parse(path: Path) -> object:
     import torch
 
-    from pisa_core.image_io.icc import matrix_from_srgb, matrix_to_srgb, parse_profile
+    from pisa_core.files.images.icc import matrix_from_srgb, matrix_to_srgb, parse_profile
 
     profile = parse_profile(path.read_bytes())
     if profile.matrix is not None:

@@ -29,7 +29,7 @@ def _carriers(profile: bytes) -> dict[str, bytes]:
     import png
     from PIL import Image
 
-    from pisa_core.image_io.tiff import _write_tiff
+    from pisa_core.files.images.tiff import _write_tiff
 
     rgb = Image.fromarray(image_seeds.levels(3))
     gray = Image.fromarray(image_seeds.levels(1)[..., 0])
@@ -51,7 +51,7 @@ def _carriers(profile: bytes) -> dict[str, bytes]:
 
 def parse(path: Path) -> object:
     from pisa_core.errors import PiSAError
-    from pisa_core.image_io import read_image, write_image
+    from pisa_core.files.images import read_image, write_image
 
     results = []
     for name, data in _carriers(path.read_bytes()).items():

@@ -24,7 +24,7 @@ def seeds() -> dict[str, bytes]:
 
 def parse(path: Path) -> object:
     from pisa_core.errors import PiSAError
-    from pisa_core.image_io import probe_image, read_image, to_pil_8bit
+    from pisa_core.files.images import probe_image, read_image, to_pil_8bit
 
     try:
         probe_image(path)

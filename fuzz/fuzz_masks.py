@@ -23,7 +23,7 @@ def seeds() -> dict[str, bytes]:
 
 
 def parse(path: Path) -> object:
-    from pisa_core.image_io import read_mask
+    from pisa_core.files.images import read_mask
 
     return read_mask(path)
 

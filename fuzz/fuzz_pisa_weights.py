@@ -13,7 +13,7 @@ from harness import main
 from weight_seeds import one_line
 
 SUFFIX = ".pkl"  # the format is judged by content, never by the name
-MODULES = ("pisa_core.checkpoint", "pisa_core.tensor_files", "pisa_core.torch_pickles", "pisa_core.file_kinds")
+MODULES = ("pisa_core.model.checkpoint", "pisa_core.files.tensors", "pisa_core.files.torch_pickles", "pisa_core.files.kinds")
 
 
 def seeds() -> dict[str, bytes]:
@@ -24,7 +24,7 @@ def seeds() -> dict[str, bytes]:
 
 @one_line
 def parse(path: Path) -> object:
-    from pisa_core.checkpoint import describe, load_pisa_weights, looks_like_pisa_weights
+    from pisa_core.model.checkpoint import describe, load_pisa_weights, looks_like_pisa_weights
 
     looks_like_pisa_weights(path)
     return describe(load_pisa_weights(path))

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import main
 
 SUFFIX = ".png"
-MODULES = ("pisa_core.image_io.png_text", "png")
+MODULES = ("pisa_core.files.images.png_text", "png")
 
 
 def seeds() -> dict[str, bytes]:
@@ -32,7 +32,7 @@ def seeds() -> dict[str, bytes]:
 
 def parse(path: Path) -> object:
     from pisa_core.errors import PiSAError
-    from pisa_core.image_io import png_text, read_png_settings
+    from pisa_core.files.images import png_text, read_png_settings
 
     try:
         read_png_settings(path)

@@ -1,6 +1,6 @@
 """The SD2.1 single-file loader up to the model build: the checkpoint's keys and shapes read
 (lazily), the structure checked, the three components' configs inferred and their keys renamed
-(base_model.read_single_file). No model is built."""
+(model.base.read_single_file). No model is built."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from harness import main
 from weight_seeds import one_line
 
 SUFFIX = ".ckpt"
-MODULES = ("pisa_core.base_model", "pisa_core.ldm_convert", "pisa_core.tensor_files", "pisa_core.torch_pickles")
+MODULES = ("pisa_core.model.base", "pisa_core.model.ldm_convert", "pisa_core.files.tensors", "pisa_core.files.torch_pickles")
 
 
 def seeds() -> dict[str, bytes]:
@@ -23,7 +23,7 @@ def seeds() -> dict[str, bytes]:
 
 @one_line
 def parse(path: Path) -> object:
-    from pisa_core.base_model import read_single_file
+    from pisa_core.model.base import read_single_file
 
     return read_single_file(path)
 

@@ -1,4 +1,4 @@
-"""The one reader of tensor files (pisa_core/tensor_files.py): safetensors headers and data, torch
+"""The one reader of tensor files (pisa_core/files/tensors.py): safetensors headers and data, torch
 pickles (zip and legacy) through the weights-only loader, eagerly and lazily."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from harness import main
 from weight_seeds import one_line
 
 SUFFIX = ".safetensors"
-MODULES = ("pisa_core.tensor_files", "pisa_core.torch_pickles", "pisa_core.file_kinds")
+MODULES = ("pisa_core.files.tensors", "pisa_core.files.torch_pickles", "pisa_core.files.kinds")
 
 
 def seeds() -> dict[str, bytes]:
@@ -22,7 +22,7 @@ def seeds() -> dict[str, bytes]:
 
 @one_line
 def parse(path: Path) -> object:
-    from pisa_core.tensor_files import LazyTensor, read_tensors
+    from pisa_core.files.tensors import LazyTensor, read_tensors
 
     for tensor in read_tensors(path, "a tensor file", lazy=True).values():
         if isinstance(tensor, LazyTensor):

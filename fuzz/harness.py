@@ -5,7 +5,7 @@ A target is a module `fuzz/fuzz_<name>.py` that defines
     SUFFIX = ".png"                    # the file name the parser sees (parsers dispatch on it)
     def seeds() -> dict[str, bytes]    # valid files built by code: the starting corpus
     def parse(path: Path) -> object    # the public entry point a user's file reaches
-    MODULES = ("pisa_core.image_io", "PIL.PngImagePlugin")  # optional: the modules parse reaches, which
+    MODULES = ("pisa_core.files.images", "PIL.PngImagePlugin")  # optional: the modules parse reaches, which
                                        # are imported under instrumentation (coverage comes from them)
 
 and ends with `if __name__ == "__main__": main(__file__)`. The contract: `parse` returns a result or

@@ -14,7 +14,7 @@ from icc_profiles import gray_profile, para_curve, rgb_profile, table_rgb_profil
 from tiff_files import tiff16_bytes
 
 #: What the image targets reach, imported under instrumentation (fuzz/harness.py, MODULES).
-MODULES = ("pisa_core.image_io", "png", "PIL.Image", "PIL.ImageFile", "PIL.ImageOps", "PIL.ImageCms", "PIL.TiffTags",
+MODULES = ("pisa_core.files.images", "png", "PIL.Image", "PIL.ImageFile", "PIL.ImageOps", "PIL.ImageCms", "PIL.TiffTags",
            "PIL.PngImagePlugin", "PIL.JpegImagePlugin", "PIL.MpoImagePlugin", "PIL.WebPImagePlugin",
            "PIL.TiffImagePlugin", "PIL.BmpImagePlugin")
 RNG = np.random.default_rng(40)
@@ -96,7 +96,7 @@ def ours() -> dict[str, bytes]:
 
     import torch
 
-    from pisa_core.image_io import write_image
+    from pisa_core.files.images import write_image
 
     out = {}
     with tempfile.TemporaryDirectory() as folder:

@@ -26,8 +26,8 @@ MODULES = {
 
 
 def pisa_weights(rank: int = 1):
-    from pisa_core.checkpoint import PiSAWeights
-    from pisa_core.lora import PEFT_DEFAULT_ALPHA, LoRAFamily
+    from pisa_core.model.checkpoint import PiSAWeights
+    from pisa_core.model.lora import PEFT_DEFAULT_ALPHA, LoRAFamily
 
     generator = torch.Generator().manual_seed(0)
 
@@ -51,7 +51,7 @@ def torch_bytes(data, legacy: bool = False) -> bytes:
 def pisa_files() -> dict[str, bytes]:
     """PiSA-SR weights: the release's pisa_sr.pkl layout (zip and legacy pickle), our .safetensors
     and the release's tensor names in a safetensors file."""
-    from pisa_core.checkpoint import OFFICIAL_STATE_KEY, official_pisa_dict, save_pisa_weights
+    from pisa_core.model.checkpoint import OFFICIAL_STATE_KEY, official_pisa_dict, save_pisa_weights
 
     weights = pisa_weights()
     official = official_pisa_dict(weights)

@@ -8,10 +8,10 @@ from comfy_api.latest import io
 
 from ..pisa_core import options
 from ..pisa_core.errors import PiSAError
-from ..pisa_core.geometry import check_images
-from ..pisa_core.guidance import PISA, PIX, plan_passes
-from ..pisa_core.pipeline import check_options
-from ..pisa_core.progress import STAGE_STEPS
+from ..pisa_core.inference.geometry import check_images
+from ..pisa_core.inference.guidance import PISA, PIX, plan_passes
+from ..pisa_core.inference.pipeline import check_options
+from ..pisa_core.inference.progress import STAGE_STEPS
 from . import host, imageops
 from .schema import (
     color_reference_input,

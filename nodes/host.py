@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ..pisa_core import hardware, memory
 from ..pisa_core.errors import PiSAError
-from ..pisa_core.progress import Progress
+from ..pisa_core.inference import hardware, memory
+from ..pisa_core.inference.progress import Progress
 
 try:  # ComfyUI present: these modules are already imported by the server.
     import comfy.model_management as _mm

@@ -1,4 +1,4 @@
-"""The Guidance Grid's labelled comparison sheet (resampling comes from pisa_core.geometry)."""
+"""The Guidance Grid's labelled comparison sheet (resampling comes from pisa_core.inference.geometry)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..pisa_core.geometry import resize
+from ..pisa_core.inference.geometry import resize
 
 
 def _font(size: int):

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..pisa_core import fast_decoder, memory, options
-from ..pisa_core.checkpoint import looks_like_pisa_weights
+from ..pisa_core import options
 from ..pisa_core.errors import PiSAError
+from ..pisa_core.inference import hardware, memory
+from ..pisa_core.model import fast_decoder
+from ..pisa_core.model.checkpoint import looks_like_pisa_weights
 from . import host
 
 LOG = logging.getLogger("PiSA-SR")
@@ -187,15 +189,15 @@ def files_fingerprint(base_name: str, weights_name: str, decoder_name: str = fas
 def load_model(base_name: str, weights_name: str, dtype_name: str = "auto", compile: bool = False,
                decoder_name: str = fast_decoder.BASE_DECODER) -> PiSAModel:
     """Resolve the model files, load them once (cached while in use) and hand them to the host.
-    dtype 'auto' follows the same rule as the CLI and the Python API (options.auto_dtype). A fast
+    dtype 'auto' follows the same rule as the CLI and the Python API (hardware.auto_dtype). A fast
     decoder file is read and checked before the base model loads (PiSAPipeline.from_files)."""
-    from ..pisa_core.pipeline import PiSAPipeline
+    from ..pisa_core.inference.pipeline import PiSAPipeline
 
     base_path = host.resolve_base_model(base_name)
     weights_path = resolve_pisa_weights(weights_name)
     decoder_path = resolve_decoder(decoder_name)
     load = host.HOST.compute_device()
-    dtype = options.resolve_dtype(dtype_name, load)
+    dtype = hardware.resolve_dtype(dtype_name, load)
     key = (_file_stamp(base_path), _file_stamp(weights_path), _decoder_stamp(decoder_path), str(dtype), str(load),
            bool(compile))
     with _load_lock:

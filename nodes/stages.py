@@ -14,14 +14,15 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..pisa_core import fast_decoder, options
+from ..pisa_core import options
+from ..pisa_core.model import fast_decoder
 from ..pisa_core.errors import PiSAError
-from ..pisa_core.geometry import Plan, check_images
-from ..pisa_core.guidance import PISA, PIX, masked_lambda
-from ..pisa_core.memory import MIN_VAE_TILE, working_memory
+from ..pisa_core.inference.geometry import Plan, check_images
+from ..pisa_core.inference.guidance import PISA, PIX, masked_lambda
+from ..pisa_core.inference.memory import MIN_VAE_TILE, working_memory
+from ..pisa_core.inference.pipeline import check_options, to_host
+from ..pisa_core.inference.progress import STAGE_STEPS
 from ..pisa_core.options import LATENT_FACTOR
-from ..pisa_core.pipeline import check_options, to_host
-from ..pisa_core.progress import STAGE_STEPS
 from . import host
 from .model import PiSAModel, decoder_choices, files_fingerprint, load_model, pisa_weight_choices, with_backoff
 from .schema import (

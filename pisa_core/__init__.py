@@ -13,20 +13,26 @@ from .version import package_version
 __version__ = package_version()
 
 _LAZY = {
-    "PiSAPipeline": ".pipeline",
-    "load_base_model": ".base_model",
-    "load_pisa_weights": ".checkpoint",
-    "save_pisa_weights": ".checkpoint",
-    "save_official_pkl": ".checkpoint",
-    "dual_guidance": ".guidance",
-    "plan_passes": ".guidance",
-    "read_image": ".image_io",
-    "read_mask": ".image_io",
-    "read_png_settings": ".image_io",
-    "write_image": ".image_io",
+    "PiSAPipeline": ".inference.pipeline",
+    "load_base_model": ".model.base",
+    "load_pisa_weights": ".model.checkpoint",
+    "save_pisa_weights": ".model.checkpoint",
+    "save_official_pkl": ".model.checkpoint",
+    "dual_guidance": ".inference.guidance",
+    "plan_passes": ".inference.guidance",
+    "read_image": ".files.images",
+    "read_mask": ".files.images",
+    "read_png_settings": ".files.images",
+    "write_image": ".files.images",
 }
 
-__all__ = ["PiSAError", "__version__", *_LAZY]
+# The public API: what `from pisa_core import ...` gives, from every layer (files, model, inference).
+__all__ = [
+    "PiSAError", "__version__",
+    "PiSAPipeline", "dual_guidance", "plan_passes",
+    "load_base_model", "load_pisa_weights", "save_pisa_weights", "save_official_pkl",
+    "read_image", "read_mask", "read_png_settings", "write_image",
+]
 
 
 def __getattr__(name: str):

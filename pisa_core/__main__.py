@@ -32,7 +32,7 @@ def prepare_process(environ: MutableMapping[str, str] | None = None) -> list[str
 
 def main(argv: list[str] | None = None) -> int:
     prepare_process()
-    from .cli import main as cli_main  # imports torch
+    from .cli.main import main as cli_main  # imports torch
 
     return cli_main(argv)
 

@@ -1,6 +1,7 @@
 """Every choice the front ends expose, in one place: mode lists, defaults, ranges, help texts, the
-dtype table and the dtype policy. The CLI's arguments and the ComfyUI nodes' input specs are
-built from the `Option` records below, so a default or a range is written exactly once.
+dtype table (which dtype `auto` means asks the machine: inference/hardware.py). The CLI's arguments
+and the ComfyUI nodes' input specs are built from the `Option` records below, so a default or a
+range is written exactly once.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-
-from . import hardware
-from .errors import PiSAError
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +35,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_CHOICES = ("auto", "fp16", "bf16", "fp32")  # the loader node's saved order
 
 
-# ---------------------------------------------------------------------------------- dtype policy
-
-
-def auto_dtype(device: torch.device, probe: hardware.Probe | None = None) -> torch.dtype:
-    """The dtype `auto` means on `device`: bf16 where that device computes it natively (CUDA
-    compute capability >= 8; CPUs with AVX512-BF16/AMX or Arm BF16), else fp16 on GPUs and fp32 on
-    CPUs. cuDNN has no bf16 convolutions below capability 8, and CPUs without native bf16 emulate
-    it more slowly than fp32; fp16 on a CPU is slower than fp32."""
-    probe = probe or hardware.Probe()
-    if device.type == "cuda":
-        return torch.bfloat16 if probe.cuda_capability(device)[0] >= 8 else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    if device.type == "cpu" and probe.cpu_native_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def resolve_dtype(name, device: torch.device, probe: hardware.Probe | None = None) -> torch.dtype:
-    """'auto' / None / 'fp32' / 'fp16' / 'bf16' / a torch.dtype -> torch.dtype."""
-    if isinstance(name, torch.dtype):
-        if name not in DTYPES.values():
-            raise PiSAError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {name}.")
-        return name
-    if name in (None, "auto"):
-        return auto_dtype(device, probe)
-    if name not in DTYPES:
-        raise PiSAError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {name!r}.")
-    return DTYPES[name]
+# ---------------------------------------------------------------------------------- dtypes and layout
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -25,7 +25,7 @@ def prompt_cache_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """diffusers folder, single-file .safetensors, official pisa_sr.pkl and its .safetensors twin."""
-    from pisa_core.checkpoint import convert_pisa_weights
+    from pisa_core.model.checkpoint import convert_pisa_weights
 
     root = tmp_path_factory.mktemp("models")
     unet, vae, text_encoder = tiny_unet(), tiny_vae(), tiny_text_encoder()
@@ -38,7 +38,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pipe(model_dir):
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     return PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32")
 

@@ -74,7 +74,7 @@ def write_published(path: Path, model: PublishedDecoder, config: dict | None = N
 def random_fast_decoder(widths=PUBLISHED_WIDTHS, seed: int = 0, device=None):
     """The published structure with random weights, read through pisa_core's checks (the benchmarks'
     real-size fast decoder; on device "meta" shapes only)."""
-    from pisa_core.fast_decoder import build_decoder
+    from pisa_core.model.fast_decoder import build_decoder
 
     model = published_decoder(widths, seed, device)
     return build_decoder(model.state_dict(), published_config(widths), f"random {'x'.join(map(str, widths))} decoder")

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from pisa_core.checkpoint import (
+from pisa_core.model.checkpoint import (
     OFFICIAL_LIST_KEYS,
     OFFICIAL_RANK_KEYS,
     OFFICIAL_STATE_KEY,
     PiSAWeights,
     save_pisa_weights,
 )
-from pisa_core.lora import FAMILIES, GROUPS, PEFT_DEFAULT_ALPHA, LoRAFamily, module_group, release_target_modules
+from pisa_core.model.lora import FAMILIES, GROUPS, PEFT_DEFAULT_ALPHA, LoRAFamily, module_group, release_target_modules
 
 
 def random_factors(unet: torch.nn.Module, rank: int, generator: torch.Generator) -> dict:

@@ -14,14 +14,14 @@ from diffusers.loaders import single_file_utils as oracle
 from tiny_models import tiny_unet, tiny_vae
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from pisa_core import ldm_convert as ldm
-from pisa_core.base_model import (
+from pisa_core.errors import PiSAError
+from pisa_core.model import ldm_convert as ldm
+from pisa_core.model.base import (
     check_diffusers_folder,
     empty_prompt_ids,
     encode_prompts,
     load_base_model,
 )
-from pisa_core.errors import PiSAError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -366,7 +366,7 @@ def test_folder_without_weights_is_rejected(parts, tmp_path):
                                    '{"weight_map": {"w": 3}}', '{"weight_map": {"w": "../../elsewhere.bin"}}'])
 def test_a_damaged_weight_index_is_one_line(tmp_path, index):
     """A sharded component's index that is not a map of tensor names to shard files beside it."""
-    from pisa_core.base_model import weight_files
+    from pisa_core.model.base import weight_files
 
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(index)
     with pytest.raises(PiSAError, match="is not a readable weight index"):

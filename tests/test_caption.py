@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pisa_core.cli import main as cli_main
+from pisa_core.cli.main import main as cli_main
 from pisa_core.errors import PiSAError
 from pisa_core.train.caption import Captioner, write_text_atomic
 from pisa_core.train.data import build_items, missing_caption_warning

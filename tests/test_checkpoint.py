@@ -15,7 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_models import tiny_unet
 
-from pisa_core.checkpoint import (
+from pisa_core.cli.main import main as cli_main
+from pisa_core.errors import PiSAError
+from pisa_core.model.checkpoint import (
     FORMAT_MARKER,
     FORMAT_VERSION,
     check_compatible,
@@ -25,9 +27,7 @@ from pisa_core.checkpoint import (
     save_official_pkl,
     save_pisa_weights,
 )
-from pisa_core.cli import main as cli_main
-from pisa_core.errors import PiSAError
-from pisa_core.lora import GROUPS, lora_delta, merged_weight, module_group, release_target_modules
+from pisa_core.model.lora import GROUPS, lora_delta, merged_weight, module_group, release_target_modules
 
 SD21_BASE_UNET = {
     "act_fn": "silu",

@@ -10,8 +10,8 @@ import pytest
 from launcher import accelerate_two_processes, run_launched
 from PIL import Image
 
-from pisa_core.cli import main
-from pisa_core.image_io import read_image
+from pisa_core.cli.main import main
+from pisa_core.files.images import read_image
 
 
 @pytest.fixture()

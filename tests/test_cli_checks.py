@@ -17,9 +17,9 @@ from test_cli import model_args, photos  # noqa: F401 (photos is a fixture)
 from test_cli_outputs import NO_MODEL, one_line_error
 
 from pisa_core import options
-from pisa_core.cli import LONG_IMAGE_S, _StageLog, main
-from pisa_core.image_io import read_image, write_image
-from pisa_core.progress import Heartbeat
+from pisa_core.cli.main import LONG_IMAGE_S, _StageLog, main
+from pisa_core.files.images import read_image, write_image
+from pisa_core.inference.progress import Heartbeat
 
 # benchmarks/cpu_speed.py parses this; README "Command line" documents it.
 SUMMARY = re.compile(r"^pisa-sr: (\d+) images? written, ([\d.]+) s per image, model loaded in ([\d.]+) s "

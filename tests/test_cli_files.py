@@ -13,8 +13,8 @@ from PIL import Image
 from test_cli import model_args
 from test_cli_outputs import one_line_error
 
-from pisa_core.cli import main
-from pisa_core.file_kinds import IMAGE, sniff, sniff_file
+from pisa_core.cli.main import main
+from pisa_core.files.kinds import IMAGE, sniff, sniff_file
 
 # Pillow format -> (file name, the name the error uses)
 IMAGE_FORMATS = {"PNG": ("x.png", "PNG"), "JPEG": ("x.jpg", "JPEG"), "WEBP": ("x.webp", "WebP"),

@@ -13,9 +13,9 @@ from PIL import Image
 from test_cli import model_args, photos  # noqa: F401 (photos is a fixture)
 from test_cli_outputs import NO_MODEL, one_line_error
 
-from pisa_core.cli import main
-from pisa_core.image_io import png_text, read_image
-from pisa_core.image_io.icc import srgb_profile
+from pisa_core.cli.main import main
+from pisa_core.files.images import png_text, read_image
+from pisa_core.files.images.icc import srgb_profile
 
 
 def wide_gamut_photo(folder):

@@ -15,8 +15,8 @@ from icc_profiles import rgb_profile
 from PIL import Image
 from test_cli import model_args
 
-from pisa_core import image_io
-from pisa_core.cli import main
+from pisa_core.cli.main import main
+from pisa_core.files import images as image_io
 
 
 def _png(pixels: np.ndarray, **options) -> bytes:

@@ -13,9 +13,9 @@ from PIL import Image
 from readonly import run_python_with_read_only
 from test_cli import model_args, photos  # noqa: F401 (photos is a fixture)
 
-from pisa_core.cli import main
-from pisa_core.image_io import read_image
-from pisa_core.train.cli import degrade_main
+from pisa_core.cli.main import main
+from pisa_core.cli.train import degrade_main
+from pisa_core.files.images import read_image
 
 # Any run that got as far as loading the model would fail on this file instead.
 NO_MODEL = ("--base", "/nonexistent/model.safetensors")
@@ -117,7 +117,7 @@ def test_output_under_a_regular_file_fails_before_loading(model_dir, photos, tmp
 def test_read_only_output_folder_fails_before_loading(model_dir, photos, tmp_path):  # noqa: F811
     out = tmp_path / "ro"
     argv = ["upscale", str(photos), "-o", str(out), *model_args(model_dir), *NO_MODEL]
-    done = run_python_with_read_only(out, f"import sys; from pisa_core.cli import main; sys.exit(main({argv!r}))")
+    done = run_python_with_read_only(out, f"import sys; from pisa_core.cli.main import main; sys.exit(main({argv!r}))")
     if done is None:
         pytest.skip("this machine can make no folder read-only for root (no unshare -m)")
     assert done.returncode == 2, done.stderr

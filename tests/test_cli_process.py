@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from test_cli import model_args
 
-from pisa_core.atomic import atomic_output, temporary_path
-from pisa_core.cli import main
-from pisa_core.cli_support import signals_interrupt
+from pisa_core.cli.main import main
+from pisa_core.cli.support import signals_interrupt
+from pisa_core.files.atomic import atomic_output, temporary_path
 from pisa_core.version import pyproject_version
 
 REPOSITORY = Path(__file__).resolve().parent.parent

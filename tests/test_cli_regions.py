@@ -15,8 +15,8 @@ from test_cli_outputs import NO_MODEL, one_line_error
 
 import pisa_core
 from pisa_core import options
-from pisa_core.cli import main
-from pisa_core.image_io import png_text, read_image, write_image
+from pisa_core.cli.main import main
+from pisa_core.files.images import png_text, read_image, write_image
 
 PLAIN = ("--lambda-sem", "1.3")  # outside the mask (λ_pix 1 everywhere)
 INSIDE = ("--lambda-sem", "0.3")  # what the mask's inside gets: --lambda-sem-masked 0.3, the default

@@ -8,7 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pisa_core.colorfix import (
+from pisa_core.errors import PiSAError
+from pisa_core.files.colorspace import srgb_to_xyz, xyz_to_lab
+from pisa_core.files.images import read_image, write_image
+from pisa_core.inference.colorfix import (
     adain_color_fix,
     apply_color_fix,
     channel_mean_std,
@@ -17,9 +20,6 @@ from pisa_core.colorfix import (
     wavelet_color_fix,
     wavelet_decompose,
 )
-from pisa_core.colorspace import srgb_to_xyz, xyz_to_lab
-from pisa_core.errors import PiSAError
-from pisa_core.image_io import read_image, write_image
 from pisa_core.options import COLOR_FIXES
 
 

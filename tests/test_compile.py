@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.pipeline import PiSAPipeline
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.nn.Module, "compile"), reason="nn.Module.compile needs torch 2.2")
 

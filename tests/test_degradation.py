@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pisa_core.cli.train import degrade_main
 from pisa_core.errors import PiSAError
 from pisa_core.train import degradation as D
-from pisa_core.train.cli import degrade_main
 
 
 def photo(h=64, w=64, seed=0) -> torch.Tensor:

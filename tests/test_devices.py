@@ -10,11 +10,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pisa_core import options
-from pisa_core.base_model import load_base_model
-from pisa_core.checkpoint import load_pisa_weights
-from pisa_core.guidance import PISA, PIX
-from pisa_core.pipeline import PiSAPipeline
-from pisa_core.resnet_inplace import InplaceResnetBlock2D
+from pisa_core.inference.guidance import PISA, PIX
+from pisa_core.inference.pipeline import PiSAPipeline
+from pisa_core.model.base import load_base_model
+from pisa_core.model.checkpoint import load_pisa_weights
+from pisa_core.model.resnet_inplace import InplaceResnetBlock2D
 
 META = torch.device("meta")
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import cli_reference  # noqa: E402
 
-from pisa_core.cli import build_parser  # noqa: E402
+from pisa_core.cli.main import build_parser  # noqa: E402
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)

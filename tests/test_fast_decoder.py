@@ -22,15 +22,16 @@ from test_precision import overflowing, skip_without_half_kernels
 from test_vae_tiling import OOMAbove, Placement
 from tiny_models import tiny_vae
 
-from pisa_core import fast_decoder, vae_tiling
-from pisa_core.base_model import load_base_model
-from pisa_core.checkpoint import load_pisa_weights
-from pisa_core import read_png_settings as read_settings
-from pisa_core.cli import main
+from pisa_core import read_png_settings
+from pisa_core.cli.main import main
 from pisa_core.errors import PiSAError
-from pisa_core.fast_decoder import is_decoder_file, load_decoder
-from pisa_core.memory import MIN_VAE_TILE, with_backoff
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference import vae_tiling
+from pisa_core.inference.memory import MIN_VAE_TILE, with_backoff
+from pisa_core.inference.pipeline import PiSAPipeline
+from pisa_core.model import fast_decoder
+from pisa_core.model.base import load_base_model
+from pisa_core.model.checkpoint import load_pisa_weights
+from pisa_core.model.fast_decoder import is_decoder_file, load_decoder
 
 META = torch.device("meta")
 PARITY = 1e-5
@@ -166,7 +167,7 @@ def test_a_half_precision_overflow_falls_back_to_fp32(model_dir, decoder_path, l
     told: list[str] = []
     pipe = overflowing(model_dir, "decode", told, decoder=decoder_path)
     assert pipe.vae.decoder.conv_in.out_channels == 64  # the overflow is planted in the fast decoder
-    with caplog.at_level(logging.WARNING, logger="pisa_core.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="pisa_core.inference.pipeline"):
         try:
             out = pipe(lq_image(16, 16), process_size=0)
         except RuntimeError as error:
@@ -306,14 +307,14 @@ def test_cli_upscale_with_the_decoder_names_it_in_the_settings(model_dir, decode
     Image.fromarray((np.random.default_rng(0).random((10, 12, 3)) * 255).astype(np.uint8)).save(source)
     assert main(["upscale", str(source), "-o", str(tmp_path / "a.png"), *model_args(model_dir),
                  "--decoder", str(decoder_path)]) == 0
-    assert read_settings(tmp_path / "a.png")["decoder"] == {"file": decoder_path.name,
+    assert read_png_settings(tmp_path / "a.png")["decoder"] == {"file": decoder_path.name,
                                                             "bytes": decoder_path.stat().st_size}
     monkeypatch.setenv("PISA_SR_DECODER", str(decoder_path))
     assert main(["upscale", str(source), "-o", str(tmp_path / "b.png"), *model_args(model_dir)]) == 0
-    assert read_settings(tmp_path / "b.png")["decoder"]["file"] == decoder_path.name
+    assert read_png_settings(tmp_path / "b.png")["decoder"]["file"] == decoder_path.name
     monkeypatch.delenv("PISA_SR_DECODER")
     assert main(["upscale", str(source), "-o", str(tmp_path / "c.png"), *model_args(model_dir)]) == 0
-    assert read_settings(tmp_path / "c.png")["decoder"] == fast_decoder.BASE_DECODER
+    assert read_png_settings(tmp_path / "c.png")["decoder"] == fast_decoder.BASE_DECODER
 
 
 def test_cli_convert_and_info(decoder_path, tmp_path, capsys):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pisa_core.errors import PiSAError
-from pisa_core.guidance import PISA, PIX, check_lambda, dual_guidance, plan_passes, residual_latent
+from pisa_core.inference.guidance import PISA, PIX, check_lambda, dual_guidance, plan_passes, residual_latent
 
 
 @pytest.mark.parametrize("lp, ls, branches", [

@@ -17,9 +17,9 @@ from PIL import Image
 from tiff_files import retag, tiff16
 
 from pisa_core.errors import PiSAError
-from pisa_core.image_io import png_text, probe_image, read_image, read_mask, to_pil_8bit
-from pisa_core.image_io.icc import ProfileError, _curve, parse_profile
-from pisa_core.image_io.limits import LIMIT_VARIABLE, max_image_pixels
+from pisa_core.files.images import png_text, probe_image, read_image, read_mask, to_pil_8bit
+from pisa_core.files.images.icc import ProfileError, _curve, parse_profile
+from pisa_core.files.images.limits import LIMIT_VARIABLE, max_image_pixels
 from pisa_core.options import MAX_OUTPUT_PIXELS
 
 RNG = np.random.default_rng(40)

@@ -1,4 +1,4 @@
-"""pisa_core.image_io: reading/writing 8/16-bit, gray, alpha, EXIF orientation, ICC colour
+"""pisa_core.files.images: reading/writing 8/16-bit, gray, alpha, EXIF orientation, ICC colour
 profiles, multi-frame and special files, input lists, header checks, 16-bit TIFF, region masks,
 PNG text chunks, and writes that never leave a partial file."""
 
@@ -32,9 +32,9 @@ from PIL import Image, ImageCms, features
 from readonly import run_python_with_read_only
 from tiff_files import tiff16_bytes
 
-from pisa_core.atomic import atomic_output
 from pisa_core.errors import PiSAError
-from pisa_core.image_io import (
+from pisa_core.files.atomic import atomic_output
+from pisa_core.files.images import (
     SRGB,
     ImageInfo,
     check_output_folder,
@@ -50,7 +50,7 @@ from pisa_core.image_io import (
     to_pil_8bit,
     write_image,
 )
-from pisa_core.image_io.icc import srgb_profile
+from pisa_core.files.images.icc import srgb_profile
 
 RNG = np.random.default_rng(1234)
 
@@ -665,7 +665,7 @@ def test_a_failed_write_is_one_line_and_leaves_nothing_behind(tmp_path):
     script = textwrap.dedent(f"""
         import resource, signal, sys, torch
         from pisa_core.errors import PiSAError
-        from pisa_core.image_io import write_image
+        from pisa_core.files.images import write_image
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         try:
@@ -705,7 +705,7 @@ def test_check_output_folder(tmp_path):
 def test_check_output_folder_read_only(tmp_path):
     folder = tmp_path / "ro"
     code = (f"import torch; from pathlib import Path; from pisa_core.errors import PiSAError\n"
-            f"from pisa_core.image_io import check_output_folder, write_image\n"
+            f"from pisa_core.files.images import check_output_folder, write_image\n"
             f"folder = Path({str(folder)!r})\n"
             f"for attempt in (lambda: check_output_folder(folder), "
             f"lambda: write_image(folder / 'x.png', torch.rand(2, 2, 3))):\n"
@@ -845,7 +845,7 @@ def test_16bit_input_with_a_profile_keeps_16_bits(tmp_path, name, suffix):
 
 def read_image_raw_tiff(path):
     """The samples of a 16-bit TIFF as stored (no colour conversion), by stripping its profile tag."""
-    from pisa_core.image_io.tiff import _read_tiff16, _tiff16
+    from pisa_core.files.images.tiff import _read_tiff16, _tiff16
 
     tiff = _tiff16(path)
     return _read_tiff16(path, tiff)[0]

@@ -15,7 +15,7 @@ import torch
 from unreadable import run_python_without_override
 
 from pisa_core.errors import PiSAError
-from pisa_core.image_io import (
+from pisa_core.files.images import (
     check_output_folder,
     list_inputs_and_skipped,
     probe_image,
@@ -23,7 +23,7 @@ from pisa_core.image_io import (
     read_png_settings,
     write_image,
 )
-from pisa_core.image_io.listing import skip_reason
+from pisa_core.files.images.listing import skip_reason
 
 IMAGE = torch.from_numpy(np.random.default_rng(3).random((4, 5, 3), dtype=np.float32))
 
@@ -108,7 +108,7 @@ def test_unreadable_folders_and_files(tmp_path):
     code = textwrap.dedent(f"""
         import json
         from pisa_core.errors import PiSAError
-        from pisa_core.image_io import folder_images, list_inputs_and_skipped, probe_image, read_image
+        from pisa_core.files.images import folder_images, list_inputs_and_skipped, probe_image, read_image
         found, skipped = list_inputs_and_skipped([{str(locked)!r}, {str(open_folder)!r}])
         result = {{"found": [str(p) for p in found], "skipped": [[str(p), r] for p, r in skipped]}}
         for name, call in (("read", read_image), ("probe", probe_image), ("folder", folder_images)):
@@ -139,7 +139,7 @@ def test_a_folder_run_writes_the_good_image_beside_hostile_entries(model_dir, fo
     from test_cli import model_args
     from tiff_files import retag, tiff16
 
-    from pisa_core.cli import main
+    from pisa_core.cli.main import main
 
     (folder / "damaged.tif").write_bytes(retag(tiff16(), 273, 5))
     write_image(folder / os.fsdecode(b"caf\xe9.png"), IMAGE)

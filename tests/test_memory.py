@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pisa_core.errors import PiSAError
-from pisa_core.memory import MIN_VAE_TILE, auto_vae_tile, is_oom, with_backoff, working_memory
+from pisa_core.inference.memory import MIN_VAE_TILE, auto_vae_tile, is_oom, with_backoff, working_memory
 
 OOM_KINDS = {
     "torch.OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),

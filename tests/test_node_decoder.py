@@ -12,7 +12,7 @@ from comfy_stub import runtime
 from decoder_files import published_config, published_decoder, write_published
 from test_nodes import NODES, PiSAError, decode, encode, guide, image, inputs, model_folders, models_root, pisa_model  # noqa: F401 - the model-folder fixtures
 
-fast_decoder = sys.modules["pisa_sr_pack_under_test.pisa_core.fast_decoder"]
+fast_decoder = sys.modules["pisa_sr_pack_under_test.pisa_core.model.fast_decoder"]
 host_module = sys.modules["pisa_sr_pack_under_test.nodes.host"]
 BASE = fast_decoder.BASE_DECODER
 LOADER = NODES["PiSALoader"]
@@ -79,7 +79,7 @@ def fast_model(decoder_files):
 
 
 def test_the_loaded_decoder_decodes_as_the_api_with_the_same_file(fast_model, pisa_model, decoder_files, model_dir):  # noqa: F811
-    from pisa_core.pipeline import PiSAPipeline
+    from pisa_core.inference.pipeline import PiSAPipeline
 
     api = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu", dtype="fp32",
                                   decoder=decoder_files["pth"])

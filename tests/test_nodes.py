@@ -46,7 +46,7 @@ PACK = load_pack("pisa_sr_pack_under_test")
 NODES = registered_nodes(PACK)
 host = sys.modules["pisa_sr_pack_under_test.nodes.host"]
 PiSAError = sys.modules["pisa_sr_pack_under_test.pisa_core.errors"].PiSAError
-plan_passes = sys.modules["pisa_sr_pack_under_test.pisa_core.guidance"].plan_passes
+plan_passes = sys.modules["pisa_sr_pack_under_test.pisa_core.inference.guidance"].plan_passes
 options = sys.modules["pisa_sr_pack_under_test.pisa_core.options"]
 
 
@@ -295,7 +295,8 @@ def test_loader_returns_the_cached_model_for_the_same_files(pisa_model):
 
 def test_single_file_checkpoint_and_diffusers_folder_give_the_same_result(pisa_model):
     auto = NODES["PiSALoader"].execute("v2-1_512-ema-pruned.safetensors", "pisa_sr.safetensors", "auto")[0]
-    assert auto.pipe.dtype == options.auto_dtype(torch.device("cpu"))  # the CLI's and the API's rule
+    hardware = sys.modules["pisa_sr_pack_under_test.pisa_core.inference.hardware"]
+    assert auto.pipe.dtype == hardware.auto_dtype(torch.device("cpu"))  # the CLI's and the API's rule
     single = NODES["PiSALoader"].execute("v2-1_512-ema-pruned.safetensors", "pisa_sr.safetensors", "fp32")[0]
     img = image()
     a = decode(pisa_model, guide(pisa_model, encode(pisa_model, img)))

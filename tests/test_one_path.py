@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pisa_core.cli import main
-from pisa_core.image_io import read_image
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.cli.main import main
+from pisa_core.files.images import read_image
+from pisa_core.inference.pipeline import PiSAPipeline
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import make_icon  # noqa: E402
 
 
 def test_the_allow_list_refuses_development_files_and_wants_the_runtime():
-    runtime = [*check_pack.REQUIRED, "nodes/stages.py", "pisa_core/train/cli.py", "example_workflows/a.json",
+    runtime = [*check_pack.REQUIRED, "nodes/stages.py", "pisa_core/cli/train.py", "example_workflows/a.json",
                "example_workflows/a.jpg", "README.md"]
     assert check_pack.problems(runtime) == []
     found = check_pack.problems([*runtime, "tests/test_cli.py", "benchmarks/speed.py", ".ci/run", "docs/x.png",

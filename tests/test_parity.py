@@ -69,7 +69,7 @@ def test_release_parity(model_dir, pipe, case):
 
 def test_release_geometry_float_input_follows_the_pillow_8bit_path():
     """Float input takes Pillow's filters in float: within 8-bit rounding of the 8-bit path."""
-    from pisa_core.geometry import prepare
+    from pisa_core.inference.geometry import prepare
 
     image = _photo(24, 20, seed=4)
     as_tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None]

@@ -8,8 +8,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pisa_core.errors import PiSAError
-from pisa_core.guidance import PISA, PIX, dual_guidance, plan_passes
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.guidance import PISA, PIX, dual_guidance, plan_passes
+from pisa_core.inference.pipeline import PiSAPipeline
 
 
 class UNetCalls:

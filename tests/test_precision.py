@@ -12,8 +12,9 @@ import torch
 
 from pisa_core import options
 from pisa_core.errors import PiSAError
-from pisa_core.hardware import Probe
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference import hardware
+from pisa_core.inference.hardware import Probe
+from pisa_core.inference.pipeline import PiSAPipeline
 
 
 def probe(cpu_bf16=False, capability=(8, 0), asked=None):
@@ -34,25 +35,25 @@ def probe(cpu_bf16=False, capability=(8, 0), asked=None):
     ("mps", probe(cpu_bf16=True), torch.float16),
 ])
 def test_auto_dtype_follows_what_the_device_computes_natively(device, machine, expected):
-    assert options.auto_dtype(torch.device(device), machine) == expected
-    assert options.resolve_dtype("auto", torch.device(device), machine) == expected
-    assert options.resolve_dtype(None, torch.device(device), machine) == expected
+    assert hardware.auto_dtype(torch.device(device), machine) == expected
+    assert hardware.resolve_dtype("auto", torch.device(device), machine) == expected
+    assert hardware.resolve_dtype(None, torch.device(device), machine) == expected
 
 
 def test_auto_dtype_asks_about_the_selected_gpu_not_the_current_one():
     asked = []
-    options.auto_dtype(torch.device("cuda:1"), probe(capability=(7, 5), asked=asked))
+    hardware.auto_dtype(torch.device("cuda:1"), probe(capability=(7, 5), asked=asked))
     assert asked == [torch.device("cuda:1")]
 
 
 def test_explicit_dtypes_are_kept_and_bad_ones_refused():
     cpu = torch.device("cpu")
     for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
-        assert options.resolve_dtype(name, cpu, probe(cpu_bf16=True)) == dtype
-        assert options.resolve_dtype(dtype, cpu) == dtype
+        assert hardware.resolve_dtype(name, cpu, probe(cpu_bf16=True)) == dtype
+        assert hardware.resolve_dtype(dtype, cpu) == dtype
     for bad in ("fp64", "half", torch.float64):
         with pytest.raises(PiSAError, match="dtype"):
-            options.resolve_dtype(bad, cpu)
+            hardware.resolve_dtype(bad, cpu)
 
 
 def test_channels_last_goes_with_bf16_on_the_cpu_and_with_gpus():
@@ -63,7 +64,7 @@ def test_channels_last_goes_with_bf16_on_the_cpu_and_with_gpus():
 
 def test_this_machine_resolves_auto_by_its_own_probe(model_dir):
     pipe = PiSAPipeline.from_files(model_dir / "sd21-tiny", model_dir / "pisa_sr.pkl", device="cpu")
-    assert pipe.dtype == options.auto_dtype(torch.device("cpu"))
+    assert pipe.dtype == hardware.auto_dtype(torch.device("cpu"))
     assert pipe.channels_last == options.auto_channels_last(torch.device("cpu"), pipe.dtype)
 
 
@@ -89,7 +90,7 @@ def test_an_overflow_switches_that_part_to_fp32_and_reruns_the_stage(model_dir, 
     told: list[str] = []
     pipe = overflowing(model_dir, part, told)
     image = lq_image(16, 16)
-    with caplog.at_level(logging.WARNING, logger="pisa_core.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="pisa_core.inference.pipeline"):
         try:
             out = pipe(image, process_size=0, lambda_pix=0.8, lambda_sem=1.2)
         except RuntimeError as error:

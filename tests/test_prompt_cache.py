@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import CLIPTextModel
 
-from pisa_core import prompt_cache
-from pisa_core.base_model import load_base_model
+from pisa_core.model import prompt_cache
+from pisa_core.model.base import load_base_model
 
 
 @pytest.fixture()

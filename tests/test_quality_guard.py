@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_precision import skip_without_half_kernels
 
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.pipeline import PiSAPipeline
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pisa_core.errors import PiSAError
-from pisa_core.geometry import map_to_latent
-from pisa_core.guidance import PISA, PIX, masked_lambda, plan_passes
+from pisa_core.inference.geometry import map_to_latent
+from pisa_core.inference.guidance import PISA, PIX, masked_lambda, plan_passes
 
 
 def test_maps_follow_the_image_geometry(pipe):

@@ -10,10 +10,15 @@ import copy
 import pytest
 import torch
 from diffusers.models.resnet import ResnetBlock2D
+from tiny_models import tiny_unet, tiny_vae
 from torch import nn
 
-from pisa_core.resnet_inplace import InplaceResnetBlock2D, _same_sum_in_place, supports_inplace, use_inplace_resnets
-from tiny_models import tiny_unet, tiny_vae
+from pisa_core.model.resnet_inplace import (
+    InplaceResnetBlock2D,
+    _same_sum_in_place,
+    supports_inplace,
+    use_inplace_resnets,
+)
 
 
 def _resnets(model: nn.Module) -> list[nn.Module]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from pisa_core.adapters import LowRankBranch
-from pisa_core.lora import factor_shapes, lora_forward
+from pisa_core.model.adapters import LowRankBranch
+from pisa_core.model.lora import factor_shapes, lora_forward
 
 
 def _branch(layer: nn.Module, rank: int = 3, seed: int = 0) -> LowRankBranch:

@@ -1,4 +1,4 @@
-"""The single-file loader's header handling (base_model.read_single_file: keys and shapes read,
+"""The single-file loader's header handling (model.base.read_single_file: keys and shapes read,
 structure checked, configs inferred, keys renamed, no model built) on damaged checkpoints: one
 PiSAError naming the file and the tensor, never a KeyError or IndexError from inside the converter.
 Each case is a finding of fuzz/fuzz_sd_single_file.py or a neighbour of one."""
@@ -10,8 +10,8 @@ import torch
 from model_files import ldm_state_dict, vae_with
 from tiny_models import tiny_text_encoder, tiny_unet
 
-from pisa_core.base_model import read_single_file
 from pisa_core.errors import PiSAError
+from pisa_core.model.base import read_single_file
 
 U, V, T = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.model."
 

@@ -1,5 +1,5 @@
 """The sizes a tensor file declares are checked against the file before anything is allocated
-(torch_pickles, tensor_files): a storage larger than the file, tensors repeating one element into
+(files.torch_pickles, files.tensors): a storage larger than the file, tensors repeating one element into
 terabytes, overlapping safetensors entries, counted strings and memo indices beyond the pickle.
 Each case is also a finding of the fuzz targets or their regression (fuzz/fuzz_tensor_files.py)."""
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pisa_core.errors import PiSAError
-from pisa_core.tensor_files import SafetensorsFile, load_pickle, read_tensors
-from pisa_core.torch_pickles import MIN_DECLARED_BYTES, declared_limit
+from pisa_core.files.tensors import SafetensorsFile, load_pickle, read_tensors
+from pisa_core.files.torch_pickles import MIN_DECLARED_BYTES, declared_limit
 
 WHAT = "test tensors"
 

@@ -11,7 +11,7 @@ import torch
 from release_reference import gaussian_weights_release, release_tile_offsets
 
 from pisa_core.errors import PiSAError
-from pisa_core.tiling import (
+from pisa_core.inference.tiling import (
     gaussian_profile,
     gaussian_tile_weights,
     latent_tile_grid,

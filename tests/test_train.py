@@ -22,13 +22,13 @@ from launcher import accelerate_two_processes, run_launched
 from PIL import Image
 from safetensors.torch import load_file
 
-from pisa_core.base_model import load_base_model
-from pisa_core.checkpoint import PiSAWeights, load_convertible, load_pisa_weights, save_pisa_weights
-from pisa_core.cli import build_parser
-from pisa_core.cli import main as cli_main
+from pisa_core.cli.main import build_parser
+from pisa_core.cli.main import main as cli_main
 from pisa_core.errors import PiSAError
-from pisa_core.lora import LoRAFamily
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference.pipeline import PiSAPipeline
+from pisa_core.model.base import load_base_model
+from pisa_core.model.checkpoint import PiSAWeights, load_convertible, load_pisa_weights, save_pisa_weights
+from pisa_core.model.lora import LoRAFamily
 from pisa_core.train.config import TrainConfig, config_from_args
 from pisa_core.train.data import Item, PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from pisa_core.train.lpips import LPIPS
@@ -411,7 +411,8 @@ def test_training_step_runs_under_bf16_autocast_on_the_cpu(model_dir, data_dir, 
     weights stored in fp32 (or bf16 with --half-frozen-weights), the UNet's layers, the CSD teacher's
     included, computing in bf16, finite losses and a LoRA that moves."""
     done = subprocess.run([sys.executable, __file__, "bf16-step", str(model_dir), str(data_dir), str(lpips_file),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert results["False"]["frozen"] == ["torch.float32"] and results["True"]["frozen"] == ["torch.bfloat16"]

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from tiny_models import tiny_unet
 
 from pisa_core.errors import PiSAError
-from pisa_core.lora import LoRAFamily, lora_delta, release_target_modules
+from pisa_core.model.lora import LoRAFamily, lora_delta, release_target_modules
 from pisa_core.train import losses as L
 from pisa_core.train.lora import install_lora
 from pisa_core.train.lpips import LPIPS, TAP_CHANNELS, load_lpips
@@ -205,7 +205,7 @@ def test_lora_a_starts_gaussian_with_std_one_over_rank_and_b_at_zero(unet):
 
 
 def test_lora_branches_equal_the_merged_weights_of_inference(unet):
-    """peft's adapters and pisa_core.lora.lora_delta merged into the weights give the same UNet
+    """peft's adapters and pisa_core.model.lora.lora_delta merged into the weights give the same UNet
     output, so what training optimises is what inference runs."""
     lora = installed(unet, {"pix": 4, "sem": 2})
     g = torch.Generator().manual_seed(1)

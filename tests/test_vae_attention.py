@@ -20,9 +20,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from pisa_core import hardware, memory, vae_attention
-from pisa_core.hardware import Probe
-from pisa_core.pipeline import PiSAPipeline
+from pisa_core.inference import hardware, memory, vae_attention
+from pisa_core.inference.hardware import Probe
+from pisa_core.inference.pipeline import PiSAPipeline
 
 DEVICE_TYPES = ("cuda", "mps", "xpu", "cpu")
 META = torch.device("meta")
@@ -210,7 +210,7 @@ def test_a_cancel_stops_at_its_chunk_and_the_debug_line_names_the_plan(caplog):
         if len(ticks) == 3:
             raise Cancelled
 
-    with (caplog.at_level(logging.DEBUG, logger="pisa_core.vae_attention"), AttentionCalls() as seen,
+    with (caplog.at_level(logging.DEBUG, logger="pisa_core.inference.vae_attention"), AttentionCalls() as seen,
           pytest.raises(Cancelled)):
         vae_attention.self_attention(attn, x, cancel_at_three, plan)
     assert len(seen.calls) == 3 and plan.chunks == 8

@@ -13,11 +13,11 @@ from tiny_models import tiny_vae
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pisa_core import vae_attention, vae_tiling
 from pisa_core.errors import PiSAError
-from pisa_core.memory import CPU_VAE_TILE, MIN_VAE_TILE, auto_vae_tile, with_backoff
-from pisa_core.resnet_inplace import use_inplace_resnets
-from pisa_core.vae_tiling import group_moments, merge_moments, run_tiled
+from pisa_core.inference import vae_attention, vae_tiling
+from pisa_core.inference.memory import CPU_VAE_TILE, MIN_VAE_TILE, auto_vae_tile, with_backoff
+from pisa_core.inference.vae_tiling import group_moments, merge_moments, run_tiled
+from pisa_core.model.resnet_inplace import use_inplace_resnets
 
 META = torch.device("meta")
 
@@ -392,7 +392,7 @@ class CtrlCAtConv(TorchFunctionMode):
 
 
 def test_cli_ctrl_c_in_a_tiled_vae_stage_leaves_no_output(model_dir, tmp_path):
-    from pisa_core.cli import main
+    from pisa_core.cli.main import main
 
     source, out = tmp_path / "in.png", tmp_path / "out"
     Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)).save(source)

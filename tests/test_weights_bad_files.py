@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from pisa_core.checkpoint import load_convertible, official_pisa_dict
 from pisa_core.errors import PiSAError
+from pisa_core.model.checkpoint import load_convertible, official_pisa_dict
 
 
 def _train_state(pix: dict, stage: str = "sem", sem: dict | None = None) -> dict:
@@ -50,8 +50,8 @@ def test_an_intact_training_state_converts(tmp_path):
 @pytest.mark.parametrize("name", [torch.zeros(3, 3), ("a", 1)])
 def test_an_official_tensor_name_that_is_no_string_is_one_line(tmp_path, name):
     """A tensor's repr spans lines; the message names the kind of key instead."""
-    from pisa_core.checkpoint import load_pisa_weights
-    from pisa_core.lora import FAMILIES, GROUPS
+    from pisa_core.model.checkpoint import load_pisa_weights
+    from pisa_core.model.lora import FAMILIES, GROUPS
 
     data = {f"unet_lora_{group}_modules_{family}": [] for family in FAMILIES for group in GROUPS}
     data.update(lora_rank_unet_pix=4, lora_rank_unet_sem=4, state_dict_unet={name: torch.zeros(1)})
@@ -67,7 +67,7 @@ def test_a_tensor_name_with_a_line_break_is_one_line(tmp_path):
     was quoted as it is, so the error spanned two lines."""
     from safetensors.torch import save_file
 
-    from pisa_core.checkpoint import load_pisa_weights
+    from pisa_core.model.checkpoint import load_pisa_weights
 
     path = tmp_path / "names.safetensors"
     save_file({"pix.conv_in.lora_A": torch.zeros(1, 4), "conv_in.lora_A.default_\ncoder_sem.weight": torch.zeros(1)},
@@ -78,8 +78,8 @@ def test_a_tensor_name_with_a_line_break_is_one_line(tmp_path):
 
 
 def test_a_module_list_with_a_line_break_is_one_line(tmp_path):
-    from pisa_core.checkpoint import load_pisa_weights
-    from pisa_core.lora import FAMILIES, GROUPS
+    from pisa_core.model.checkpoint import load_pisa_weights
+    from pisa_core.model.lora import FAMILIES, GROUPS
 
     data = {f"unet_lora_{group}_modules_{family}": ["conv_in\nx"] for family in FAMILIES for group in GROUPS}
     data.update(lora_rank_unet_pix=4, lora_rank_unet_sem=4, state_dict_unet={})

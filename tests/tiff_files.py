@@ -10,7 +10,7 @@ import numpy as np
 
 
 def tiff16_bytes(levels, *, order="<", planar=False, tile=None, deflate=False, predictor=False, extra=2):
-    """A 16-bit TIFF encoded here, independently of image_io's writer: strips of 3 rows or square
+    """A 16-bit TIFF encoded here, independently of files.images' writer: strips of 3 rows or square
     tiles, interleaved or planar samples, optional deflate and horizontal differencing."""
     h, w, c = levels.shape
     planes = [levels[..., i:i + 1] for i in range(c)] if planar else [levels]

@@ -1,5 +1,5 @@
-"""docs/cli.md, generated from the command line's own parsers (pisa_core.cli.build_parser, which
-registers the training commands of pisa_core.train.cli and their config module) and from the
+"""docs/cli.md, generated from the command line's own parsers (pisa_core.cli.main.build_parser, which
+registers the training commands of pisa_core.cli.train and their config module) and from the
 options module (pisa_core.options.OPTIONS), so that no flag can be added, renamed or given a new
 default without the page changing (tests/test_docs.py compares).
 
@@ -103,7 +103,7 @@ def _options_section() -> str:
              "One definition each (`pisa_core/options.py`), shared by the CLI, the Python API and the ComfyUI nodes. "
              "The Python keyword is an argument of `PiSAPipeline.__call__`; `dtype` is one of `PiSAPipeline(...)` "
              "and `PiSAPipeline.from_files(...)`, and the masked λ become λ maps there "
-             "(`pisa_core.guidance.masked_lambda`).", "",
+             "(`pisa_core.inference.guidance.masked_lambda`).", "",
              "| Python keyword | CLI flag | node input | default | range or choices |", "| --- | --- | --- | --- | --- |"]
     for o in OPTIONS.values():
         span = (" \\| ".join(f"`{c}`" for c in o.choices) if o.choices
@@ -116,7 +116,7 @@ def _options_section() -> str:
 
 def render() -> str:
     """The whole page, from the parsers as they are now."""
-    from pisa_core.cli import build_parser
+    from pisa_core.cli.main import build_parser
 
     with _without_env(ENV_PREFIX):
         parser = build_parser()

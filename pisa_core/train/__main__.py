@@ -2,8 +2,8 @@
 
 import sys
 
+from ..cli.train import train_main
 from ..errors import PiSAError
-from .cli import train_main
 
 if __name__ == "__main__":
     try:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_output
 from ..errors import PiSAError
+from ..files.atomic import atomic_output
 from .data import list_images, load_rgb
 
 # transformers model types that caption an image without a text prompt

@@ -14,8 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import WEIGHT_WRITERS
 from ..errors import PiSAError
+from ..model.checkpoint import WEIGHT_WRITERS
 from .lora import LORA_INITS
 
 STAGES = ("pix", "sem")

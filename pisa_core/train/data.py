@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import PiSAError
-from ..image_io import IMAGE_EXTENSIONS, read_image
+from ..files.images import IMAGE_EXTENSIONS, read_image
 from .degradation import DegradationConfig, SampleRNG, degrade
 
 CAPTION_IMAGE_KEYS = ("file", "file_name", "image", "path", "name")

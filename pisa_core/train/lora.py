@@ -2,10 +2,10 @@
 
 As in the authors' release (docs/release.md, "LoRA targets" and "Training"): one
 `peft.LoraConfig(r, lora_alpha, init_lora_weights="gaussian", target_modules=...)` per LoRA, named
-"pix" and "sem", on the modules of `pisa_core.lora.release_target_modules`. The layers are peft's;
+"pix" and "sem", on the modules of `pisa_core.model.lora.release_target_modules`. The layers are peft's;
 this module only says which adapters are active and trainable, switches them all off (the same
 weights then are the frozen base UNet of the CSD loss, no second UNet in memory), and reads and
-writes a family as a `pisa_core.lora.LoRAFamily`.
+writes a family as a `pisa_core.model.lora.LoRAFamily`.
 
 peft's `set_adapter`/`enable_adapters` also set `requires_grad` of the adapters they touch; every
 switch here re-applies the one trainable family afterwards, so a frozen LoRA stays frozen.
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import PiSAError
-from ..lora import FAMILIES, LoRAFamily, factor_shapes, lora_scale, release_target_modules
+from ..model.lora import FAMILIES, LoRAFamily, factor_shapes, lora_scale, release_target_modules
 
 # --lora-init -> peft's init_lora_weights: "gaussian" is the release's (A ~ N(0, 1/r²), B = 0);
 # "kaiming" is peft's default (A Kaiming-uniform, B = 0).
@@ -154,8 +154,3 @@ def install_lora(unet: nn.Module, ranks: dict[str, int], alphas: dict[str, float
     lora.set_active(**{f: True for f in FAMILIES})
     return lora
 
-
-def zero_family(like: LoRAFamily) -> LoRAFamily:
-    """A family with the same modules and rank whose factors are all zero (no effect on the UNet)."""
-    return LoRAFamily(rank=like.rank, alpha=like.alpha,
-                      factors={n: (torch.zeros_like(A), torch.zeros_like(B)) for n, (A, B) in like.factors.items()})

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PiSAError
-from ..tensor_files import read_tensors
+from ..files.tensors import read_tensors
 
 # VGG16 "features" layout: conv widths, "M" = 2x2 max pool. Conv indices follow torchvision's Sequential.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)

@@ -4,7 +4,7 @@ Generator, as at inference (paper arXiv 2412.03017, Sec. 3; docs/release.md, "In
     z_L  = s · VAE.encode(x_LQ)      no gradient; in training a posterior sample (the release's
                                      choice, the noise acts as augmentation), else the mean
     ε    = UNet_LoRA(z_L, t = 1, caption embedding)
-    z_H  = z_L − ε                   (pisa_core.guidance.residual_latent)
+    z_H  = z_L − ε                   (pisa_core.inference.guidance.residual_latent)
     x_SR = clamp(VAE.decode(z_H / s), −1, 1)
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base_model import encode_prompts
 from ..errors import PiSAError
-from ..guidance import residual_latent
+from ..inference.guidance import residual_latent
+from ..model.base import encode_prompts
 
 GENERATOR_TIMESTEP = 1
 

@@ -17,16 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_output
-from ..checkpoint import WEIGHT_WRITERS, PiSAWeights, make_family
 from ..errors import PiSAError
-from ..lora import FAMILIES, LoRAFamily
-from .lora import zero_family
+from ..files.atomic import atomic_output
+from ..model.checkpoint import TRAIN_STATE_FILE, WEIGHT_WRITERS, PiSAWeights
 
 STATE_PATTERN = re.compile(r"^state_step(\d+)$")
-TRAIN_STATE_FILE = "train.pt"
-# what save_train_state writes besides the optimizer, scheduler and scaler
-TRAIN_STATE_KEYS = ("step", "stage", "config", "lora")
 
 
 def checkpoint_stem(output_dir, stage: str, step: int | None) -> Path:
@@ -48,40 +43,6 @@ def write_weights(weights: PiSAWeights, stem: Path, config_json: str, step: int,
     record = {"step": step, "config": json.loads(config_json)}
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
-
-
-def stage_weights(stage: str, pix: LoRAFamily, sem: LoRAFamily) -> PiSAWeights:
-    """Both adapters of a run; after the pix stage the (untrained) sem family is written as zeros."""
-    if stage == "pix":
-        sem = zero_family(sem)
-    return PiSAWeights(pix=pix, sem=sem, format="pisa-safetensors", source=None)
-
-
-def is_train_state(data) -> bool:
-    return isinstance(data, dict) and all(key in data for key in TRAIN_STATE_KEYS)
-
-
-def weights_from_train_state(data: dict, source: str) -> PiSAWeights:
-    """The weights a training state holds (what the run would write at that step): factors from
-    its "lora" entry, rank from their shapes, alpha from its config."""
-    try:
-        config = json.loads(data["config"])
-        found = {}
-        for family in FAMILIES:
-            pairs = data["lora"][family]
-            if not all(isinstance(pair, dict) for pair in pairs.values()):
-                raise TypeError(family)
-            factors = {module: (pair["A"], pair["B"]) for module, pair in pairs.items()}
-            rank = int(next(iter(factors.values()))[0].shape[0])
-            found[family] = (rank, float(config[f"alpha_{family}"]), factors)
-    except (TypeError, KeyError, ValueError, AttributeError, IndexError, StopIteration):
-        raise PiSAError(f"'{source}' looks like a training state but its LoRA factors or config cannot be read; "
-                        "expected the train.pt of a checkpoints/state_stepNNNNNN folder.") from None
-    families = {family: make_family(family, rank, alpha, factors, source, "its other modules' rank")
-                for family, (rank, alpha, factors) in found.items()}
-    weights = stage_weights(data["stage"], families["pix"], families["sem"])
-    weights.format, weights.source = "training-state", source
-    return weights
 
 
 def find_latest_state(output_dir) -> Path | None:

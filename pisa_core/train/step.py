@@ -16,8 +16,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from ..checkpoint import PiSAWeights
 from ..errors import PiSAError
+from ..model.checkpoint import PiSAWeights
 from .config import TrainConfig
 from .lora import UNetLoRA, install_lora
 from .losses import alphas_cumprod, csd_loss, l2_loss

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import options
-from ..base_model import load_base_model
-from ..checkpoint import PiSAWeights, check_compatible, load_pisa_weights
 from ..errors import PiSAError
-from ..image_io import check_output_folder, write_image
-from ..lora import FAMILIES, LoRAFamily
+from ..files.images import check_output_folder, write_image
+from ..model.base import load_base_model
+from ..model.checkpoint import PiSAWeights, check_compatible, load_pisa_weights, stage_weights
+from ..model.lora import FAMILIES, LoRAFamily
 from .config import TrainConfig
 from .data import PairDataset, PositionSampler, build_items, collate, missing_caption_warning
 from .degradation import DegradationConfig
@@ -37,7 +37,6 @@ from .state import (
     restore_rng,
     save_rng,
     save_train_state,
-    stage_weights,
     state_dir,
     write_weights,
 )

@@ -410,7 +410,7 @@ def test_the_real_host_gives_the_clis_pixels_with_every_front_ends_defaults(serv
     import numpy as np
     from PIL import Image
 
-    from pisa_core.cli import main
+    from pisa_core.cli.main import main
 
     rng = np.random.default_rng(5)
     photo = Image.fromarray((rng.random((12, 16, 3)) * 255).astype(np.uint8)).resize((100, 75), Image.BICUBIC)
