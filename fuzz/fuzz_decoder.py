@@ -9,23 +9,16 @@ libFuzzer's -max_len.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this tree's pisa_core (imported below), not an installed one
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this tree's pisa_core, not an installed one
 from harness import main
 
-try:
-    import atheris
-except ImportError:  # seeds and parse work without it (tests/test_fuzz.py checks the seeds)
-    atheris = None
-
-# imported with the target, not by its first input (diffusers takes seconds), and instrumented
-with atheris.instrument_imports(include=["pisa_core"]) if atheris else contextlib.nullcontext():
-    from pisa_core.model.fast_decoder import is_decoder_file, load_decoder
+# the modules parse reaches, imported under instrumentation by the harness (diffusers takes seconds)
+MODULES = ("pisa_core.model.fast_decoder", "pisa_core.files.tensors", "pisa_core.files.torch_pickles")
 
 SUFFIX = ".pth"
 
@@ -53,6 +46,8 @@ def seeds() -> dict[str, bytes]:
 
 
 def parse(path: Path) -> object:
+    from pisa_core.model.fast_decoder import is_decoder_file, load_decoder
+
     if not isinstance(is_decoder_file(path), bool):
         raise TypeError("is_decoder_file must answer True or False")
     return load_decoder(path)
