@@ -75,7 +75,8 @@ def main() -> int:
         return 0
     from flops import upscale_gflop, variant_gflop
 
-    from pisa_core.options import dtype_name, resolve_dtype
+    from pisa_core.inference.hardware import resolve_dtype
+    from pisa_core.options import dtype_name
 
     children, results, probes = Children(), [], Probes(args.device)
     dtype = dtype_name(resolve_dtype(args.dtype, torch.device(args.device)))
