@@ -23,7 +23,6 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from common import (
@@ -50,13 +49,6 @@ DECODERS = ("vae", "fast")
 WHOLE_INPUT = 128  # the whole default upscale: 128² in, x4, 512² out
 
 
-def rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**20
-    return 0.0
-
-
 def pipeline(decoder: str, device: str, dtype: str):
     from pisa_core.inference.pipeline import PiSAPipeline
 
@@ -73,7 +65,7 @@ def timed_decode(pipe, side: int) -> dict:
         torch.cuda.reset_peak_memory_stats(pipe.device)
         start_bytes = torch.cuda.memory_allocated(pipe.device)
     reset_peak_rss()
-    start_rss = rss_gib()
+    start_rss = current_peak_rss_gib()  # the high-water mark just reset: the memory now
     tic = time.perf_counter()
     with torch.inference_mode():
         out = pipe.decode(latent, vae_tile=0)
