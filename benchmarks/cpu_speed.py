@@ -190,10 +190,11 @@ def process_commands(paths: dict) -> dict:
                                        str(paths["pkl"]), str(paths["input"]), str(target)]}
 
 
-def whole_process(children: Children, model_dir: Path, work: Path, rounds: int) -> dict:
+def whole_process(children: Children, model_dir: Path, work: Path, rounds: int, probes: Probes) -> dict:
     """Each process once to fill the prompt cache and the page cache, then `rounds` rounds of all
-    of them in turn (ours, ours in fp32, release, ours, ...), measured: per process the median wall
-    time and the largest peak RSS, and for ours the ratio to the release structure per round."""
+    of them in turn (ours, ours in fp32, release, ours, ...), a probe in both dtypes before each
+    round, measured: per process the median wall time, the largest peak RSS and each round's probe,
+    and for ours the ratio to the release structure per round."""
     paths = model_paths(model_dir)
     if not paths["done"].exists():
         print(f"  writing the random-weight model files to {model_dir} (once)", flush=True)
@@ -203,6 +204,7 @@ def whole_process(children: Children, model_dir: Path, work: Path, rounds: int) 
     commands = process_commands(paths)
     runs: dict[str, list] = {name: [] for name in commands}
     for attempt in range(rounds + 1):
+        reading = probes.take(f"process round {attempt}") if attempt else None
         for name, command in commands.items():
             if len(runs[name]) < attempt:
                 continue  # failed before
@@ -213,7 +215,8 @@ def whole_process(children: Children, model_dir: Path, work: Path, rounds: int) 
                 continue
             summary = SUMMARY.search(r["stdout"] + r["stderr"])
             runs[name].append({"seconds": r["seconds"], "peak_rss_gib": r["peak_rss_gib"],
-                               "load_average": r["load_average"], "summary": summary.group(0) if summary else None,
+                               "load_average": r["load_average"], "probe": reading,
+                               "summary": summary.group(0) if summary else None,
                                "per_image_s": float(summary[2]) if summary else None,
                                "load_s": float(summary[3]) if summary else None})
             print(f"  {'first run' if attempt == 0 else f'round {attempt}':9s} {name:10s} {r['seconds']:7.2f} s  "
@@ -225,6 +228,7 @@ def whole_process(children: Children, model_dir: Path, work: Path, rounds: int) 
             results[name] = {"seconds": statistics.median(r["seconds"] for r in measured),
                              "times": [r["seconds"] for r in measured],
                              "peak_rss_gib": max(r["peak_rss_gib"] for r in measured),
+                             "probes": [r["probe"] for r in measured],
                              "summary": measured[-1]["summary"], "rounds": measured, "first_run": found[0]}
     if "ours" in results and "release" in results:
         ratios = [a / b for a, b in zip(results["ours"]["times"], results["release"]["times"])]
@@ -309,9 +313,11 @@ def slower_in_bf16(bf16: dict, fp32: dict, by_shape: bool) -> list[dict]:
     return sorted(rows, key=lambda r: r["bf16_ms"] - r["fp32_ms"], reverse=True)
 
 
-def ops(children: Children) -> dict:
+def ops(children: Children, probes: Probes) -> dict:
+    """Each dtype's profile in its own process, a probe in that dtype before it."""
     found = {}
     for dtype in ("bf16", "fp32"):
+        probes.take(f"ops {dtype}", [dtype])
         r = children.run(f"ops {dtype}", [sys.executable, __file__, "--ops-child", dtype])
         if r is None:
             return {}
@@ -448,10 +454,10 @@ def main() -> int:
             data["quality"] = quality(data["image"])
         if "process" not in args.skip:
             print("whole process:", flush=True)
-            data["process"] = whole_process(children, model_dir, work, args.repeats)
+            data["process"] = whole_process(children, model_dir, work, args.repeats, probes)
         if "ops" not in args.skip:
             print("ops (torch.profiler, bf16 and fp32):", flush=True)
-            data["ops"] = ops(children)
+            data["ops"] = ops(children, probes)
     data["load_after"], data["uptime_after"] = load_average(), _uptime()
     probes.take("after")
     data["gflop"] = counted

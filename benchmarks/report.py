@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -247,13 +248,23 @@ def cpu_stages(cpu: dict) -> str:
 @cpu_run
 def cpu_process(cpu: dict) -> str:
     process = {k: v for k, v in cpu["figures"]["process"].items() if k != "files_gib"}
-    rows = [[name, f"{r['seconds']:.1f} ({min(r['times']):.1f}–{max(r['times']):.1f})", f"{r['peak_rss_gib']:.2f}",
-             f"{r['first_run']['seconds']:.1f}", f"`{r['summary']}`" if r["summary"] else "–"]
+    rows = [[name, f"{r['seconds']:.1f} ({min(r['times']):.1f}–{max(r['times']):.1f})", _round_probes(r),
+             f"{r['peak_rss_gib']:.2f}", f"{r['first_run']['seconds']:.1f}",
+             f"`{r['summary']}`" if r["summary"] else "–"]
             for name, r in process.items()]
     if not rows:
         return "The whole-process part was not run in this run (`--skip process`)."
-    return _table(["process", "wall s, median (min–max)", "peak RSS GiB", "first run s (fills the caches)",
-                   "its summary line (last round)"], rows)
+    return _table(["process", "wall s, median (min–max)", "probe GFLOP/s beside (median of its rounds)",
+                   "peak RSS GiB", "first run s (fills the caches)", "its summary line (last round)"], rows)
+
+
+def _round_probes(figure: dict) -> str:
+    """The median probe per dtype over the rounds of a figure (`probes`: one reading per round)."""
+    by_dtype: dict[str, list[float]] = {}
+    for reading in figure.get("probes") or []:
+        for dtype, gflops in (reading or {}).items():
+            by_dtype.setdefault(dtype, []).append(gflops)
+    return " · ".join(f"{d} {statistics.median(v):.0f}" for d, v in by_dtype.items()) or "–"
 
 
 @cpu_run
