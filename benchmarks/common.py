@@ -179,12 +179,13 @@ def sync(device: torch.device) -> None:
 
 class Children:
     """Measurements in child processes whose last stdout line is a JSON object. A child that
-    exits non-zero or prints no JSON is reported on stderr and counted in `failed`; the scripts
+    exits non-zero or prints no JSON is reported on stderr and kept in `failed` (label -> why, one
+    line: the scripts store it in their JSON, so a killed measurement stays on record); the scripts
     exit with `exit_code()` so that any failed measurement fails the run. Each result gets the
     load averages at its end (other jobs on the machine inflate the seconds)."""
 
     def __init__(self):
-        self.failed: list[str] = []
+        self.failed: dict[str, str] = {}
 
     def run(self, label: str, cmd: list[str], env: dict | None = None) -> dict | None:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -198,7 +199,8 @@ class Children:
 
     def fail(self, label: str, why: str) -> None:
         print(f"{label}: FAILED ({why})", file=sys.stderr, flush=True)
-        self.failed.append(label)
+        lines = [line.strip() for line in why.splitlines() if line.strip()]
+        self.failed[label] = " / ".join(dict.fromkeys([lines[0], lines[-1]]))[:300] if lines else "failed"
 
     def exit_code(self) -> int:
         if self.failed:

@@ -460,7 +460,7 @@ def main() -> int:
             data["ops"] = ops(children, probes)
     data["load_after"], data["uptime_after"] = load_average(), _uptime()
     probes.take("after")
-    data["gflop"] = counted
+    data["gflop"], data["failed"] = counted, children.failed
     data["targets"] = targets(data["interleaved"], data["process"], data["quality"])
     report(data, machine_info(), probes)
     print(f"\nwrote {write_result('cpu-speed', data, probe=probes, out=args.out)}")

@@ -152,9 +152,10 @@ def main() -> int:
                 results.append(r)
                 memory = f", peak +{r['peak_rise_gib']:.2f} GiB (tile {r['vae_tile']})" if "peak_rise_gib" in r else ""
                 print(f"{decoder:5s} {job:12s} {r['seconds']:8.2f} s{memory}", flush=True)
-                figures.update(results=results, fast_over_vae=ratios(results))
-                path = write_result(f"decoder-speed-{torch.device(args.device).type}", figures, device=args.device,
-                                    probe=probes, out=path or args.out)
+            # after each measurement, failed ones included: a stopped run keeps what it measured
+            figures.update(results=results, fast_over_vae=ratios(results), failed=children.failed)
+            path = write_result(f"decoder-speed-{torch.device(args.device).type}", figures, device=args.device,
+                                probe=probes, out=path or args.out)
     probes.take("after")
     figures["complete"] = True
     for job, ratio in figures.get("fast_over_vae", {}).items():

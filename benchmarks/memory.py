@@ -97,7 +97,8 @@ def main() -> int:
             "torch": torch.__version__, "load_average_before": load_before, "load_average_after": load_average()}
     print(f"load average before {load_before}, after {meta['load_average_after']}")
     probes.take("after", ["fp32", dtype])
-    path = write_result(f"memory-{torch.device(args.device).type}", {"meta": meta, "results": results},
+    path = write_result(f"memory-{torch.device(args.device).type}", {"meta": meta, "results": results,
+                                                                      "failed": children.failed},
                         device=args.device, probe=probes, out=args.out)
     print(f"wrote {path}")
     return children.exit_code()

@@ -117,9 +117,12 @@ def probe_line(record: dict) -> str:
 
 
 def source_line(record: dict) -> str:
-    """Where a table's figures come from: date, commit, machine, probes, file."""
+    """Where a table's figures come from: date, commit, machine, probes, file; and the measurements
+    of that run that failed (a child killed, out of memory, ...), which its tables lack."""
+    failed = record["figures"].get("failed") if isinstance(record["figures"], dict) else None
+    lost = ("".join(f" Failed in this run: {label} ({why})." for label, why in failed.items()) if failed else "")
     return (f"*{record['date'][:10]}, commit `{record['commit']}`, {machine_line(record['machine'])}, torch "
-            f"{record['machine']['torch']}; {probe_line(record)}. Data: `benchmarks/results/{record['file']}`.*")
+            f"{record['machine']['torch']}; {probe_line(record)}. Data: `benchmarks/results/{record['file']}`.{lost}*")
 
 
 def refusal(record: dict) -> str:
@@ -144,7 +147,7 @@ def _pct(value: float | None) -> str:
 
 
 def seconds_with_probe(figure: dict) -> str:
-    probe = f", probe {figure['dtype']} {figure['probe']:g}" if "probe" in figure else ""
+    probe = f", probe {figure['dtype']} {figure['probe']:.0f}" if "probe" in figure else ""
     return f"{figure['seconds']:.2f} s ({figure['dtype']}{probe})" if probe else f"{figure['seconds']:.2f} s"
 
 
@@ -199,7 +202,8 @@ def summary(results: Results) -> str:
     process = f["process"]
     if "ours" in process and "release" in process:
         rows.append(["whole `pisa-sr upscale` process, one image", f"{process['ours']['median_ratio']:.3f}", "–",
-                     f"{process['ours']['seconds']:.1f} s · release {process['release']['seconds']:.1f} s"])
+                     f"{process['ours']['seconds']:.1f} s · release {process['release']['seconds']:.1f} s "
+                     f"(probe beside: {_round_probes(process['ours'])})"])
     return (_table(["CPU", "ours auto / release structure (fp32), same run",
                     "share of the machine's matmul rate in its dtype: ours auto · ours fp32 · release",
                     "seconds (dtype, probe GFLOP/s beside)"], rows)

@@ -266,11 +266,11 @@ def main() -> int:
             results.append(with_share(r, variant_gflop(counted, variant)))
             print(f"{variant:28s} {r['seconds']:8.3f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
     probes.take("after")
-    report(results, args, probes)
+    report(results, args, probes, children.failed)
     return children.exit_code()
 
 
-def report(results: list[dict], args, probe: dict) -> None:
+def report(results: list[dict], args, probe: dict, failed: dict) -> None:
     by = {r["variant"]: r for r in results}
 
     def ratio(a, b):
@@ -296,7 +296,8 @@ def report(results: list[dict], args, probe: dict) -> None:
             print(f"| {name} | {value:.2f} |")
     meta = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
-    path = write_result(f"speed-{torch.device(args.device).type}", {"meta": meta, "results": results, "ratios": ratios},
+    path = write_result(f"speed-{torch.device(args.device).type}", {"meta": meta, "results": results, "ratios": ratios,
+                                                                    "failed": failed},
                         device=args.device, probe=probe, out=args.out)
     print(f"\nwrote {path}")
 

@@ -77,7 +77,7 @@ def test_a_run_written_by_the_benchmarks_comes_back_in_the_tables(tmp_path):
     results = report.load_results(tmp_path)
     out = report.render_file(SUMMARY, results, "test")
     assert "| 0.205 |" in out  # ours / the release structure, same run: what travels comes first
-    assert "7.75 s (bf16, probe bf16 403)" in out and "release 38.75 s (fp32, probe fp32 201.5)" in out
+    assert "7.75 s (bf16, probe bf16 403)" in out and "release 38.75 s (fp32, probe fp32 202)" in out
     assert "3.25" not in out and "Refused" not in out
     assert "| per image | 0.205 | <= 0.25 | pass |" in out
     assert out.startswith("x\n<!-- report:summary -->\n") and "old" not in out and "\ny\n" in out
@@ -97,6 +97,46 @@ def test_the_share_is_computed_from_the_stored_flops_seconds_and_probe(tmp_path)
     figure = common.with_share({"seconds": 12.5, "dtype": "bf16", "probes": [{"bf16": 380}, {"bf16": 403},
                                                                              {"bf16": 410, "fp32": 1}]}, 4435.0)
     assert figure["probe"] == 403 and figure["share"] == pytest.approx(4435 / (12.5 * 403))
+
+
+def test_the_whole_process_figures_carry_the_probe_of_their_rounds(tmp_path):
+    """cpu_speed.py's whole-process part probes both dtypes before each round; the tables show the
+    median of those probes beside each process's seconds."""
+    pytest.importorskip("diffusers")
+    import common
+
+    def process(seconds, rss):
+        return {"seconds": seconds, "times": [seconds, seconds + 2], "peak_rss_gib": rss, "summary": None,
+                "probes": [{"fp32": 200, "bf16": 800}, {"fp32": 210, "bf16": 900}], "first_run": {"seconds": 60.0}}
+    figures = _cpu_run_figures(7.75)
+    figures["process"] = {"ours": {**process(20.0, 3.0), "round_ratios": [0.4, 0.5], "median_ratio": 0.45},
+                          "release": process(44.0, 9.0), "files_gib": {}}
+    common.write_result("cpu-speed", figures, out=str(tmp_path / "cpu-speed-2026-01-01T0000.json"),
+                        probe={"process round 1": {"fp32": 200, "bf16": 800}, "process round 2": {"fp32": 210, "bf16": 900}})
+    results = report.load_results(tmp_path)
+    out = report.render_file(SUMMARY, results, "test")
+    assert "| whole `pisa-sr upscale` process, one image | 0.450 | – | 20.0 s · release 44.0 s (probe beside: " \
+           "fp32 205 · bf16 850) |" in out
+    table = report.RENDER["cpu-process"](results)
+    assert "| release | 44.0 (44.0–46.0) | fp32 205 · bf16 850 | 9.00 | 60.0 | – |" in table
+
+
+def test_a_failed_measurement_stays_on_record(tmp_path):
+    """A child killed mid-run (here by its own SIGKILL) is kept in the run's JSON with why, and the
+    table built from that run names it."""
+    pytest.importorskip("diffusers")
+    import common
+
+    children = common.Children()
+    killed = children.run("ours-default@auto", [sys.executable, "-c", "import os, signal; print('working', "
+                                                "flush=True); os.kill(os.getpid(), signal.SIGKILL)"])
+    assert killed is None and children.failed == {"ours-default@auto": "exit code -9"}
+    assert children.exit_code() == 1
+    figures = {**_cpu_run_figures(7.75), "failed": children.failed}
+    common.write_result("cpu-speed", figures, probe={"before": {"bf16": 400}},
+                        out=str(tmp_path / "cpu-speed-2026-01-01T0000.json"))
+    out = report.render_file(SUMMARY, report.load_results(tmp_path), "test")
+    assert "Failed in this run: ours-default@auto (exit code -9)." in out
 
 
 def test_a_noisy_run_is_recorded_and_refused(tmp_path):
