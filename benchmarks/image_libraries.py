@@ -4,8 +4,9 @@ the damaged files the fuzz targets found, and speed (ratios, side by side in one
 
     python benchmarks/image_libraries.py [--side 1024] [--out result.json]
 
-tifffile and imagecodecs are not dependencies of the pack; without them their columns read
-"not installed". The conclusions drawn from a run are in docs/images.md ("Own code and libraries").
+tifffile and imagecodecs are not dependencies of the pack (the `bench` extra installs them);
+without them their columns read "not installed". The conclusions drawn from a run are in
+docs/images.md ("Own code and libraries").
 """
 
 from __future__ import annotations
