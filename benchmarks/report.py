@@ -451,7 +451,26 @@ def image_libraries(results: dict) -> str:
             f"{levels['ours']}, ImageCms (8-bit colour modes only) {levels['imagecms']}.\n\n{source_line(run)}\n")
 
 
-RENDER = {"summary": summary, "image-libraries": image_libraries, "cpu-image": cpu_image, "cpu-stages": cpu_stages,
+def decoder_summary(results: Results) -> str:
+    """README: the fast decoder against the VAE's decoder in one sentence, from the newest quiet
+    CPU run (the table in docs/performance.md has the rest)."""
+    run = results.get("decoder-speed-cpu")
+    if run is None:
+        return missing("decoder-speed-cpu", "python benchmarks/decoder_speed.py", results)
+    f, m = run["figures"], run["machine"]
+    parts = []
+    for job, ratio in f["fast_over_vae"].items():
+        if job == "whole":
+            parts.append(f"a whole default upscale ({f['whole_input']}² → {4 * f['whole_input']}²) {ratio['seconds']:.2f}")
+        else:
+            memory = f" and {ratio['peak_memory']:.2f} of its peak memory rise" if "peak_memory" in ratio else ""
+            parts.append(f"the decode at {job.removeprefix('decode-')}² {ratio['seconds']:.2f} of its time{memory}")
+    dtype = f["results"][0]["dtype"] if f["results"] else f["dtype"]
+    return (f"Measured beside the VAE's decoder in one run ([table](docs/performance.md#fast-decoder); {dtype}, "
+            f"{machine_line(m)}): {'; '.join(parts)}.\n")
+
+
+RENDER = {"summary": summary, "decoder-summary": decoder_summary, "image-libraries": image_libraries, "cpu-image": cpu_image, "cpu-stages": cpu_stages,
           "cpu-process": cpu_process,
           "cpu-targets": cpu_targets, "flops": flops, "memory-cpu": memory("cpu"), "gpu-speed": gpu_speed,
           "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu"),

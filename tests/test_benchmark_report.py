@@ -233,3 +233,24 @@ def test_the_vae_tile_speed_table_compares_auto_with_the_fastest_fixed_tile(tmp_
     assert "encode 1.25 (fastest fixed: 1024 px); decode 1.25 (fastest fixed: 256 px); total 1.07 (fastest " \
            "fixed: 256 px)" in out
     assert "stopped after 5 of its 6 measurements" in out
+
+
+def test_the_readme_sentence_on_the_fast_decoder_comes_from_its_run(tmp_path):
+    pytest.importorskip("diffusers")
+    import common
+
+    def result(decoder, job, seconds, rise=None):
+        return {"decoder": decoder, "job": job, "dtype": "bf16", "seconds": seconds,
+                **({"peak_rise_gib": rise} if rise else {}), "probes": [{"bf16": 800}]}
+    figures = {"device": "cpu", "dtype": "auto", "whole_input": 128, "complete": True,
+               "results": [result("vae", "decode-512", 4.0, 0.5), result("fast", "decode-512", 1.0, 0.2),
+                           result("vae", "whole", 8.0), result("fast", "whole", 6.0)],
+               "fast_over_vae": {"decode-512": {"seconds": 0.25, "peak_memory": 0.4}, "whole": {"seconds": 0.75}}}
+    common.write_result("decoder-speed-cpu", figures, probe={"before": {"bf16": 800}},
+                        out=str(tmp_path / "decoder-speed-cpu-2026-01-01T0000.json"))
+    out = report.RENDER["decoder-summary"](report.load_results(tmp_path))
+    assert out.startswith("Measured beside the VAE's decoder in one run ([table](docs/performance.md#fast-decoder); "
+                          "bf16, ") and "matrix features: " in out
+    assert out.endswith(": the decode at 512² 0.25 of its time and 0.40 of its peak memory rise; a whole default "
+                        "upscale (128² → 512²) 0.75.\n")
+    assert "No `decoder-speed-cpu` result yet" in report.RENDER["decoder-summary"](report.load_results(tmp_path / "none"))
