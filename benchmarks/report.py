@@ -386,7 +386,9 @@ def vae_tiles(run: dict) -> str:
 @per_device("vae-tile-speed", "vae_tile_speed.py")
 def vae_tile_speed(run: dict) -> str:
     f = run["figures"]
-    rows = [[f"auto ({r['encode_auto_tile']} / {r['decode_auto_tile']})" if r["tile"] == "auto"
+    def tile(px: int) -> str:
+        return "whole image" if px >= f["size"] else str(px)
+    rows = [[f"auto ({tile(r['encode_auto_tile'])} / {tile(r['decode_auto_tile'])})" if r["tile"] == "auto"
              else f"{r['tile']} px" + (" (untiled)" if r["tile"] >= f["size"] else ""),
              *(_s(r[k], 1) for k in ("encode_s", "decode_s", "total_s"))] for r in f["rows"]]
     ratios = "; ".join(f"{stage} {found['auto_over_fastest']:.2f} (fastest fixed: {found['fastest_fixed_tile']} px)"
