@@ -17,12 +17,12 @@ from pisa_core.inference.hardware import Probe
 from pisa_core.inference.pipeline import PiSAPipeline
 
 
-def probe(cpu_bf16=False, capability=(8, 0), asked=None):
+def probe(cpu_bf16=False, capability=(8, 0), asked=None, xpu_bf16=True):
     def cuda_capability(device):
         if asked is not None:
             asked.append(device)
         return capability
-    return Probe(cpu_native_bf16=lambda: cpu_bf16, cuda_capability=cuda_capability)
+    return Probe(cpu_native_bf16=lambda: cpu_bf16, cuda_capability=cuda_capability, xpu_bf16=lambda device: xpu_bf16)
 
 
 @pytest.mark.parametrize("device, machine, expected", [
@@ -33,6 +33,8 @@ def probe(cpu_bf16=False, capability=(8, 0), asked=None):
     ("cuda:0", probe(capability=(7, 5)), torch.float16),    # T4, RTX 20xx: no bf16 convolutions in cuDNN
     ("cuda:0", probe(capability=(7, 0)), torch.float16),    # V100
     ("mps", probe(cpu_bf16=True), torch.float16),
+    ("xpu:0", probe(xpu_bf16=True), torch.bfloat16),     # Intel Arc / Data Center GPUs
+    ("xpu:0", probe(xpu_bf16=False), torch.float16),
 ])
 def test_auto_dtype_follows_what_the_device_computes_natively(device, machine, expected):
     assert hardware.auto_dtype(torch.device(device), machine) == expected

@@ -78,7 +78,7 @@ def _add_upscale_parser(sub) -> None:
                         "alpha opaque everywhere counts as none)")
     for name in MASKED_LAMBDAS:  # None: not given (given without --mask is an error)
         options.add_cli_argument(p, name, default=None)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, xpu, mps (default: best available)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
                    help="bit depth of the output; 16 needs a PNG or TIFF output (default: the input's where the "
                         "output format holds it, else 8)")

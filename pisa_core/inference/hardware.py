@@ -20,13 +20,18 @@ import torch
 from ..errors import PiSAError
 from ..options import DTYPE_CHOICES, DTYPES
 
-DEVICE_TYPES = ("cpu", "cuda", "mps", "meta")
+DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "meta")
+# GPU backends with numbered devices: torch.<type> answers is_available, device_count, current_device
+NUMBERED = {"cuda": "CUDA GPU", "xpu": "Intel XPU"}
+EXPECTED_DEVICES = "cpu, cuda, cuda:N, xpu, xpu:N or mps"
 
 
 def default_device() -> torch.device:
-    """CUDA, else Apple's MPS, else the CPU."""
+    """CUDA, else an Intel XPU, else Apple's MPS, else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda")
+    if _device_count("xpu"):
+        return torch.device("xpu")
     if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -38,33 +43,43 @@ def _mps_available() -> bool:
 
 
 def parse_device(name) -> torch.device:
-    """A device that exists on this machine ('cpu', 'cuda', 'cuda:1', 'mps'; 'meta' for shape-only
-    dry runs); PiSAError naming what is available otherwise. None: default_device()."""
+    """A device that exists on this machine ('cpu', 'cuda', 'cuda:1', 'xpu', 'xpu:1', 'mps'; 'meta'
+    for shape-only dry runs); PiSAError naming what is available otherwise. None:
+    default_device()."""
     if name is None or name == "auto":
         return default_device()
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise PiSAError(f"device {name!r} is not a device name; expected cpu, cuda, cuda:N or mps.") from None
+        raise PiSAError(f"device {name!r} is not a device name; expected {EXPECTED_DEVICES}.") from None
     if device.type not in DEVICE_TYPES:
-        raise PiSAError(f"device {name!r} is not supported; expected cpu, cuda, cuda:N or mps.")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise PiSAError(f"device {name!r} is not supported; expected {EXPECTED_DEVICES}.")
+    if device.type in NUMBERED:
+        kind, count = NUMBERED[device.type], _device_count(device.type)
         if count == 0:
-            raise PiSAError(f"device {name!r}: torch sees no CUDA GPU here ({_available()}).")
+            raise PiSAError(f"device {name!r}: torch sees no {kind} here ({_available()}).")
         if device.index is not None and device.index >= count:
-            raise PiSAError(f"device {name!r}: there are only {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}).")
+            raise PiSAError(f"device {name!r}: there are only {count} {kind}(s) "
+                            f"({device.type}:0..{device.type}:{count - 1}).")
         if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+            device = torch.device(device.type, getattr(torch, device.type).current_device())
     if device.type == "mps" and not _mps_available():
         raise PiSAError(f"device {name!r}: Apple's MPS backend is not available here ({_available()}).")
     return device
 
 
+def _device_count(device_type: str) -> int:
+    """How many devices of a numbered GPU backend torch sees (0 where this torch build lacks it)."""
+    backend = getattr(torch, device_type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        return 0
+    return int(backend.device_count())
+
+
 def _available() -> str:
     found = ["cpu"]
-    if torch.cuda.is_available():
-        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    for device_type in NUMBERED:
+        found += [f"{device_type}:{i}" for i in range(_device_count(device_type))]
     if _mps_available():
         found.append("mps")
     return "available: " + ", ".join(found)
@@ -119,6 +134,14 @@ def fused_attention(device: torch.device, dtype: torch.dtype, heads: int, head_d
         return False
 
 
+def xpu_bf16(device: torch.device) -> bool:
+    """Whether that Intel XPU converts bf16 in hardware (its device properties; torch's
+    is_bf16_supported also counts emulation). Assumed where torch does not report it, as on the
+    Arc and Data Center GPUs torch's XPU builds support."""
+    properties = torch.xpu.get_device_properties(device)
+    return bool(getattr(properties, "has_bfloat16_conversions", True))
+
+
 @dataclass(frozen=True)
 class Probe:
     """The capability questions of the dtype policy and the attention's chunking; tests pass
@@ -126,6 +149,7 @@ class Probe:
 
     cpu_native_bf16: Callable[[], bool] = cpu_native_bf16
     cuda_capability: Callable[[torch.device], tuple[int, int]] = cuda_capability
+    xpu_bf16: Callable[[torch.device], bool] = xpu_bf16
     fused_attention: Callable[[torch.device, torch.dtype, int, int], bool] = fused_attention
 
 
@@ -134,12 +158,14 @@ class Probe:
 
 def auto_dtype(device: torch.device, probe: Probe | None = None) -> torch.dtype:
     """The dtype `auto` means on `device`: bf16 where that device computes it natively (CUDA
-    compute capability >= 8; CPUs with AVX512-BF16/AMX or Arm BF16), else fp16 on GPUs and fp32 on
-    CPUs. cuDNN has no bf16 convolutions below capability 8, and CPUs without native bf16 emulate
+    compute capability >= 8; Intel XPUs that report bf16; CPUs with AVX512-BF16/AMX or Arm BF16),
+    else fp16 on GPUs and fp32 on CPUs. cuDNN has no bf16 convolutions below capability 8, and CPUs without native bf16 emulate
     it more slowly than fp32; fp16 on a CPU is slower than fp32."""
     probe = probe or Probe()
     if device.type == "cuda":
         return torch.bfloat16 if probe.cuda_capability(device)[0] >= 8 else torch.float16
+    if device.type == "xpu":
+        return torch.bfloat16 if probe.xpu_bf16(device) else torch.float16
     if device.type == "mps":
         return torch.float16
     if device.type == "cpu" and probe.cpu_native_bf16():

@@ -62,8 +62,9 @@ def is_oom(error: BaseException) -> bool:
 def release_cached_memory() -> None:
     """Return cached allocator blocks to the device (after the failed attempt's tensors are gone)."""
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    for backend in (torch.cuda, getattr(torch, "xpu", None)):
+        if backend is not None and backend.is_available():
+            backend.empty_cache()
     mps = getattr(torch, "mps", None)
     if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         mps.empty_cache()
