@@ -16,14 +16,19 @@ from __future__ import annotations
 QUIET_LIMIT = 0.25  # probe spread above which a run is noisy
 
 
-def probe_spread(readings) -> dict[str, float]:
-    """dtype -> largest / smallest reading - 1, over the readings ({dtype: GFLOP/s} each) that
-    measured that dtype."""
+def readings_by_dtype(readings) -> dict[str, list[float]]:
+    """dtype -> the GFLOP/s of every reading ({dtype: GFLOP/s} each; None: not taken) that measured it."""
     by_dtype: dict[str, list[float]] = {}
     for reading in readings:
-        for dtype, gflops in reading.items():
+        for dtype, gflops in (reading or {}).items():
             by_dtype.setdefault(dtype, []).append(gflops)
-    return {dtype: max(values) / min(values) - 1 for dtype, values in by_dtype.items() if min(values) > 0}
+    return by_dtype
+
+
+def probe_spread(readings) -> dict[str, float]:
+    """dtype -> largest / smallest reading - 1, over the readings that measured that dtype."""
+    return {dtype: max(values) / min(values) - 1 for dtype, values in readings_by_dtype(readings).items()
+            if min(values) > 0}
 
 
 def gate(probes: dict) -> dict:

@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from quiet import QUIET_LIMIT, share, verdict
+from quiet import QUIET_LIMIT, readings_by_dtype, share, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -106,10 +106,7 @@ def machine_line(m: dict) -> str:
 
 def probe_line(record: dict) -> str:
     """The run's matrix-product probes: per dtype the range, their number and the gate's spread."""
-    by_dtype: dict[str, list[float]] = {}
-    for found in record["probe_gflops"].values():
-        for dtype, gflops in found.items():
-            by_dtype.setdefault(dtype, []).append(gflops)
+    by_dtype = readings_by_dtype(record["probe_gflops"].values())
     ranges = ", ".join(f"{d} {min(v):g}" + (f"–{max(v):g}" if max(v) != min(v) else "") for d, v in by_dtype.items())
     gate = record["gate"]
     return (f"matrix-product probe (GFLOP/s, 2048² matmul, {gate['readings']} reading"
@@ -264,10 +261,7 @@ def cpu_process(cpu: dict) -> str:
 
 def _round_probes(figure: dict) -> str:
     """The median probe per dtype over the rounds of a figure (`probes`: one reading per round)."""
-    by_dtype: dict[str, list[float]] = {}
-    for reading in figure.get("probes") or []:
-        for dtype, gflops in (reading or {}).items():
-            by_dtype.setdefault(dtype, []).append(gflops)
+    by_dtype = readings_by_dtype(figure.get("probes") or [])
     return " · ".join(f"{d} {statistics.median(v):.0f}" for d, v in by_dtype.items()) or "–"
 
 
@@ -463,7 +457,8 @@ def decoder_summary(results: Results) -> str:
     parts = []
     for job, ratio in f["fast_over_vae"].items():
         if job == "whole":
-            parts.append(f"a whole default upscale ({f['whole_input']}² → {4 * f['whole_input']}²) {ratio['seconds']:.2f}")
+            whole = f"{f['whole_input']}² → {4 * f['whole_input']}²"
+            parts.append(f"a whole default upscale ({whole}) {ratio['seconds']:.2f}")
         else:
             memory = f" and {ratio['peak_memory']:.2f} of its peak memory rise" if "peak_memory" in ratio else ""
             parts.append(f"the decode at {job.removeprefix('decode-')}² {ratio['seconds']:.2f} of its time{memory}")
@@ -472,7 +467,8 @@ def decoder_summary(results: Results) -> str:
             f"{machine_line(m)}): {'; '.join(parts)}.\n")
 
 
-RENDER = {"summary": summary, "decoder-summary": decoder_summary, "image-libraries": image_libraries, "cpu-image": cpu_image, "cpu-stages": cpu_stages,
+RENDER = {"summary": summary, "decoder-summary": decoder_summary, "image-libraries": image_libraries,
+          "cpu-image": cpu_image, "cpu-stages": cpu_stages,
           "cpu-process": cpu_process,
           "cpu-targets": cpu_targets, "flops": flops, "memory-cpu": memory("cpu"), "gpu-speed": gpu_speed,
           "memory-cuda": memory("cuda"), "vae-tiles-cpu": vae_tiles("cpu"),

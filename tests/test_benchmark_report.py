@@ -112,7 +112,8 @@ def test_the_whole_process_figures_carry_the_probe_of_their_rounds(tmp_path):
     figures["process"] = {"ours": {**process(20.0, 3.0), "round_ratios": [0.4, 0.5], "median_ratio": 0.45},
                           "release": process(44.0, 9.0), "files_gib": {}}
     common.write_result("cpu-speed", figures, out=str(tmp_path / "cpu-speed-2026-01-01T0000.json"),
-                        probe={"process round 1": {"fp32": 200, "bf16": 800}, "process round 2": {"fp32": 210, "bf16": 900}})
+                        probe={"process round 1": {"fp32": 200, "bf16": 800},
+                               "process round 2": {"fp32": 210, "bf16": 900}})
     results = report.load_results(tmp_path)
     out = report.render_file(SUMMARY, results, "test")
     assert "| whole `pisa-sr upscale` process, one image | 0.450 | – | 20.0 s · release 44.0 s (probe beside: " \
@@ -253,4 +254,5 @@ def test_the_readme_sentence_on_the_fast_decoder_comes_from_its_run(tmp_path):
                           "bf16, ") and "matrix features: " in out
     assert out.endswith(": the decode at 512² 0.25 of its time and 0.40 of its peak memory rise; a whole default "
                         "upscale (128² → 512²) 0.75.\n")
-    assert "No `decoder-speed-cpu` result yet" in report.RENDER["decoder-summary"](report.load_results(tmp_path / "none"))
+    none = report.load_results(tmp_path / "none")
+    assert "No `decoder-speed-cpu` result yet" in report.RENDER["decoder-summary"](none)

@@ -30,14 +30,15 @@ def default_device() -> torch.device:
     """CUDA, else an Intel XPU, else Apple's MPS, else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if _device_count("xpu"):
+    if device_count("xpu"):
         return torch.device("xpu")
-    if _mps_available():
+    if mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
+    """Whether Apple's MPS backend is usable here."""
     mps = getattr(torch.backends, "mps", None)
     return mps is not None and mps.is_available()
 
@@ -55,7 +56,7 @@ def parse_device(name) -> torch.device:
     if device.type not in DEVICE_TYPES:
         raise PiSAError(f"device {name!r} is not supported; expected {EXPECTED_DEVICES}.")
     if device.type in NUMBERED:
-        kind, count = NUMBERED[device.type], _device_count(device.type)
+        kind, count = NUMBERED[device.type], device_count(device.type)
         if count == 0:
             raise PiSAError(f"device {name!r}: torch sees no {kind} here ({_available()}).")
         if device.index is not None and device.index >= count:
@@ -63,12 +64,12 @@ def parse_device(name) -> torch.device:
                             f"({device.type}:0..{device.type}:{count - 1}).")
         if device.index is None:
             device = torch.device(device.type, getattr(torch, device.type).current_device())
-    if device.type == "mps" and not _mps_available():
+    if device.type == "mps" and not mps_available():
         raise PiSAError(f"device {name!r}: Apple's MPS backend is not available here ({_available()}).")
     return device
 
 
-def _device_count(device_type: str) -> int:
+def device_count(device_type: str) -> int:
     """How many devices of a numbered GPU backend torch sees (0 where this torch build lacks it)."""
     backend = getattr(torch, device_type, None)
     if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
@@ -79,8 +80,8 @@ def _device_count(device_type: str) -> int:
 def _available() -> str:
     found = ["cpu"]
     for device_type in NUMBERED:
-        found += [f"{device_type}:{i}" for i in range(_device_count(device_type))]
-    if _mps_available():
+        found += [f"{device_type}:{i}" for i in range(device_count(device_type))]
+    if mps_available():
         found.append("mps")
     return "available: " + ", ".join(found)
 
@@ -159,8 +160,8 @@ class Probe:
 def auto_dtype(device: torch.device, probe: Probe | None = None) -> torch.dtype:
     """The dtype `auto` means on `device`: bf16 where that device computes it natively (CUDA
     compute capability >= 8; Intel XPUs that report bf16; CPUs with AVX512-BF16/AMX or Arm BF16),
-    else fp16 on GPUs and fp32 on CPUs. cuDNN has no bf16 convolutions below capability 8, and CPUs without native bf16 emulate
-    it more slowly than fp32; fp16 on a CPU is slower than fp32."""
+    else fp16 on GPUs and fp32 on CPUs. cuDNN has no bf16 convolutions below capability 8, and
+    CPUs without native bf16 emulate it more slowly than fp32; fp16 on a CPU is slower than fp32."""
     probe = probe or Probe()
     if device.type == "cuda":
         return torch.bfloat16 if probe.cuda_capability(device)[0] >= 8 else torch.float16

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import PiSAError
 from ..options import LATENT_FACTOR
+from . import hardware
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,11 @@ def is_oom(error: BaseException) -> bool:
 def release_cached_memory() -> None:
     """Return cached allocator blocks to the device (after the failed attempt's tensors are gone)."""
     gc.collect()
-    for backend in (torch.cuda, getattr(torch, "xpu", None)):
-        if backend is not None and backend.is_available():
-            backend.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        mps.empty_cache()
+    for device_type in hardware.NUMBERED:
+        if hardware.device_count(device_type):
+            getattr(torch, device_type).empty_cache()
+    if hardware.mps_available():
+        torch.mps.empty_cache()
 
 
 def with_backoff(run, tile: int, *, minimum: int, what: str, release=release_cached_memory):
